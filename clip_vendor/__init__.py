@@ -1,0 +1,93 @@
+"""Our own OpenAI CLIP: loads OpenAI's released ViT checkpoints offline and runs them.
+
+    model, preprocess = clip_vendor.load("ViT-B-32.pt", device="cuda", dtype=torch.float16)
+    image_feats = model.encode_image(preprocess(frames_bgr, device="cuda"))    # [N, D]
+    text_feats = model.encode_text(clip_vendor.tokenize(captions).cuda())      # [B, D]
+"""
+import warnings
+import zipfile
+from pathlib import Path
+
+import torch
+
+from .model import CLIP, ClipConfig, LayerNorm, infer_config
+from .preprocess import Preprocess, preprocess_frames
+from .tokenizer import file_sha256, tokenize
+
+__all__ = ["load", "read_state_dict", "build_model", "tokenize", "preprocess_frames", "file_sha256",
+           "CLIP", "ClipConfig"]
+
+# Keys OpenAI's TorchScript archives carry as plain attributes, not weights.
+ARCHIVE_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
+# Keys the architecture is read from; a file lacking one is not an OpenAI CLIP ViT checkpoint.
+REQUIRED_KEYS = ("visual.conv1.weight", "visual.positional_embedding", "text_projection",
+                 "positional_embedding", "token_embedding.weight", "ln_final.weight")
+
+
+def read_state_dict(path):
+    """Read an OpenAI CLIP checkpoint: a TorchScript archive (as released) or a plain state dict.
+
+    Returns a {name: tensor} dict on the CPU, with OpenAI's parameter names. Raises ValueError
+    naming the file and the problem when it is truncated, not a PyTorch file, or not CLIP.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"CLIP checkpoint not found: {path}")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"cannot read CLIP checkpoint {path}: not a PyTorch zip file, or truncated ({err})") from None
+    try:
+        if any(name.endswith("/constants.pkl") for name in names):  # only TorchScript archives have it
+            with warnings.catch_warnings():  # OpenAI released TorchScript; jit.load is its only reader
+                warnings.simplefilter("ignore", DeprecationWarning)
+                state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:
+            state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    except RuntimeError as err:
+        raise ValueError(f"cannot read CLIP checkpoint {path}: {err}") from None
+    if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
+        state_dict = state_dict["state_dict"]
+    state_dict = {key: value for key, value in state_dict.items() if key not in ARCHIVE_ONLY_KEYS}
+    check_is_clip_vit(state_dict, path)
+    return state_dict
+
+
+def check_is_clip_vit(state_dict, path):
+    if "visual.layer1.0.conv1.weight" in state_dict:
+        raise ValueError(f"{path} is a ResNet CLIP checkpoint; only the ViT models are supported")
+    for key in REQUIRED_KEYS:
+        if key not in state_dict:
+            raise ValueError(f"{path} is not an OpenAI CLIP ViT checkpoint: missing key '{key}'")
+
+
+def build_model(state_dict, path="<state dict>"):
+    """Build a CLIP whose shapes are read off `state_dict`, and load it strictly (fp32)."""
+    model = CLIP(infer_config(state_dict))
+    weights = {key: value.float() for key, value in state_dict.items()}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing:
+        raise ValueError(f"{path} is not a complete CLIP checkpoint: missing key '{missing[0]}' "
+                         f"({len(missing)} missing in all)")
+    if unexpected:
+        raise ValueError(f"{path} has keys this CLIP layout does not know, e.g. '{unexpected[0]}'")
+    return model
+
+
+def load(path, device="cpu", dtype=torch.float32):
+    """Load an OpenAI CLIP ViT checkpoint with no network access.
+
+    path: a released TorchScript archive (e.g. ViT-B-32.pt) or a `torch.save`d state dict.
+    device: where the model runs ("cpu", "cuda", "cuda:1", ...).
+    dtype: weight and activation dtype; fp32 on CPU, fp16 or bf16 on GPU. LayerNorm always
+        computes in fp32. Nothing is switched by device: the caller states the precision.
+    Returns (model in eval mode, preprocess) where preprocess maps OpenCV BGR uint8 frames
+    ([H, W, 3] or [N, H, W, 3]) to normalised model input.
+    """
+    model = build_model(read_state_dict(path), path)
+    model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    for module in model.modules():
+        if isinstance(module, LayerNorm):
+            module.float()  # as OpenAI's fp16 conversion leaves them: full-precision gains and biases
+    return model, Preprocess(model.config.image_resolution)

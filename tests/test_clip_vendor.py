@@ -1,0 +1,184 @@
+import json
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+import clip_vendor
+from clip_vendor.model import eot_index
+from tests.reference_clip import (load_reference_module, random_reference_clip, reference_tokenize,
+                                  save_checkpoints)
+
+RTIME_DIR = Path(__file__).resolve().parents[2] / "shared" / "rtime"
+
+# Two shapes of OpenAI's layout: patch 32 and patch 16, different widths, depths and embed dims.
+SHAPES = {
+    "patch32": dict(embed_dim=64, image_resolution=64, vision_layers=2, vision_width=128, vision_patch_size=32,
+                    text_width=64, text_layers=2),
+    "patch16": dict(embed_dim=32, image_resolution=48, vision_layers=3, vision_width=64, vision_patch_size=16,
+                    text_width=128, text_layers=1),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(SHAPES))
+def checkpoints(request, tmp_path_factory):
+    reference = random_reference_clip(seed=len(request.param), **SHAPES[request.param])
+    state_path, archive_path = save_checkpoints(reference, tmp_path_factory.mktemp(request.param))
+    return reference, state_path, archive_path
+
+
+def sample_captions():
+    return ["a man is riding a bike down the hill", "The red line rotates clockwise, then shrinks!",
+            "", "caf&amp;eacute; 2 dogs' toys 123"]
+
+
+@pytest.mark.parametrize("file_kind", ["state_dict", "archive"])
+def test_encoders_match_openai_reference_fp32(checkpoints, file_kind):
+    reference, state_path, archive_path = checkpoints
+    model, _ = clip_vendor.load(state_path if file_kind == "state_dict" else archive_path)
+    resolution = model.config.image_resolution
+    images = torch.randn(5, 3, resolution, resolution, generator=torch.Generator().manual_seed(0))
+    tokens = clip_vendor.tokenize(sample_captions())
+    with torch.no_grad():
+        image_diff = (model.encode_image(images) - reference.encode_image(images)).abs().max().item()
+        text_diff = (model.encode_text(tokens) - reference.encode_text(tokens)).abs().max().item()
+    assert image_diff <= 1e-5
+    assert text_diff <= 1e-5
+
+
+def test_inferred_config_matches_built_shapes(checkpoints):
+    reference, state_path, _ = checkpoints
+    model, preprocess = clip_vendor.load(state_path)
+    assert model.config.image_resolution == reference.visual.input_resolution
+    assert model.config.vision_layers == len(reference.visual.transformer.resblocks)
+    assert model.config.text_layers == len(reference.transformer.resblocks)
+    assert model.config.embed_dim == reference.text_projection.shape[1]
+    assert preprocess.size == reference.visual.input_resolution
+
+
+def test_token_features_pool_to_encode_text_and_mask_ends_at_eot(checkpoints):
+    _, state_path, _ = checkpoints
+    model, _ = clip_vendor.load(state_path)
+    tokens = clip_vendor.tokenize(sample_captions())
+    with torch.no_grad():
+        token_feats, token_mask = model.encode_text_tokens(tokens)
+        pooled = model.encode_text(tokens)
+    rows = torch.arange(len(tokens))
+    assert torch.equal(token_feats[rows, eot_index(tokens)], pooled)
+    assert token_feats.shape == (len(tokens), tokens.shape[1], model.config.embed_dim)
+    assert torch.equal(token_mask, tokens != 0)  # ids are non-zero exactly up to and including EOT
+
+
+def test_text_tokens_are_causal(checkpoints):
+    _, state_path, _ = checkpoints
+    model, _ = clip_vendor.load(state_path)
+    tokens = clip_vendor.tokenize(["a dog runs left", "a dog runs right"])
+    with torch.no_grad():
+        token_feats, _ = model.encode_text_tokens(tokens)
+    shared_prefix = 4  # SOT, a, dog, runs
+    assert torch.equal(tokens[0, :shared_prefix], tokens[1, :shared_prefix])
+    torch.testing.assert_close(token_feats[0, :shared_prefix], token_feats[1, :shared_prefix])
+    assert not torch.allclose(token_feats[0, shared_prefix], token_feats[1, shared_prefix])
+
+
+def test_half_precision_keeps_layernorm_fp32_and_stays_close(checkpoints):
+    _, state_path, _ = checkpoints
+    model32, _ = clip_vendor.load(state_path)
+    model16, _ = clip_vendor.load(state_path, dtype=torch.bfloat16)
+    assert model16.visual.conv1.weight.dtype == torch.bfloat16
+    assert model16.ln_final.weight.dtype == torch.float32
+    images = torch.randn(4, 3, model32.config.image_resolution, model32.config.image_resolution)
+    with torch.no_grad():
+        feats32 = model32.encode_image(images)
+        feats16 = model16.encode_image(images).float()
+    assert torch.nn.functional.cosine_similarity(feats32, feats16).min() > 0.99
+
+
+def rtime_texts():
+    texts = []
+    for split in ("valid", "test"):
+        path = RTIME_DIR / f"{split}.json"
+        if not path.exists():
+            pytest.skip(f"{path} not present")
+        for record in json.loads(path.read_text()).values():
+            for field in ("forward_captions", "reverse_captions", "forward_rewrites", "reverse_rewrites"):
+                texts.extend(record[field])
+    return texts
+
+
+def test_tokenizer_matches_openai_on_every_rtime_caption_and_rewrite():
+    texts = rtime_texts()
+    assert len(texts) == 30000  # 1500 records x (1 + 1 + 9 + 9)
+    reference = load_reference_module("simple_tokenizer").SimpleTokenizer()
+    assert torch.equal(clip_vendor.tokenize(texts), reference_tokenize(reference, texts))
+
+
+EDGE_CASES = [
+    "Tom &amp;amp; Jerry &lt;3 &quot;cartoon&quot;",  # double-escaped HTML
+    "a cat 🐱 dances 💃🏽 with 👨‍👩‍👧 family",                 # emoji, skin tone, ZWJ sequence
+    "一只猫在桌子上跳舞", "Собака бежит по пляжу", "القطة ترقص", "नमस्ते दुनिया",
+    "mojibake: cafÃ© naÃ¯ve",                               # ftfy repairs this
+    "  Tabs\tand\n\nnewlines   EVERYWHERE  ",
+    "it's I'LL we'd THEY'RE you've I'm don't",
+    "<|startoftext|> literal special tokens <|endoftext|>",
+    "numbers 1234567 and 3.14159 and ½ ² ⅷ",
+    " ".join(["word"] * 200),                              # over-long: truncated, EOT kept last
+    "supercalifragilisticexpialidocious" * 20,
+    "",
+]
+
+
+def test_tokenizer_matches_openai_on_edge_cases():
+    reference = load_reference_module("simple_tokenizer").SimpleTokenizer()
+    ours = clip_vendor.tokenize(EDGE_CASES)
+    assert torch.equal(ours, reference_tokenize(reference, EDGE_CASES))
+    long_row = ours[EDGE_CASES.index(" ".join(["word"] * 200))]
+    assert long_row[-1] == 49407 and (long_row != 0).all()
+
+
+def test_tokenize_without_truncation_rejects_long_text():
+    with pytest.raises(ValueError, match="over the context length 77"):
+        clip_vendor.tokenize(" ".join(["word"] * 200), truncate=False)
+
+
+def test_missing_vocabulary_names_the_setup_command(tmp_path):
+    from clip_vendor.tokenizer import BpeTokenizer
+    with pytest.raises(FileNotFoundError, match="setup_env.sh"):
+        BpeTokenizer(tmp_path / "absent.txt.gz")
+
+
+def test_truncated_checkpoint_is_a_clear_error(checkpoints, tmp_path):
+    _, state_path, archive_path = checkpoints
+    for source in (state_path, archive_path):
+        truncated = tmp_path / f"truncated_{source.name}"
+        truncated.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+        with pytest.raises(ValueError, match=f"cannot read CLIP checkpoint {truncated}"):
+            clip_vendor.load(truncated)
+
+
+def test_non_clip_checkpoint_names_the_missing_key(tmp_path):
+    path = tmp_path / "resnet_like.pt"
+    torch.save({"conv.weight": torch.zeros(3, 3)}, path)
+    with pytest.raises(ValueError, match="missing key 'visual.conv1.weight'"):
+        clip_vendor.load(path)
+
+
+def test_incomplete_clip_checkpoint_names_the_missing_key(checkpoints, tmp_path):
+    _, state_path, _ = checkpoints
+    state = torch.load(state_path, weights_only=True)
+    del state["visual.transformer.resblocks.0.mlp.c_fc.bias"]
+    path = tmp_path / "incomplete.pt"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match="missing key 'visual.transformer.resblocks.0.mlp.c_fc.bias'"):
+        clip_vendor.load(path)
+
+
+def test_archive_and_state_dict_load_identical_weights(checkpoints):
+    _, state_path, archive_path = checkpoints
+    from_state = clip_vendor.read_state_dict(state_path)
+    from_archive = clip_vendor.read_state_dict(archive_path)
+    assert from_state.keys() == from_archive.keys()
+    assert all(torch.equal(from_state[key], from_archive[key]) for key in from_state)
+    with zipfile.ZipFile(archive_path) as archive:  # it really is a TorchScript archive
+        assert any(name.endswith("constants.pkl") for name in archive.namelist())
