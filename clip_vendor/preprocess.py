@@ -25,15 +25,16 @@ def center_crop_box(height, width, size):
     return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
 
 
-def preprocess_frames(frames_bgr, size, device="cpu"):
-    """frames_bgr: [N, H, W, 3] uint8 (numpy or tensor), all of one video -> [N, 3, size, size] fp32.
+def resize_crop(frames_bgr, size, device="cpu"):
+    """frames_bgr: [N, H, W, 3] uint8 (numpy or tensor), all of one video -> [N, 3, size, size] uint8 RGB.
 
-    Resizing runs on `device`: pass the GPU to move only uint8 pixels across the bus.
+    The pixels OpenAI's pipeline would hand to ToTensor. Keeping this step uint8 lets decode
+    workers do it and ship 1 byte per value; `normalize` finishes on the model's device.
     """
     frames = torch.as_tensor(np.ascontiguousarray(frames_bgr) if isinstance(frames_bgr, np.ndarray) else frames_bgr)
     if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"expected [N, H, W, 3] uint8 BGR frames, got {tuple(frames.shape)} {frames.dtype}")
-    frames = frames.to(device, non_blocking=True).flip(-1).permute(0, 3, 1, 2).float()  # BGR -> RGB, NCHW
+    frames = frames.to(device).flip(-1).permute(0, 3, 1, 2).float()  # BGR -> RGB, NCHW
     height, width = frames.shape[-2:]
     new_height, new_width = resized_shape(height, width, size)
     # PIL resamples width first, then height, rounding to uint8 after each pass; doing the same
@@ -43,10 +44,23 @@ def preprocess_frames(frames_bgr, size, device="cpu"):
         resized = F.interpolate(resized, size=pass_size, mode="bicubic", antialias=True, align_corners=False)
         resized = resized.round().clamp(0, 255)
     top, left = center_crop_box(new_height, new_width, size)
-    crops = resized[:, :, top : top + size, left : left + size] / 255.0
+    return resized[:, :, top : top + size, left : left + size].to(torch.uint8)
+
+
+def normalize(crops, device="cpu"):
+    """crops: [N, 3, S, S] uint8 RGB from `resize_crop` -> fp32 model input on `device`."""
+    crops = crops.to(device, non_blocking=True).float() / 255.0
     mean = torch.tensor(CLIP_MEAN, device=crops.device).view(1, 3, 1, 1)
     std = torch.tensor(CLIP_STD, device=crops.device).view(1, 3, 1, 1)
     return (crops - mean) / std
+
+
+def preprocess_frames(frames_bgr, size, device="cpu"):
+    """BGR uint8 frames [N, H, W, 3] -> normalised [N, 3, size, size] fp32 on `device`.
+
+    Resizing runs on `device`: pass the GPU to move only uint8 pixels across the bus.
+    """
+    return normalize(resize_crop(frames_bgr, size, device), device)
 
 
 class Preprocess:

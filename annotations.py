@@ -1,0 +1,162 @@
+"""Annotation files -> videos, captions and the pair lists every later stage uses.
+
+Two formats, told apart by their records:
+- RTime: `{video_id: {"forward_captions": [..], "reverse_captions": [..], "forward_rewrites": [..],
+  "reverse_rewrites": [..], "reverse": bool, "temporal": ..., "url": ...}}`. The reversed video has
+  no file and no id: it is the original's frames in reverse order.
+- generic (MSR-VTT / ActivityNet / DiDeMo style): `{video_name: {"sentences": [..]}}`.
+
+A pair links a caption to a video row; `reversed=1` means "the flipped frames of that row".
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+RTIME_CAPTION_FIELDS = {  # field -> (direction, kind)
+    "forward_captions": ("forward", "human"),
+    "reverse_captions": ("reverse", "human"),
+    "forward_rewrites": ("forward", "rewrite"),
+    "reverse_rewrites": ("reverse", "rewrite"),
+}
+
+
+class AnnotationError(ValueError):
+    """A malformed annotation file; the message names the file and the record."""
+
+
+@dataclass(frozen=True)
+class Caption:
+    caption_id: str     # "{video_id}#{direction}#{kind}#{index}"
+    video_id: str
+    direction: str      # "forward" (describes the file as it plays) or "reverse" (its time reversal)
+    kind: str           # "human" or "rewrite" (RTime's generated paraphrases)
+    text: str
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    video_id: str
+    has_reverse: bool   # RTime: the reversed video is a valid sample with its own captions
+    captions: tuple     # of Caption, in file order: forward human, reverse human, rewrites
+
+
+def reject_duplicate_keys(path):
+    def build(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise AnnotationError(f"{path}: duplicate id {key!r}")
+            seen.add(key)
+        return dict(pairs)
+    return build
+
+
+def read_annotation_file(path):
+    """Parse one file into an ordered {video_id: record dict}, rejecting duplicate ids."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=reject_duplicate_keys(path))
+    except json.JSONDecodeError as err:
+        raise AnnotationError(f"{path}: not valid JSON ({err})") from None
+    except FileNotFoundError:
+        raise AnnotationError(f"{path}: annotation file not found") from None
+    if not isinstance(data, dict) or not data:
+        raise AnnotationError(f"{path}: expected a non-empty JSON object keyed by video id")
+    return data
+
+
+def detect_format(path, data):
+    first_id, first = next(iter(data.items()))
+    if isinstance(first, dict) and "forward_captions" in first:
+        return "rtime"
+    if isinstance(first, dict) and "sentences" in first:
+        return "generic"
+    raise AnnotationError(f"{path}: record {first_id!r} has neither 'forward_captions' (RTime) "
+                          "nor 'sentences' (generic); cannot tell the format")
+
+
+def string_list(path, video_id, record, field, required, allow_empty):
+    if field not in record:
+        if required:
+            raise AnnotationError(f"{path}: record {video_id!r} is missing field {field!r}")
+        return []
+    value = record[field]
+    if not isinstance(value, list) or not all(isinstance(text, str) for text in value):
+        raise AnnotationError(f"{path}: record {video_id!r} field {field!r} must be a list of strings")
+    if not value and not allow_empty:
+        raise AnnotationError(f"{path}: record {video_id!r} field {field!r} is empty")
+    if any(not text.strip() for text in value):
+        raise AnnotationError(f"{path}: record {video_id!r} field {field!r} holds an empty caption")
+    return value
+
+
+def parse_rtime_record(path, video_id, record):
+    if not isinstance(record, dict):
+        raise AnnotationError(f"{path}: record {video_id!r} must be an object")
+    if "reverse" not in record:
+        raise AnnotationError(f"{path}: record {video_id!r} is missing field 'reverse'")
+    if not isinstance(record["reverse"], bool):
+        raise AnnotationError(f"{path}: record {video_id!r} field 'reverse' must be true or false")
+    has_reverse = record["reverse"]
+    captions = []
+    for field, (direction, kind) in RTIME_CAPTION_FIELDS.items():
+        required = field == "forward_captions" or (field == "reverse_captions" and has_reverse)
+        texts = string_list(path, video_id, record, field, required, allow_empty=not required)
+        if direction == "reverse" and not has_reverse:
+            continue  # the reversed video is not a valid sample: its captions describe nothing we use
+        captions += [Caption(f"{video_id}#{direction}#{kind}#{i}", video_id, direction, kind, text)
+                     for i, text in enumerate(texts)]
+    return VideoRecord(video_id, has_reverse, tuple(captions))
+
+
+def parse_generic_record(path, video_id, record):
+    if not isinstance(record, dict):
+        raise AnnotationError(f"{path}: record {video_id!r} must be an object")
+    texts = string_list(path, video_id, record, "sentences", required=True, allow_empty=False)
+    captions = tuple(Caption(f"{video_id}#forward#human#{i}", video_id, "forward", "human", text)
+                     for i, text in enumerate(texts))
+    return VideoRecord(video_id, False, captions)
+
+
+def load_split(path, annotation_format="auto"):
+    """Read an annotation file -> (format, [VideoRecord] in file order)."""
+    data = read_annotation_file(path)
+    if annotation_format == "auto":
+        annotation_format = detect_format(path, data)
+    parse = {"rtime": parse_rtime_record, "generic": parse_generic_record}[annotation_format]
+    return annotation_format, [parse(path, video_id, record) for video_id, record in data.items()]
+
+
+def split_captions(records):
+    """Every caption of every record, in record order: the row order of the cached text features."""
+    return [caption for record in records for caption in record.captions]
+
+
+def pair_rows(captions, video_row_of, include):
+    """(caption_row, caption_id, video_row, video_id, reversed) for each caption that `include`
+    keeps and whose video was extracted (`video_row_of` lacks failed videos)."""
+    rows = []
+    for caption_row, caption in enumerate(captions):
+        if caption.video_id not in video_row_of or not include(caption):
+            continue
+        reversed_video = int(caption.direction == "reverse")
+        rows.append((caption_row, caption.caption_id, video_row_of[caption.video_id], caption.video_id, reversed_video))
+    return rows
+
+
+def pair_lists(split, annotation_format, captions, video_row_of):
+    """The pair lists of a split, {file name: rows}.
+
+    train: every caption (human and rewrite, forward and reverse). valid/test (Hard): human
+    captions of originals and of reversed videos. test_origin: human forward captions only.
+    Generic datasets: each split's captions against their videos.
+    """
+    is_human = lambda caption: caption.kind == "human"  # noqa: E731
+    if split == "train":
+        lists = {"train_pairs.csv": pair_rows(captions, video_row_of, lambda caption: True)}
+    else:
+        lists = {f"{split}_pairs.csv": pair_rows(captions, video_row_of, is_human)}
+    if split == "test" and annotation_format == "rtime":
+        forward_human = lambda caption: is_human(caption) and caption.direction == "forward"  # noqa: E731
+        lists["test_origin_pairs.csv"] = pair_rows(captions, video_row_of, forward_human)
+    return lists
