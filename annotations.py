@@ -67,7 +67,7 @@ def read_annotation_file(path):
 
 def detect_format(path, data):
     first_id, first = next(iter(data.items()))
-    if isinstance(first, dict) and "forward_captions" in first:
+    if isinstance(first, dict) and first.keys() & {*RTIME_CAPTION_FIELDS, "reverse"}:
         return "rtime"
     if isinstance(first, dict) and "sentences" in first:
         return "generic"

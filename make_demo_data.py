@@ -11,7 +11,6 @@ shape moves in which direction, so the reversed video needs the opposite caption
 order tells a video from its reversal. Some train records have "reverse": false.
 """
 import argparse
-import json
 import warnings
 from pathlib import Path
 
@@ -101,11 +100,10 @@ def write_tiny_clip(path, seed):
             else:
                 param.copy_(0.05 * torch.randn_like(param))
         model.logit_scale.fill_(np.log(100.0))
-    archive = torch.jit.script(StateHolder(model.state_dict()))
     tmp_path = path.with_name(f".{path.name}.tmp")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings():  # OpenAI's format is TorchScript, deprecated or not
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(archive, str(tmp_path))
+        torch.jit.save(torch.jit.script(StateHolder(model.state_dict())), str(tmp_path))
     tmp_path.replace(path)
 
 

@@ -1,0 +1,216 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import extract
+import verify
+from feature_cache import open_split, read_pairs
+from video_frames import decode_sampled_frames, sample_frame_indices
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def extract_args(demo, out, *extra, videos=None):
+    return ["--annotations", str(demo / "annotations"), "--videos", str(videos or demo / "videos"),
+            "--clip", str(demo / "clip_tiny.pt"), "--out", str(out), "--fps", "4", "--workers", "0",
+            "--batch-videos", "3", "--text-batch", "16", *extra]
+
+
+def cache_files(cache_dir):
+    """{relative path: bytes} of every file in a cache."""
+    return {str(path.relative_to(cache_dir)): path.read_bytes() for path in sorted(cache_dir.rglob("*")) if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def demo_cache(demo_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("cache") / "cache"
+    extract.main(extract_args(demo_data, out))
+    return out
+
+
+@pytest.mark.parametrize("n_frames", [1, 2, 7, 24, 25, 100, 301, 900, 901])
+@pytest.mark.parametrize("fps,t_max", [(1, 24), (4, 24), (2, 12), (30, 16), (0.5, 2)])
+def test_sampling_is_mirror_symmetric_and_bounded(n_frames, fps, t_max):
+    indices = sample_frame_indices(n_frames, 30.0, fps, t_max)
+    assert indices == sorted(set(indices))
+    assert [n_frames - 1 - i for i in reversed(indices)] == indices
+    assert 0 <= indices[0] and indices[-1] < n_frames
+    assert len(indices) <= max(t_max, 2) and len(indices) <= max(n_frames, 1) + 1
+
+
+def test_sampling_spreads_evenly_over_long_videos():
+    indices = sample_frame_indices(900, 30.0, 1, 24)  # 30 s at 30 fps: 30 candidates, 24 kept
+    assert len(indices) == 24
+    gaps = np.diff(indices)
+    assert gaps.min() >= 37 and gaps.max() <= 38  # 900 / 24 = 37.5
+
+
+def test_short_video_keeps_fewer_frames(demo_cache):
+    test = open_split(demo_cache, "test")
+    # demo videos: 24 frames at 8 fps = 3 s; at 4 fps that is 12 candidates, under t_max 24
+    assert all(len(test.frames(row)) == 12 for row in range(len(test.video_ids)))
+
+
+def test_cache_layout_and_dtypes(demo_cache):
+    meta = json.loads((demo_cache / "cache_meta.json").read_text())
+    assert meta["complete"] and meta["counts"]["test"]["videos"] == 4
+    test = open_split(demo_cache, "test")
+    assert test.video_feats.dtype == np.float16 and test.video_feats.shape[1] == 64
+    assert test.video_offsets.dtype == np.int64 and len(test.video_offsets) == 5
+    assert isinstance(test.video_feats, np.memmap)
+    assert len(test.text_feats) == len(test.captions) == 4 * 8  # 1 + 1 human, 3 + 3 rewrites
+    assert test.text_token_offsets[-1] == len(test.text_token_feats)
+    hard = read_pairs(demo_cache, "test", "test_pairs.csv")
+    origin = read_pairs(demo_cache, "test", "test_origin_pairs.csv")
+    assert len(hard) == 8 and sum(p["reversed"] for p in hard) == 4 and len(origin) == 4
+    assert all(test.captions[p["caption_row"]]["kind"] == "human" for p in hard)
+    train_meta = meta["counts"]["train"]
+    assert train_meta["captions"] == 7 * 8 + 1 * 4  # one train record is not reversible
+
+
+def test_token_features_pool_to_text_features(demo_cache):
+    test = open_split(demo_cache, "test")
+    for row in range(0, len(test.captions), 7):
+        assert np.array_equal(test.tokens(row)[-1], test.text_feats[row])  # pooled at the EOT token
+
+
+def test_reversed_file_extracts_to_exact_flip(demo_data, demo_cache, tmp_path):
+    out = tmp_path / "reversed_cache"
+    extract.main(extract_args(demo_data, out, "--splits", "test", videos=demo_data / "videos_reversed"))
+    original, reversed_cache = open_split(demo_cache, "test"), open_split(out, "test")
+    for row in range(len(original.video_ids)):
+        assert np.array_equal(reversed_cache.frames(row), original.frames(row)[::-1])
+        assert not np.array_equal(original.frames(row), original.frames(row)[::-1])
+
+
+def test_rerun_reuses_complete_cache_and_is_deterministic(demo_data, demo_cache, tmp_path):
+    before = cache_files(demo_cache)
+    extract.main(extract_args(demo_data, demo_cache))  # complete: nothing rewritten
+    assert cache_files(demo_cache) == before
+    fresh = tmp_path / "fresh"
+    extract.main(extract_args(demo_data, fresh))
+    assert cache_files(fresh) == before
+
+
+def test_different_settings_are_refused_naming_the_field(demo_data, demo_cache):
+    with pytest.raises(SystemExit, match=r"differs in sampling\.fps: cache has 4\.0, this run has 2\.0"):
+        extract.main(extract_args(demo_data, demo_cache) + ["--fps", "2"])
+
+
+def run_extract(demo, out, *extra, launcher=None):
+    command = (launcher or [sys.executable]) + [str(PROJECT / "extract.py")] + extract_args(demo, out, *extra)
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    return subprocess.Popen(command, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_torchrun_two_ranks_equals_one_process(demo_data, demo_cache, tmp_path):
+    out = tmp_path / "two_ranks"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
+    process = run_extract(demo_data, out, launcher=torchrun)
+    output, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, output
+    assert cache_files(out) == cache_files(demo_cache)
+
+
+def test_resume_after_kill_equals_uninterrupted_run(demo_data, demo_cache, tmp_path):
+    out = tmp_path / "killed"
+    process = run_extract(demo_data, out, "--batch-videos", "1")
+    deadline = time.time() + 120
+    while not list(out.glob("train/parts/video_*.npz")) and time.time() < deadline:
+        time.sleep(0.002)  # kill as soon as the first chunk is on disk
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert list(out.glob("train/parts/video_*.npz")), "the run was killed before finishing any chunk"
+    assert not (out / "test" / "video_feats.npy").exists(), "the run finished before it was killed"
+    extract.main(extract_args(demo_data, out, "--batch-videos", "1"))
+    uninterrupted = tmp_path / "uninterrupted"
+    extract.main(extract_args(demo_data, uninterrupted, "--batch-videos", "1"))
+    assert cache_files(out) == cache_files(uninterrupted)
+
+
+@pytest.fixture
+def broken_videos(demo_data, tmp_path):
+    """The demo videos with one test video truncated, one emptied, one not a video, one missing."""
+    videos = tmp_path / "videos"
+    shutil.copytree(demo_data / "videos", videos)
+    test_ids = list(json.loads((demo_data / "annotations" / "test.json").read_text()))
+    truncated, empty, garbage, missing = (videos / f"{video_id}.avi" for video_id in test_ids)
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 3])
+    empty.write_bytes(b"")
+    garbage.write_bytes(b"this is not a video\n" * 100)
+    missing.unlink()
+    return videos, test_ids
+
+
+def test_bad_video_stops_the_run_naming_the_file(demo_data, broken_videos, tmp_path):
+    videos, test_ids = broken_videos
+    with pytest.raises(SystemExit, match=f"video '{test_ids[0]}' failed .*{test_ids[0]}.avi"):
+        extract.main(extract_args(demo_data, tmp_path / "cache", "--splits", "test", videos=videos))
+
+
+def test_bad_videos_skipped_are_recorded_and_dropped_consistently(demo_data, broken_videos, tmp_path):
+    videos, test_ids = broken_videos
+    out = tmp_path / "cache"
+    extract.main(extract_args(demo_data, out, "--splits", "test", "--on-error", "skip", videos=videos))
+    failed = json.loads((out / "failed_videos.json").read_text())["test"]
+    assert sorted(f["video_id"] for f in failed) == sorted(test_ids)
+    reasons = {f["video_id"]: f["reason"] for f in failed}
+    assert reasons[test_ids[3]].startswith("missing")
+    assert all(reason.split(":")[0] in {"truncated", "unreadable", "zero frames"} for reason in reasons.values()
+               if not reason.startswith("missing"))
+    test = open_split(out, "test")
+    assert test.video_ids == [] and len(test.video_feats) == 0
+    for name in ("test_pairs.csv", "test_origin_pairs.csv"):
+        assert read_pairs(out, "test", name) == []
+
+
+def test_one_bad_video_among_good_ones(demo_data, tmp_path):
+    videos = tmp_path / "videos"
+    shutil.copytree(demo_data / "videos", videos)
+    test_ids = list(json.loads((demo_data / "annotations" / "test.json").read_text()))
+    (videos / f"{test_ids[1]}.avi").unlink()
+    out = tmp_path / "cache"
+    extract.main(extract_args(demo_data, out, "--splits", "test", "--on-error", "skip", videos=videos))
+    test = open_split(out, "test")
+    assert test.video_ids == [test_ids[0], test_ids[2], test_ids[3]]
+    pairs = read_pairs(out, "test", "test_pairs.csv")
+    assert {p["video_id"] for p in pairs} == set(test.video_ids)
+    assert all(test.video_ids[p["video_row"]] == p["video_id"] for p in pairs)
+    assert len(test.captions) == 4 * 8  # the captions stay embedded; only their pairs go
+
+
+def test_truncated_lossless_video_is_reported_truncated(tmp_path):
+    path = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"FFV1"), 8, (64, 48))
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    writer.release()
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    from video_frames import VideoError
+    with pytest.raises(VideoError, match=f"(truncated|unreadable).*{path}"):
+        decode_sampled_frames(path, 4, 24)
+
+
+def test_verify_passes_on_good_cache_and_fails_on_tampered_one(demo_data, demo_cache, tmp_path, capsys):
+    verify_args = ["--cache", str(demo_cache), "--annotations", str(demo_data / "annotations"),
+                   "--videos", str(demo_data / "videos"), "--clip", str(demo_data / "clip_tiny.pt"),
+                   "--reversed-videos", str(demo_data / "videos_reversed"), "--n-videos", "6"]
+    verify.main(verify_args)
+    assert "reversed file = flip(cache)    ok" in capsys.readouterr().out
+    tampered = tmp_path / "tampered"
+    shutil.copytree(demo_cache, tampered)
+    feats = np.load(tampered / "test" / "video_feats.npy")
+    feats[3] = np.nan
+    np.save(tampered / "test" / "video_feats.npy", feats)
+    with pytest.raises(SystemExit, match="test video_feats finite"):
+        verify.main(["--cache", str(tampered)] + verify_args[2:])
