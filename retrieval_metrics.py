@@ -1,0 +1,89 @@
+"""Retrieval metrics with ties made visible.
+
+For each query, `scores[q]` holds one score per candidate and `gold[q]` marks its correct
+candidates (text->video: exactly one; video->text: any of the video's captions counts). Let m be
+the best gold score, a the number of wrong candidates scoring above m, k the wrong candidates
+scoring exactly m, and g the golds scoring exactly m. Ranks count from 1:
+
+- stable rank: candidates sorted by score, descending, ties kept in candidate order (the order of
+  the score matrix's columns or rows, which each caller documents): a + (wrong candidates tied at m
+  that come before the first tied gold) + 1;
+- optimistic rank: a + 1 (ties broken in the query's favour); pessimistic: a + k + 1;
+- expected rank: the mean over all orders of the tied items, exactly a + 1 + k / (g + 1), and the
+  expected R@K = P(a + X + 1 <= K) where X, the wrong items placed before the first gold among the
+  g + k tied ones, has P(X >= j) = prod_{i<j} (k - i) / (g + k - i).
+
+R@K are percentages; MdR is `np.median` of ranks (the mean of the two middle ones for an even
+count), MnR their mean, as in CLIP4Clip. The expected MdR is the median of the expected ranks.
+"""
+import numpy as np
+
+RECALL_KS = (1, 5, 10)
+
+
+def rank_counts(scores, gold):
+    """scores [n_queries, n_candidates] float, gold same shape bool -> dict of per-query arrays:
+    above (a), tied_wrong (k), tied_gold (g), stable_rank."""
+    scores = np.asarray(scores, dtype=np.float64)
+    gold = np.asarray(gold, dtype=bool)
+    if scores.shape != gold.shape:
+        raise ValueError(f"scores {scores.shape} and gold {gold.shape} differ in shape")
+    if not gold.any(axis=1).all():
+        raise ValueError(f"query {int(np.argmin(gold.any(axis=1)))} has no correct candidate")
+    best_gold = np.where(gold, scores, -np.inf).max(axis=1, keepdims=True)
+    wrong = ~gold
+    above = (wrong & (scores > best_gold)).sum(axis=1)
+    at_best = scores == best_gold
+    tied_wrong = (wrong & at_best).sum(axis=1)
+    tied_gold = (gold & at_best).sum(axis=1)
+    first_tied_gold = np.argmax(gold & at_best, axis=1)
+    columns = np.arange(scores.shape[1])
+    wrong_before = (wrong & at_best & (columns[None, :] < first_tied_gold[:, None])).sum(axis=1)
+    return {"above": above, "tied_wrong": tied_wrong, "tied_gold": tied_gold, "stable_rank": above + wrong_before + 1}
+
+
+def expected_recall(above, tied_wrong, tied_gold, k):
+    """P(rank <= k) per query over all orders of the tied items (see the module docstring)."""
+    recall = np.zeros(len(above))
+    for q, (a, n_wrong, n_gold) in enumerate(zip(above, tied_wrong, tied_gold)):
+        slots = k - a - 1  # wrong tied items that may come before the first gold with rank still <= k
+        if slots < 0:
+            continue
+        if slots >= n_wrong:
+            recall[q] = 1.0
+            continue
+        p_at_least = np.prod([(n_wrong - i) / (n_gold + n_wrong - i) for i in range(slots + 1)])
+        recall[q] = 1.0 - p_at_least
+    return recall
+
+
+def summary(ranks):
+    """Per-query ranks (or, for expected values, per-query recall hits given separately) -> metrics."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    metrics = {f"R@{k}": float(100.0 * np.mean(ranks <= k)) for k in RECALL_KS}
+    metrics["MdR"] = float(np.median(ranks))
+    metrics["MnR"] = float(np.mean(ranks))
+    return metrics
+
+
+def retrieval_metrics(scores, gold):
+    """All metrics of one setting and direction; also returns the per-query arrays behind them."""
+    counts = rank_counts(scores, gold)
+    a, k, g = counts["above"], counts["tied_wrong"], counts["tied_gold"]
+    expected_rank = a + 1 + k / (g + 1)
+    expected = {f"R@{K}": float(100.0 * expected_recall(a, k, g, K).mean()) for K in RECALL_KS}
+    expected["MdR"] = float(np.median(expected_rank))
+    expected["MnR"] = float(np.mean(expected_rank))
+    metrics = summary(counts["stable_rank"])
+    metrics.update({"expected": expected, "optimistic": summary(a + 1), "pessimistic": summary(a + k + 1),
+                    "n_queries": int(len(a)), "n_tied": int((k > 0).sum())})
+    per_query = {"stable_rank": counts["stable_rank"], "expected_rank": expected_rank,
+                 "optimistic_rank": a + 1, "pessimistic_rank": a + k + 1}
+    return metrics, per_query
+
+
+def binary_accuracy(margins):
+    """margins: per-comparison score(correct) - score(wrong). Correct when > 0, half when == 0."""
+    margins = np.asarray(margins, dtype=np.float64)
+    credit = np.where(margins > 0, 1.0, np.where(margins == 0, 0.5, 0.0))
+    return {"accuracy": float(100.0 * credit.mean()), "n_pairs": int(len(margins)), "n_tied": int((margins == 0).sum())}

@@ -1,0 +1,156 @@
+import numpy as np
+import pytest
+import torch
+
+import clip_vendor
+from heads import N_HEAD_LAYERS, build_head, unit
+from split_data import flip_frames, frame_subset
+
+WIDTH, N_FRAMES = 64, 6
+
+
+@pytest.fixture(scope="module")
+def clip_state(demo_data):
+    return clip_vendor.read_state_dict(demo_data / "clip_tiny.pt")
+
+
+def make_head(name, clip_state):
+    torch.manual_seed(0)
+    n_positions = N_FRAMES + (1 if name == "tightTransf" else 0)
+    head = build_head(name, WIDTH, n_positions, clip_state if name in ("seqTransf", "tightTransf") else None)
+    return head.eval()
+
+
+def random_videos(n_videos=5, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    frames = 3 * torch.randn(n_videos, N_FRAMES, WIDTH, generator=generator)
+    mask = torch.ones(n_videos, N_FRAMES, dtype=torch.bool)
+    mask[1, 4:] = False  # a short video: 4 real frames, 2 padded
+    mask[3, 2:] = False
+    frames[~mask] = 0.0
+    return frames, mask
+
+
+def scores(head, text, frames, mask):
+    if head.query_independent:
+        return unit(text) @ head.encode_video(frames, mask).T
+    ones = torch.ones(len(text), 1, dtype=torch.bool)
+    return head.score_matrix(text[:, None], ones, frames, mask)
+
+
+def test_meanp_equals_the_formula():
+    frames, mask = random_videos()
+    text = torch.randn(4, WIDTH)
+    head = build_head("meanP", WIDTH, N_FRAMES)
+    expected = np.zeros((4, len(frames)))
+    for v in range(len(frames)):
+        real = frames[v][mask[v]].numpy().astype(np.float64)
+        pooled = (real / np.linalg.norm(real, axis=1, keepdims=True)).mean(axis=0)
+        pooled /= np.linalg.norm(pooled)
+        for t in range(4):
+            query = text[t].numpy().astype(np.float64)
+            expected[t, v] = query @ pooled / np.linalg.norm(query)
+    np.testing.assert_allclose(scores(head, text, frames, mask).numpy(), expected, atol=1e-6)
+
+
+def flipped(frames, mask):
+    return flip_frames(frames, mask, torch.ones(len(frames), dtype=torch.bool))
+
+
+def test_flip_reverses_real_frames_and_keeps_padding_last():
+    frames, mask = random_videos()
+    reversed_frames = flipped(frames, mask)
+    for v in range(len(frames)):
+        n_real = int(mask[v].sum())
+        assert torch.equal(reversed_frames[v, :n_real], frames[v, :n_real].flip(0))
+        assert torch.equal(reversed_frames[v, n_real:], frames[v, n_real:])
+
+
+def test_meanp_and_mlpscore_scores_identical_for_flipped_video(clip_state):
+    frames, mask = random_videos()
+    text = torch.randn(4, WIDTH)
+    for name in ("meanP", "mlpScore"):
+        head = make_head(name, clip_state)
+        with torch.no_grad():
+            assert torch.equal(scores(head, text, frames, mask), scores(head, text, flipped(frames, mask), mask))
+
+
+@pytest.mark.parametrize("name", ["seqTransf", "tightTransf"])
+def test_order_aware_heads_score_flipped_video_differently(clip_state, name):
+    frames, mask = random_videos()
+    text = torch.randn(4, WIDTH)
+    head = make_head(name, clip_state)
+    with torch.no_grad():
+        forward, backward = scores(head, text, frames, mask), scores(head, text, flipped(frames, mask), mask)
+    assert (forward - backward).abs().min() > 1e-6
+
+
+@pytest.mark.parametrize("name", ["meanP", "seqTransf", "tightTransf", "mlpScore"])
+def test_padded_frames_change_nothing(clip_state, name):
+    frames, mask = random_videos()
+    head = make_head(name, clip_state)
+    text = torch.randn(2, WIDTH)
+    with torch.no_grad():
+        padded = scores(head, text, frames[1:2], mask[1:2])
+        garbage = frames[1:2].clone()
+        garbage[0, 4:] = 100.0  # padded positions hold nonsense: the mask must hide it
+        assert torch.allclose(scores(head, text, garbage, mask[1:2]), padded, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["seqTransf", "tightTransf"])
+def test_initial_layers_equal_the_checkpoints_text_layers(clip_state, name):
+    head = make_head(name, clip_state)
+    prefix = "transformerClip." if name == "seqTransf" else "cross.transformer."
+    head_state = head.state_dict()
+    for layer in range(N_HEAD_LAYERS):
+        text_keys = [k for k in clip_state if k.startswith(f"transformer.resblocks.{layer}.")]
+        assert text_keys
+        for key in text_keys:
+            assert torch.equal(head_state[prefix + key[len("transformer."):]], clip_state[key].float())
+    positions = head_state["frame_position_embeddings.weight" if name == "seqTransf"
+                           else "cross.embeddings.position_embeddings.weight"]
+    assert torch.equal(positions, clip_state["positional_embedding"][: len(positions)].float())
+
+
+def test_parameter_names_follow_clip4clip(clip_state):
+    seq = set(make_head("seqTransf", clip_state).state_dict())
+    tight = set(make_head("tightTransf", clip_state).state_dict())
+    assert "frame_position_embeddings.weight" in seq
+    assert "transformerClip.resblocks.3.attn.in_proj_weight" in seq
+    assert {"cross.embeddings.position_embeddings.weight", "cross.pooler.ln_pool.weight", "cross.pooler.dense.weight",
+            "similarity_dense.weight", "similarity_dense.bias", "cross.transformer.resblocks.0.mlp.c_fc.weight"} <= tight
+
+
+def test_tighttransf_last_layer_shortcut_equals_full_layer(clip_state):
+    head = make_head("tightTransf", clip_state)
+    frames, mask = random_videos()
+    text = torch.randn(len(frames), 1, WIDTH)
+    tokens, token_mask = torch.cat([text, frames], 1), torch.cat([torch.ones(len(frames), 1, dtype=torch.bool), mask], 1)
+    with torch.no_grad():
+        shortcut = head.pair_scores(text, token_mask[:, :1], frames, mask)
+        hidden = head.cross.embeddings(tokens)
+        for block in head.cross.transformer.resblocks:  # every position through every layer
+            hidden = block(hidden, attn_mask=token_mask[:, None, None, :])
+        full = head.similarity_dense(head.cross.pooler(hidden)).squeeze(-1)
+    torch.testing.assert_close(shortcut, full, atol=1e-5, rtol=1e-5)
+
+
+def test_mlpscore_starts_as_meanp(clip_state):
+    frames, mask = random_videos()
+    text = torch.randn(3, WIDTH)
+    with torch.no_grad():
+        torch.testing.assert_close(scores(make_head("mlpScore", clip_state), text, frames, mask),
+                                   scores(make_head("meanP", clip_state), text, frames, mask))
+
+
+def test_heads_need_the_checkpoint_for_text_layer_init():
+    with pytest.raises(ValueError, match="text transformer"):
+        build_head("seqTransf", WIDTH, N_FRAMES)
+
+
+@pytest.mark.parametrize("n_cached", [3, 12, 13, 24, 25])
+@pytest.mark.parametrize("n_wanted", [4, 12, 16])
+def test_frame_subset_is_even_and_mirror_symmetric(n_cached, n_wanted):
+    keep = frame_subset(n_cached, n_wanted)
+    assert len(keep) == min(n_cached, n_wanted)
+    assert [n_cached - 1 - i for i in reversed(keep)] == keep

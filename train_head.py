@@ -1,0 +1,336 @@
+"""Train a retrieval head on the feature cache; CLIP stays frozen and is never run.
+
+    python train_head.py --cache OUT --head seqTransf --seed 0 --out runs/seqTransf_s0 --clip ViT-B-32.pt
+    torchrun --nproc_per_node=2 train_head.py ...     (videos sharded, loss over the gathered batch)
+
+Batches: each epoch shuffles the train videos with a generator seeded by (seed, epoch); a batch
+holds --batch-size videos with ONE caption each, drawn at random from that video's captions, so
+two captions of one video are never each other's negatives. With --reverse-negatives, each
+reversible video also brings flip(V) with one of its reverse captions into the same batch.
+Loss: symmetric in-batch InfoNCE (CLIP4Clip's CrossEn, text->video and video->text). Validation
+after every epoch on valid (Hard); the selection metric is the tie-aware expected text->video R@1.
+Outputs in --out: best.pt, last.pt (for resume), log.jsonl, config.json.
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+import torch.nn.functional as F
+
+import clip_vendor
+from clip_vendor.model import CLIP, ClipConfig
+from feature_cache import META_NAME, atomic_write_bytes, atomic_write_json, read_meta, read_pairs
+from clip_vendor.tokenizer import file_sha256
+from heads import HEADS, MAX_LOGIT_SCALE, build_head, clip_logit_scale, unit
+from retrieval_metrics import retrieval_metrics
+from split_data import load_split_tensors, read_setting, score_matrix
+
+SELECTION_METRIC = "valid Hard text->video R@1 (tie-aware expected)"
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--cache", required=True, type=Path, help="feature cache written by extract.py")
+parser.add_argument("--head", required=True, choices=sorted(HEADS), help="which head to train")
+parser.add_argument("--out", required=True, type=Path, help="run folder (resumed if it holds last.pt)")
+parser.add_argument("--seed", type=int, default=0, help="seeds initialisation, batches and dropout")
+parser.add_argument("--clip", type=Path, default=None,
+                    help="the cache's CLIP checkpoint (seqTransf/tightTransf start from its text transformer)")
+parser.add_argument("--frames", type=int, default=None,
+                    help="frames per video: an even, evenly spaced subset of the cached ones (default: the cache's t_max)")
+parser.add_argument("--text-input", default="pooled", choices=["pooled", "tokens"],
+                    help="tightTransf's text side: the pooled embedding (CLIP4Clip) or the cached token features")
+parser.add_argument("--epochs", type=int, default=5, help="passes over the train videos")
+parser.add_argument("--batch-size", type=int, default=128, help="videos per step, over all ranks")
+parser.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate")
+parser.add_argument("--weight-decay", type=float, default=0.2, help="AdamW decay on weight matrices")
+parser.add_argument("--warmup", type=float, default=0.1, help="share of all steps spent warming the rate up")
+parser.add_argument("--learn-temp", action="store_true", help="learn the logit scale (clamped to <= ln 100)")
+parser.add_argument("--reverse-negatives", action="store_true",
+                    help="add flip(V) of each reversible train video with its reverse captions")
+parser.add_argument("--patience", type=int, default=0, help="stop after this many epochs without improvement (0: never)")
+parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where to train")
+parser.add_argument("--pair-batch", type=int, default=8192, help="tightTransf pairs per forward in validation")
+
+
+def main(argv=None):
+    args = parser.parse_args(argv)
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = args.device
+    if world_size > 1:
+        if device == "cuda":
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    master = rank == 0
+    log = print if master else (lambda *_, **__: None)
+    seed_everything(args.seed)
+
+    meta = read_meta(args.cache)
+    config = run_config(args, meta)
+    head = make_head(args, meta, config).to(device)
+    logit_scale = clip_logit_scale(args.learn_temp).to(device)
+    trainable = [p for p in [*head.parameters(), logit_scale] if p.requires_grad]
+    log(f"{args.head}: {sum(p.numel() for p in trainable):,} trainable parameters; "
+        f"{frozen_clip_parameters(meta):,} frozen CLIP parameters (never loaded: features come from the cache)")
+    optimizer = torch.optim.AdamW(param_groups(head, logit_scale, args.weight_decay), lr=args.lr) if trainable else None
+
+    items = train_items(read_pairs(args.cache, "train", "train_pairs.csv"), args.reverse_negatives)
+    my_videos = sorted(items)[rank::world_size]  # features sharded: this rank loads only its videos
+    train = load_split_tensors(args.cache, "train", config["frames"], device, args.text_input == "tokens", my_videos)
+    valid = load_split_tensors(args.cache, "valid", config["frames"], device, args.text_input == "tokens")
+    valid_setting = read_setting(args.cache, "valid", "valid_pairs.csv")
+    local_batch = max(1, args.batch_size // world_size)
+    steps_per_epoch = min_over_ranks(max(1, len(my_videos) // local_batch), world_size, device)
+    total_steps = steps_per_epoch * args.epochs
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+
+    state = resume_or_start(args, config, head, logit_scale, optimizer, log)
+    log(f"selection metric: {SELECTION_METRIC}; {len(items)} train videos, {steps_per_epoch} steps/epoch of "
+        f"{local_batch * world_size} videos" + (" (+ their reversals)" if args.reverse_negatives else ""))
+    while state["epoch"] < args.epochs and not state["stopped"] and trainable:
+        epoch = state["epoch"] + 1
+        start = time.time()
+        # dropout's stream is a function of (seed, epoch, rank): a resumed run draws the same masks
+        torch.manual_seed(int(np.random.SeedSequence([args.seed, epoch, rank]).generate_state(1)[0]))
+        head.train()
+        losses = []
+        for step, batch in enumerate(epoch_batches(items, my_videos, local_batch, steps_per_epoch, args.seed, epoch, rank)):
+            set_lr(optimizer, args, (epoch - 1) * steps_per_epoch + step, total_steps)
+            with autocast:
+                loss = batch_loss(head, logit_scale, train, batch, args.text_input, world_size)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            average_gradients(trainable, world_size)
+            optimizer.step()
+            with torch.no_grad():
+                logit_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
+            losses.append(loss.item())
+        metrics = validate(head, valid, valid_setting, args, autocast)
+        record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr_end": optimizer.param_groups[0]["lr"],
+                  "logit_scale": float(logit_scale.exp()), "seconds": round(time.time() - start, 3),
+                  "selection": metrics["t2v"]["expected"]["R@1"], "valid_hard": metrics}
+        state = end_epoch(args, config, state, record, head, logit_scale, optimizer, meta, master, log)
+    if not trainable and master and not (args.out / "best.pt").exists():
+        # nothing to learn (meanP with a fixed temperature): validate once and keep that as the run
+        metrics = validate(head, valid, valid_setting, args, autocast)
+        record = {"epoch": 0, "train_loss": None, "selection": metrics["t2v"]["expected"]["R@1"], "valid_hard": metrics}
+        state["history"].append(record)
+        save_checkpoint(args.out / "best.pt", checkpoint(config, state, head, logit_scale, meta, record))
+        write_log(args.out, state["history"])
+    log(f"done: best {SELECTION_METRIC} = {best_of(state['history']):.2f} -> {args.out / 'best.pt'}")
+    if world_size > 1:
+        dist.destroy_process_group()
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def run_config(args, meta):
+    t_max = meta["contract"]["sampling"]["t_max"]
+    frames = args.frames or t_max
+    if frames < 2 or frames % 2:
+        sys.exit(f"--frames {frames}: use an even number (an odd subset of an even count is not mirror-symmetric)")
+    config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()
+              if key not in ("out", "device", "pair_batch")}
+    config.update(frames=frames, cache_meta_sha256=file_sha256(args.cache / META_NAME),
+                  embed_dim=meta["contract"]["clip"]["config"]["embed_dim"])
+    return config
+
+
+def make_head(args, meta, config):
+    torch.manual_seed(args.seed)  # the same initial weights on every rank
+    clip_state = None
+    if args.head in ("seqTransf", "tightTransf"):
+        if args.clip is None:
+            sys.exit(f"--clip is required for {args.head}: it starts from the checkpoint's text transformer")
+        if file_sha256(args.clip) != meta["contract"]["clip"]["sha256"]:
+            sys.exit(f"{args.clip} is not the checkpoint the cache was extracted with "
+                     f"({meta['contract']['clip']['file']}, sha256 {meta['contract']['clip']['sha256'][:12]})")
+        clip_state = clip_vendor.read_state_dict(args.clip)
+    text_positions = {"pooled": 1, "tokens": meta["contract"]["tokenizer"]["context_length"]}[args.text_input]
+    n_positions = config["frames"] + (text_positions if args.head == "tightTransf" else 0)
+    return build_head(args.head, config["embed_dim"], n_positions, clip_state, args.text_input)
+
+
+def frozen_clip_parameters(meta):
+    with torch.device("meta"):
+        return sum(p.numel() for p in CLIP(ClipConfig(**meta["contract"]["clip"]["config"])).parameters())
+
+
+def param_groups(head, logit_scale, weight_decay):
+    """Decay weight matrices only, not biases, LayerNorm gains, embeddings or the temperature."""
+    decay, no_decay = [], []
+    for name, param in head.named_parameters():
+        (decay if param.ndim >= 2 and "embeddings" not in name else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if logit_scale.requires_grad:
+        groups[1]["params"].append(logit_scale)
+    return [group for group in groups if group["params"]]
+
+
+def set_lr(optimizer, args, step, total_steps):
+    """Linear warm-up over the first `--warmup` share of steps, then cosine decay to zero."""
+    warmup_steps = max(1, int(args.warmup * total_steps))
+    if step < warmup_steps:
+        scale = (step + 1) / warmup_steps
+    else:
+        scale = 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+    for group in optimizer.param_groups:
+        group["lr"] = args.lr * scale
+
+
+def train_items(pairs, reverse_negatives):
+    """{video_row: {reversed flag: [caption rows]}} of the train pairs used."""
+    items = {}
+    for pair in pairs:
+        if pair["reversed"] and not reverse_negatives:
+            continue
+        items.setdefault(pair["video_row"], {}).setdefault(pair["reversed"], []).append(pair["caption_row"])
+    return {video: captions for video, captions in items.items() if 0 in captions}
+
+
+def epoch_batches(items, my_videos, local_batch, steps, seed, epoch, rank):
+    """Batches of (video_rows, reversed_flags, caption_rows) as int64 arrays, one caption per item.
+    The remainder of the shuffled videos is left out (each epoch reshuffles)."""
+    rng = np.random.default_rng([seed, epoch, rank])
+    order = rng.permutation(my_videos)
+    for step in range(steps):
+        videos = order[step * local_batch : (step + 1) * local_batch]
+        batch = [(video, flag, captions[int(rng.integers(len(captions)))])
+                 for video in videos for flag, captions in sorted(items[video].items())]
+        yield tuple(np.array(column, dtype=np.int64) for column in zip(*batch))
+
+
+def batch_loss(head, logit_scale, data, batch, text_input, world_size):
+    """Symmetric InfoNCE over the (gathered) batch; item i's caption is item i's positive."""
+    video_rows, reversed_flags, caption_rows = (torch.from_numpy(column).to(data.frames.device) for column in batch)
+    frames, frame_mask = data.video_batch(video_rows, reversed_flags)
+    frames = frames.float()
+    if head.query_independent:
+        video_emb = gather_with_grad(head.encode_video(frames, frame_mask), world_size)
+        text_emb = gather(unit(data.text[caption_rows].float()), world_size)
+        logits = logit_scale.exp() * text_emb @ video_emb.T
+    else:  # each rank scores its own captions against every video of the gathered batch
+        text, text_mask = data.text_input(caption_rows, text_input)
+        all_frames, all_masks = gather(frames, world_size), gather(frame_mask, world_size)
+        rows = head.score_matrix(text.float(), text_mask, all_frames, all_masks)
+        logits = gather_with_grad(rows, world_size)
+    targets = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def gather(tensor, world_size):
+    if world_size == 1:
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(world_size)]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
+
+
+def gather_with_grad(tensor, world_size):
+    return tensor if world_size == 1 else torch.cat(dist_nn.all_gather(tensor.contiguous()))
+
+
+def average_gradients(params, world_size):
+    """Every rank computes the same full-batch loss, and the gather's backward sums each rank's
+    share, so the summed gradients are world_size times dL/dθ: sum, then divide."""
+    if world_size == 1:
+        return
+    for param in params:
+        if param.grad is not None:
+            dist.all_reduce(param.grad)
+            param.grad /= world_size
+
+
+def min_over_ranks(value, world_size, device):
+    if world_size == 1:
+        return value
+    tensor = torch.tensor([value], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+    return int(tensor.item())
+
+
+def validate(head, data, setting, args, autocast):
+    head.eval()
+    with autocast:
+        scores = score_matrix(head, data, setting, args.text_input, args.pair_batch).numpy()
+    t2v, _ = retrieval_metrics(scores, setting.gold)
+    v2t, _ = retrieval_metrics(scores.T, setting.gold.T)
+    return {"t2v": t2v, "v2t": v2t}
+
+
+def resume_or_start(args, config, head, logit_scale, optimizer, log):
+    last_path = args.out / "last.pt"
+    if not last_path.exists():
+        args.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(args.out / "config.json", config)
+        return {"epoch": 0, "history": [], "stopped": False, "since_best": 0}
+    saved = torch.load(last_path, map_location="cpu", weights_only=False)
+    changed = sorted(key for key in set(saved["config"]) | set(config) if saved["config"].get(key) != config.get(key))
+    if changed:
+        sys.exit(f"{last_path} was trained with other settings ({', '.join(changed)}); use a new --out")
+    head.load_state_dict(saved["head"])
+    with torch.no_grad():
+        logit_scale.copy_(saved["logit_scale"])
+    if optimizer is not None:
+        optimizer.load_state_dict(saved["optimizer"])
+    log(f"resuming {args.out} after epoch {saved['state']['epoch']}")
+    return saved["state"]
+
+
+def end_epoch(args, config, state, record, head, logit_scale, optimizer, meta, master, log):
+    history = state["history"] + [record]
+    improved = record["selection"] > best_of(state["history"])
+    since_best = 0 if improved else state["since_best"] + 1
+    stopped = bool(args.patience) and since_best >= args.patience
+    state = {"epoch": record["epoch"], "history": history, "stopped": stopped, "since_best": since_best}
+    log(f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, {SELECTION_METRIC} "
+        f"{record['selection']:.2f}{' (best)' if improved else ''}, {record['seconds']:.1f} s"
+        + ("; early stop" if stopped else ""), flush=True)
+    if master:
+        if improved:
+            save_checkpoint(args.out / "best.pt", checkpoint(config, state, head, logit_scale, meta, record))
+        resume = checkpoint(config, state, head, logit_scale, meta, record)
+        resume.update(optimizer=optimizer.state_dict(), state=state)
+        save_checkpoint(args.out / "last.pt", resume)  # written after best.pt: a resumed run never lacks it
+        write_log(args.out, history)
+    return state
+
+
+def best_of(history):
+    return max((record["selection"] for record in history), default=-1.0)
+
+
+def checkpoint(config, state, head, logit_scale, meta, record):
+    return {"head": {k: v.detach().cpu() for k, v in head.state_dict().items()},
+            "logit_scale": logit_scale.detach().cpu(), "config": config, "seed": config["seed"],
+            "head_name": config["head"], "epoch": record["epoch"], "metric": {SELECTION_METRIC: record["selection"]},
+            "cache_meta_sha256": config["cache_meta_sha256"], "history": state["history"],
+            "clip_config": meta["contract"]["clip"]["config"]}
+
+
+def save_checkpoint(path, value):
+    tmp_path = path.with_name(f".{path.name}.tmp")
+    torch.save(value, tmp_path)
+    os.replace(tmp_path, path)
+
+
+def write_log(out_dir, history):
+    atomic_write_bytes(out_dir / "log.jsonl", "".join(json.dumps(record) + "\n" for record in history).encode())
+
+
+if __name__ == "__main__":
+    main()
