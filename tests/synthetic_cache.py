@@ -15,15 +15,16 @@ from feature_cache import PAIR_COLUMNS, atomic_write_csv, atomic_write_json, ato
 TOKENS_PER_CAPTION = 4
 
 
-def order_only_split(rng, n_videos, n_frames, dim, noise=0.05):
+def order_only_split(rng, n_videos, n_frames, dim, captions_per_direction=1, noise=0.05):
     starts, ends = rng.standard_normal((2, n_videos, dim)).astype(np.float32)
     progress = np.linspace(0.0, 1.0, n_frames, dtype=np.float32)[None, :, None]
     frames = (1 - progress) * starts[:, None] + progress * ends[:, None]
     frames += noise * rng.standard_normal(frames.shape).astype(np.float32)
-    captions = []  # (video row, direction, text embedding)
+    captions = []  # (video row, direction, text embedding); extra captions are noisy paraphrases
     for row in range(n_videos):
-        captions.append((row, "forward", ends[row]))
-        captions.append((row, "reverse", starts[row]))
+        for direction, target in (("forward", ends[row]), ("reverse", starts[row])):
+            for index in range(captions_per_direction):
+                captions.append((row, direction, target + (noise * rng.standard_normal(dim) if index else 0)))
     return frames, captions
 
 
@@ -43,9 +44,10 @@ def write_split(cache_dir, split, frames, captions, rng, pair_files):
     atomic_write_npy(split_dir / "text_token_feats.npy", tokens.reshape(-1, dim))
     atomic_write_npy(split_dir / "text_token_offsets.npy",
                      np.arange(len(captions) + 1, dtype=np.int64) * TOKENS_PER_CAPTION)
-    rows, lines = [], []
+    rows, lines, seen = [], [], {}
     for caption_row, (video_row, direction, _) in enumerate(captions):
-        caption_id = f"{video_ids[video_row]}#{direction}#human#0"
+        index = seen[(video_row, direction)] = seen.get((video_row, direction), -1) + 1
+        caption_id = f"{video_ids[video_row]}#{direction}#human#{index}"
         lines.append(json.dumps({"caption_id": caption_id, "video_id": video_ids[video_row], "direction": direction,
                                  "kind": "human", "text": f"{direction} caption of {video_ids[video_row]}",
                                  "row": caption_row}))
@@ -55,7 +57,8 @@ def write_split(cache_dir, split, frames, captions, rng, pair_files):
         atomic_write_csv(split_dir / name, PAIR_COLUMNS, [row for row in rows if keep(row)])
 
 
-def write_order_only_cache(cache_dir, clip_path, clip_config, n_train=256, n_valid=48, n_test=48, n_frames=8, seed=0):
+def write_order_only_cache(cache_dir, clip_path, clip_config, n_train=256, n_valid=48, n_test=48, n_frames=8, seed=0,
+                           train_captions_per_direction=1):
     """Train/valid/test splits (RTime layout) of order-only videos, with a cache_meta.json naming
     `clip_path` (whose text tower the heads start from) and the given CLIP config."""
     rng = np.random.default_rng(seed)
@@ -65,7 +68,8 @@ def write_order_only_cache(cache_dir, clip_path, clip_config, n_train=256, n_val
     for split, n_videos, pair_files in (("train", n_train, {"train_pairs.csv": every}),
                                         ("valid", n_valid, {"valid_pairs.csv": every}),
                                         ("test", n_test, {"test_pairs.csv": every, "test_origin_pairs.csv": forward_only})):
-        frames, captions = order_only_split(rng, n_videos, n_frames, dim)
+        per_direction = train_captions_per_direction if split == "train" else 1
+        frames, captions = order_only_split(rng, n_videos, n_frames, dim, per_direction)
         write_split(cache_dir, split, frames, captions, rng, pair_files)
     contract = {"clip": {"file": clip_path.name, "sha256": file_sha256(clip_path), "config": clip_config},
                 "sampling": {"fps": 1.0, "t_max": n_frames, "rule": "synthetic"},
