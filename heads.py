@@ -177,21 +177,21 @@ class TightTransf(nn.Module):
 HEADS = {"meanP": MeanP, "seqTransf": SeqTransf, "tightTransf": TightTransf, "mlpScore": MlpScore}
 
 
-def build_head(name, width, n_positions, clip_state=None, text_input="pooled"):
-    """A head of `name`; seqTransf and tightTransf start from the checkpoint's text tower
-    (`clip_state`, OpenAI names): its first 4 blocks and its positional embedding."""
+def build_head(name, width, n_positions, text_input="pooled"):
+    """An untrained head of `name`; for training, seqTransf and tightTransf then start from CLIP's
+    text tower through `init_from_clip_text`."""
     if name == "meanP":
         return MeanP()
     if name == "mlpScore":
         return MlpScore(width)
-    head = SeqTransf(width, n_positions) if name == "seqTransf" else TightTransf(width, n_positions, text_input)
-    if clip_state is None:
-        raise ValueError(f"{name} is initialised from the CLIP checkpoint's text transformer: pass its state dict")
-    init_from_clip_text(head, clip_state, n_positions)
-    return head
+    if name == "seqTransf":
+        return SeqTransf(width, n_positions)
+    return TightTransf(width, n_positions, text_input)
 
 
-def init_from_clip_text(head, clip_state, n_positions):
+def init_from_clip_text(head, clip_state):
+    """Copy the checkpoint's first 4 text blocks and text positional embedding (OpenAI names)
+    into a seqTransf or tightTransf head, as CLIP4Clip initialises them."""
     text_width = clip_state["ln_final.weight"].shape[0]
     head_width = head_width_of(head)
     if text_width != head_width:
@@ -208,7 +208,7 @@ def init_from_clip_text(head, clip_state, n_positions):
     with torch.no_grad():
         # rows past the text's context length (long token input + frames) start at zero
         positions.weight.zero_()
-        n_copied = min(n_positions, positional.shape[0])
+        n_copied = min(positions.weight.shape[0], positional.shape[0])
         positions.weight[:n_copied] = positional[:n_copied].float()
 
 

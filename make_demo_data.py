@@ -6,9 +6,11 @@ Writes OUT/annotations/{train,valid,test}.json in RTime's format, OUT/videos/{id
 FFV1), OUT/videos_reversed/{id}.avi (the same frames in reverse order, for verify.py), and
 OUT/clip_tiny.pt, a random CLIP of OpenAI's layout saved as a TorchScript archive like OpenAI's.
 
-Each video shows one coloured shape moving across a plain background; its captions say which
-shape moves in which direction, so the reversed video needs the opposite caption and only frame
-order tells a video from its reversal. Some train records have "reverse": false.
+Each video shows one coloured shape that grows, fades in, or sits on a background that brightens;
+its reversal shrinks, fades out, or darkens, and is captioned so. Only frame order tells a video
+from its reversal. These changes move the whole frame, so even a random-weight CLIP's features
+follow them (a small shape sliding across the frame barely moves them). Some train records have
+"reverse": false.
 """
 import argparse
 import warnings
@@ -23,16 +25,20 @@ from feature_cache import atomic_write_bytes, atomic_write_json
 
 COLOURS = {"red": (40, 40, 220), "green": (60, 190, 60), "blue": (220, 90, 40), "yellow": (40, 220, 230)}  # BGR
 SHAPES = ("circle", "square")
-MOTIONS = {  # name -> (start, end) of the shape's centre, as fractions of width and height
-    ("left", "right"): ((0.15, 0.5), (0.85, 0.5)),
-    ("top", "bottom"): ((0.5, 0.15), (0.5, 0.85)),
-    ("bottom left", "top right"): ((0.15, 0.85), (0.85, 0.15)),
+MOTIONS = {  # name -> (forward caption templates, reverse caption templates); the first is the human caption
+    "grow": (("a {c} {s} grows bigger", "the {c} {s} expands", "a {s} in {c} gets larger", "a growing {c} {s}"),
+             ("a {c} {s} shrinks smaller", "the {c} {s} contracts", "a {s} in {c} gets smaller", "a shrinking {c} {s}")),
+    "fade": (("a {c} {s} fades in", "the {c} {s} appears", "a {s} in {c} slowly shows up", "a {c} {s} emerges"),
+             ("a {c} {s} fades out", "the {c} {s} disappears", "a {s} in {c} slowly vanishes", "a {c} {s} dissolves")),
+    "light": (("the background behind a {c} {s} brightens", "the scene around the {c} {s} gets lighter",
+               "light comes up behind a {s} in {c}", "a {c} {s} as the lights go on"),
+              ("the background behind a {c} {s} darkens", "the scene around the {c} {s} gets darker",
+               "light fades behind a {s} in {c}", "a {c} {s} as the lights go off")),
 }
 SPLIT_SIZES = {"train": 144, "valid": 24, "test": 24}
 FRAME_SIZE = (64, 48)  # width, height: not square, so the centre crop matters
 N_FRAMES, NATIVE_FPS = 24, 8
-PARAPHRASES = ("a {c} {s} moves from the {a} to the {b}", "the {c} {s} travels from {a} to {b}",
-               "from the {a} a {c} {s} goes to the {b}", "a {s} in {c} slides {a} to {b}")
+MATRIX_STD = 0.15
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--out", type=Path, default=Path("demo"), help="folder to write the demo into")
@@ -41,21 +47,25 @@ for split, n_videos in SPLIT_SIZES.items():
     parser.add_argument(f"--{split}", type=int, default=n_videos, help=f"videos in {split}")
 
 
-def render_video(colour, shape, start, end, rng):
-    """[N_FRAMES, H, W, 3] uint8 BGR: the shape moves from `start` to `end` over a noisy background."""
+def render_video(colour, shape, motion, rng):
+    """[N_FRAMES, H, W, 3] uint8 BGR of the forward video over a noisy background."""
     width, height = FRAME_SIZE
-    background = rng.integers(0, 40, size=(height, width, 3), dtype=np.uint8)
-    radius = int(rng.integers(6, 10))
+    noise = rng.integers(0, 30, size=(height, width, 3)).astype(np.float32)
+    centre = (int(rng.integers(24, 40)), int(rng.integers(18, 30)))
     frames = []
     for t in np.linspace(0.0, 1.0, N_FRAMES):
-        frame = background.copy()
-        x = int(round((start[0] + t * (end[0] - start[0])) * width))
-        y = int(round((start[1] + t * (end[1] - start[1])) * height))
+        background = noise + (10 + 190 * t if motion == "light" else 20)
+        radius = int(round(3 + 19 * t)) if motion == "grow" else 12
+        shape_mask = np.zeros((height, width), np.uint8)
         if shape == "circle":
-            cv2.circle(frame, (x, y), radius, COLOURS[colour], thickness=-1)
+            cv2.circle(shape_mask, centre, radius, 1, thickness=-1)
         else:
-            cv2.rectangle(frame, (x - radius, y - radius), (x + radius, y + radius), COLOURS[colour], thickness=-1)
-        frames.append(frame)
+            cv2.rectangle(shape_mask, (centre[0] - radius, centre[1] - radius), (centre[0] + radius, centre[1] + radius),
+                          1, thickness=-1)
+        opacity = t if motion == "fade" else 1.0
+        shape_pixels = (1 - opacity) * background + opacity * np.array(COLOURS[colour], np.float32)
+        frame = np.where(shape_mask[..., None] == 1, shape_pixels, background)
+        frames.append(np.clip(frame, 0, 255).astype(np.uint8))
     return np.stack(frames)
 
 
@@ -71,18 +81,11 @@ def write_video(path, frames):
     tmp_path.replace(path)
 
 
-def captions_for(colour, shape, origin, target):
-    texts = [p.format(c=colour, s=shape, a=origin, b=target) for p in PARAPHRASES]
-    return texts[0], texts[1:]
-
-
 def make_record(video_id, colour, shape, motion, has_reverse):
-    (origin, target), _ = motion
-    forward, forward_rewrites = captions_for(colour, shape, origin, target)
-    reverse, reverse_rewrites = captions_for(colour, shape, target, origin)
-    return {"temporal": True, "reverse": has_reverse, "forward_captions": [forward],
-            "reverse_captions": [reverse] if has_reverse else [], "forward_rewrites": forward_rewrites,
-            "reverse_rewrites": reverse_rewrites if has_reverse else [], "url": f"demo://{video_id}"}
+    forward, reverse = ([template.format(c=colour, s=shape) for template in templates] for templates in MOTIONS[motion])
+    return {"temporal": True, "reverse": has_reverse, "forward_captions": forward[:1],
+            "reverse_captions": reverse[:1] if has_reverse else [], "forward_rewrites": forward[1:],
+            "reverse_rewrites": reverse[1:] if has_reverse else [], "url": f"demo://{video_id}"}
 
 
 def write_tiny_clip(path, seed):
@@ -97,6 +100,11 @@ def write_tiny_clip(path, seed):
         for name, param in model.named_parameters():
             if name.endswith("weight") and "ln" in name:
                 param.copy_(1.0 + 0.05 * torch.randn_like(param))
+            elif param.ndim >= 2 and "embedding" not in name:
+                # larger random matrices: at 0.05 every frame embeds within cosine 0.98 of the mean
+                # frame and attention is nearly uniform; at 0.15 the embeddings follow the content
+                # and the text blocks that seqTransf/tightTransf start from attend selectively
+                param.copy_(MATRIX_STD * torch.randn_like(param))
             else:
                 param.copy_(0.05 * torch.randn_like(param))
         model.logit_scale.fill_(np.log(100.0))
@@ -130,7 +138,7 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     for folder in ("annotations", "videos", "videos_reversed"):
         (args.out / folder).mkdir(parents=True, exist_ok=True)
-    kinds = [(colour, shape, motion) for colour in COLOURS for shape in SHAPES for motion in MOTIONS.items()]
+    kinds = [(colour, shape, motion) for colour in COLOURS for shape in SHAPES for motion in MOTIONS]
     next_id = 1_000_000 + 1000 * args.seed
     for split in SPLIT_SIZES:
         n_videos = getattr(args, split)
@@ -143,7 +151,7 @@ def main(argv=None):
             next_id += 1
             has_reverse = not (split == "train" and i % 6 == 5)  # some train records are not reversible
             records[video_id] = make_record(video_id, colour, shape, motion, has_reverse)
-            frames = render_video(colour, shape, *motion[1], rng)
+            frames = render_video(colour, shape, motion, rng)
             write_video(args.out / "videos" / f"{video_id}.avi", frames)
             write_video(args.out / "videos_reversed" / f"{video_id}.avi", frames[::-1])
         atomic_write_json(args.out / "annotations" / f"{split}.json", records)

@@ -71,14 +71,16 @@ def retrieval_metrics(scores, gold):
     counts = rank_counts(scores, gold)
     a, k, g = counts["above"], counts["tied_wrong"], counts["tied_gold"]
     expected_rank = a + 1 + k / (g + 1)
-    expected = {f"R@{K}": float(100.0 * expected_recall(a, k, g, K).mean()) for K in RECALL_KS}
+    recalls = {K: expected_recall(a, k, g, K) for K in RECALL_KS}
+    expected = {f"R@{K}": float(100.0 * recalls[K].mean()) for K in RECALL_KS}
     expected["MdR"] = float(np.median(expected_rank))
     expected["MnR"] = float(np.mean(expected_rank))
     metrics = summary(counts["stable_rank"])
     metrics.update({"expected": expected, "optimistic": summary(a + 1), "pessimistic": summary(a + k + 1),
                     "n_queries": int(len(a)), "n_tied": int((k > 0).sum())})
     per_query = {"stable_rank": counts["stable_rank"], "expected_rank": expected_rank,
-                 "optimistic_rank": a + 1, "pessimistic_rank": a + k + 1}
+                 "optimistic_rank": a + 1, "pessimistic_rank": a + k + 1,
+                 **{f"expected_recall@{K}": recalls[K] for K in RECALL_KS}}
     return metrics, per_query
 
 

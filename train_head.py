@@ -31,7 +31,7 @@ import clip_vendor
 from clip_vendor.model import CLIP, ClipConfig
 from feature_cache import META_NAME, atomic_write_bytes, atomic_write_json, read_meta, read_pairs
 from clip_vendor.tokenizer import file_sha256
-from heads import HEADS, MAX_LOGIT_SCALE, build_head, clip_logit_scale, unit
+from heads import HEADS, MAX_LOGIT_SCALE, build_head, clip_logit_scale, init_from_clip_text, unit
 from retrieval_metrics import retrieval_metrics
 from split_data import load_split_tensors, read_setting, score_matrix
 
@@ -146,23 +146,30 @@ def run_config(args, meta):
     config = {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()
               if key not in ("out", "device", "pair_batch")}
     config.update(frames=frames, cache_meta_sha256=file_sha256(args.cache / META_NAME),
-                  embed_dim=meta["contract"]["clip"]["config"]["embed_dim"])
+                  embed_dim=meta["contract"]["clip"]["config"]["embed_dim"],
+                  n_positions=head_positions(args.head, frames, args.text_input,
+                                             meta["contract"]["tokenizer"]["context_length"]))
     return config
 
 
 def make_head(args, meta, config):
     torch.manual_seed(args.seed)  # the same initial weights on every rank
-    clip_state = None
+    head = build_head(args.head, config["embed_dim"], config["n_positions"], args.text_input)
     if args.head in ("seqTransf", "tightTransf"):
         if args.clip is None:
             sys.exit(f"--clip is required for {args.head}: it starts from the checkpoint's text transformer")
         if file_sha256(args.clip) != meta["contract"]["clip"]["sha256"]:
             sys.exit(f"{args.clip} is not the checkpoint the cache was extracted with "
                      f"({meta['contract']['clip']['file']}, sha256 {meta['contract']['clip']['sha256'][:12]})")
-        clip_state = clip_vendor.read_state_dict(args.clip)
-    text_positions = {"pooled": 1, "tokens": meta["contract"]["tokenizer"]["context_length"]}[args.text_input]
-    n_positions = config["frames"] + (text_positions if args.head == "tightTransf" else 0)
-    return build_head(args.head, config["embed_dim"], n_positions, clip_state, args.text_input)
+        init_from_clip_text(head, clip_vendor.read_state_dict(args.clip))
+    return head
+
+
+def head_positions(head_name, frames, text_input, context_length):
+    """Position-table rows: frames, plus the text side's tokens for the cross-encoder."""
+    if head_name != "tightTransf":
+        return frames
+    return frames + (1 if text_input == "pooled" else context_length)
 
 
 def frozen_clip_parameters(meta):

@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_head  # noqa: E402
 from clip_vendor.model import CLIP, ClipConfig  # noqa: E402
-from heads import build_head  # noqa: E402
+from heads import build_head, init_from_clip_text  # noqa: E402
 from split_data import load_split_tensors, read_setting, score_matrix  # noqa: E402
 from tests.synthetic_cache import write_order_only_cache  # noqa: E402
 
@@ -73,7 +73,9 @@ def main(argv=None):
 
 
 def tight_pairs_per_second(cache, clip_path, args):
-    head = build_head("tightTransf", args.dim, args.frames + 1, torch.load(clip_path)).to(args.device).eval()
+    head = build_head("tightTransf", args.dim, args.frames + 1)
+    init_from_clip_text(head, torch.load(clip_path))
+    head = head.to(args.device).eval()
     data = load_split_tensors(cache, "valid", args.frames, args.device)
     setting = read_setting(cache, "valid", "valid_pairs.csv")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.device.startswith("cuda") else torch.autocast("cpu", enabled=False)

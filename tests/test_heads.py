@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import clip_vendor
-from heads import N_HEAD_LAYERS, build_head, unit
+from heads import N_HEAD_LAYERS, build_head, init_from_clip_text, unit
 from split_data import flip_frames, frame_subset
 
 WIDTH, N_FRAMES = 64, 6
@@ -17,7 +17,9 @@ def clip_state(demo_data):
 def make_head(name, clip_state):
     torch.manual_seed(0)
     n_positions = N_FRAMES + (1 if name == "tightTransf" else 0)
-    head = build_head(name, WIDTH, n_positions, clip_state if name in ("seqTransf", "tightTransf") else None)
+    head = build_head(name, WIDTH, n_positions)
+    if name in ("seqTransf", "tightTransf"):
+        init_from_clip_text(head, clip_state)
     return head.eval()
 
 
@@ -143,9 +145,9 @@ def test_mlpscore_starts_as_meanp(clip_state):
                                    scores(make_head("meanP", clip_state), text, frames, mask))
 
 
-def test_heads_need_the_checkpoint_for_text_layer_init():
-    with pytest.raises(ValueError, match="text transformer"):
-        build_head("seqTransf", WIDTH, N_FRAMES)
+def test_text_layer_init_refuses_a_width_mismatch(clip_state):
+    with pytest.raises(ValueError, match="text width 64 differs from the embedding width 128"):
+        init_from_clip_text(build_head("seqTransf", 128, N_FRAMES), clip_state)
 
 
 @pytest.mark.parametrize("n_cached", [3, 12, 13, 24, 25])

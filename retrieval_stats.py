@@ -1,0 +1,54 @@
+"""Uncertainty for retrieval metrics: query-level bootstrap CIs, paired comparisons, Holm-Bonferroni.
+
+Every statistic starts from per-query values that evaluate.py saved: expected recall@K (0..1) and
+expected rank. A metric is a statistic over queries: R@K = 100 * mean(recall@K), MdR = median(rank),
+MnR = mean(rank). CIs are percentile bootstraps over queries (scipy.stats.bootstrap, 1000 seeded
+resamples by default); a paired comparison resamples the same queries for both methods, and its
+two-sided p-value comes from a paired sign-flip permutation test (scipy.stats.permutation_test).
+"""
+import numpy as np
+from scipy import stats
+
+N_RESAMPLES = 1000
+CONFIDENCE = 0.95
+METRICS = {  # metric -> (per-query column, statistic over queries along `axis`)
+    "R@1": ("expected_recall@1", lambda x, axis=-1: 100.0 * np.mean(x, axis=axis)),
+    "R@5": ("expected_recall@5", lambda x, axis=-1: 100.0 * np.mean(x, axis=axis)),
+    "R@10": ("expected_recall@10", lambda x, axis=-1: 100.0 * np.mean(x, axis=axis)),
+    "MdR": ("expected_rank", lambda x, axis=-1: np.median(x, axis=axis)),
+    "MnR": ("expected_rank", lambda x, axis=-1: np.mean(x, axis=axis)),
+}
+
+
+def bootstrap_ci(values, statistic, seed=0, n_resamples=N_RESAMPLES):
+    """Percentile bootstrap CI of statistic(values) over the queries."""
+    result = stats.bootstrap((np.asarray(values, dtype=np.float64),), statistic, n_resamples=n_resamples,
+                             confidence_level=CONFIDENCE, method="percentile", vectorized=True,
+                             random_state=np.random.default_rng(seed))
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def paired_difference(values_a, values_b, statistic, seed=0, n_resamples=N_RESAMPLES):
+    """statistic(a) - statistic(b) on the same queries: (difference, CI low, CI high, p-value)."""
+    a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"paired comparison needs the same queries: {a.shape} vs {b.shape}")
+
+    def difference(x, y, axis=-1):
+        return statistic(x, axis=axis) - statistic(y, axis=axis)
+
+    ci = stats.bootstrap((a, b), difference, paired=True, n_resamples=n_resamples, confidence_level=CONFIDENCE,
+                         method="percentile", vectorized=True, random_state=np.random.default_rng(seed))
+    test = stats.permutation_test((a, b), difference, permutation_type="samples", n_resamples=n_resamples,
+                                  alternative="two-sided", vectorized=True, random_state=np.random.default_rng(seed))
+    return float(difference(a, b)), float(ci.confidence_interval.low), float(ci.confidence_interval.high), float(test.pvalue)
+
+
+def holm_adjust(p_values):
+    """Holm-Bonferroni: the i-th smallest of m p-values is scaled by (m - i), running maximum, capped at 1."""
+    p_values = np.asarray(p_values, dtype=np.float64)
+    order = np.argsort(p_values, kind="stable")
+    scaled = p_values[order] * (len(p_values) - np.arange(len(p_values)))
+    adjusted = np.empty_like(p_values)
+    adjusted[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
+    return adjusted
