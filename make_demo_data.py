@@ -88,7 +88,7 @@ def make_record(video_id, colour, shape, motion, has_reverse):
             "reverse_rewrites": reverse[1:] if has_reverse else [], "url": f"demo://{video_id}"}
 
 
-def write_tiny_clip(path, seed):
+def write_tiny_clip(path, seed, matrix_std=MATRIX_STD):
     """A random CLIP (32 px input, patch 8, 4 text layers for the heads' initialisation) saved as
     a TorchScript archive of OpenAI's layout, with no reference code needed."""
     torch.manual_seed(seed)
@@ -104,7 +104,7 @@ def write_tiny_clip(path, seed):
                 # larger random matrices: at 0.05 every frame embeds within cosine 0.98 of the mean
                 # frame and attention is nearly uniform; at 0.15 the embeddings follow the content
                 # and the text blocks that seqTransf/tightTransf start from attend selectively
-                param.copy_(MATRIX_STD * torch.randn_like(param))
+                param.copy_(matrix_std * torch.randn_like(param))
             else:
                 param.copy_(0.05 * torch.randn_like(param))
         model.logit_scale.fill_(np.log(100.0))

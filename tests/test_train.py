@@ -13,44 +13,52 @@ import torch
 
 import clip_vendor
 import train_head
+from make_demo_data import write_tiny_clip
 from tests.synthetic_cache import write_order_only_cache
 
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-def make_cache(demo_data, out, **sizes):
-    model, _ = clip_vendor.load(demo_data / "clip_tiny.pt")
-    write_order_only_cache(out, demo_data / "clip_tiny.pt", asdict(model.config), **sizes)
+@pytest.fixture(scope="module")
+def clip_path(tmp_path_factory):
+    """A tiny random CLIP with small weights (std 0.05): near-uniform attention at the start."""
+    path = tmp_path_factory.mktemp("clip") / "clip_small_init.pt"
+    write_tiny_clip(path, seed=0, matrix_std=0.05)
+    return path
+
+
+def make_cache(clip_path, out, **sizes):
+    model, _ = clip_vendor.load(clip_path)
+    write_order_only_cache(out, clip_path, asdict(model.config), **sizes)
     return out
 
 
 @pytest.fixture(scope="module")
-def order_cache(demo_data, tmp_path_factory):
+def order_cache(clip_path, tmp_path_factory):
     """256 train / 48 valid videos of 4 frames where only frame order tells captions apart."""
-    return make_cache(demo_data, tmp_path_factory.mktemp("order") / "cache", n_train=256, n_frames=4)
+    return make_cache(clip_path, tmp_path_factory.mktemp("order") / "cache", n_train=256, n_frames=4)
 
 
 @pytest.fixture(scope="module")
-def small_cache(demo_data, tmp_path_factory):
-    return make_cache(demo_data, tmp_path_factory.mktemp("small") / "cache", n_train=64, n_valid=16, n_frames=4)
+def small_cache(clip_path, tmp_path_factory):
+    return make_cache(clip_path, tmp_path_factory.mktemp("small") / "cache", n_train=64, n_valid=16, n_frames=4)
 
 
-def train_args(cache, demo_data, out, head, *extra):
-    return ["--cache", str(cache), "--head", head, "--out", str(out), "--clip", str(demo_data / "clip_tiny.pt"),
-            "--device", "cpu", *extra]
+def train_args(cache, clip, out, head, *extra):
+    return ["--cache", str(cache), "--head", head, "--out", str(out), "--clip", str(clip), "--device", "cpu", *extra]
 
 
 def best_record(out):
     return torch.load(out / "best.pt", weights_only=False)["history"][-1]
 
 
-def test_order_aware_heads_beat_meanp_on_hard_where_only_order_matters(order_cache, demo_data, tmp_path):
+def test_order_aware_heads_beat_meanp_on_hard_where_only_order_matters(clip_path, order_cache, tmp_path):
     settings = {"meanP": [], "seqTransf": ["--epochs", "8", "--batch-size", "32", "--lr", "3e-3"],
                 "tightTransf": ["--epochs", "10", "--batch-size", "16", "--lr", "3e-3"]}
     hard_r1, tied = {}, {}
     for head, extra in settings.items():
         out = tmp_path / head
-        train_head.main(train_args(order_cache, demo_data, out, head, "--reverse-negatives", *extra))
+        train_head.main(train_args(order_cache, clip_path, out, head, "--reverse-negatives", *extra))
         record = best_record(out)
         hard_r1[head] = record["selection"]
         tied[head] = record["valid_hard"]["t2v"]["n_tied"] / record["valid_hard"]["t2v"]["n_queries"]
@@ -62,9 +70,9 @@ def test_order_aware_heads_beat_meanp_on_hard_where_only_order_matters(order_cac
     assert hard_r1["tightTransf"] >= 75.0, hard_r1
 
 
-def test_checkpoint_and_log_contents(small_cache, demo_data, tmp_path):
+def test_checkpoint_and_log_contents(clip_path, small_cache, tmp_path):
     out = tmp_path / "run"
-    train_head.main(train_args(small_cache, demo_data, out, "seqTransf", "--epochs", "3", "--batch-size", "16"))
+    train_head.main(train_args(small_cache, clip_path, out, "seqTransf", "--epochs", "3", "--batch-size", "16"))
     best = torch.load(out / "best.pt", weights_only=False)
     assert best["seed"] == 0 and best["head_name"] == "seqTransf"
     assert best["cache_meta_sha256"] == clip_vendor.file_sha256(small_cache / "cache_meta.json")
@@ -79,18 +87,19 @@ def head_tensors(path):
     return torch.load(path, weights_only=False)["head"]
 
 
-def test_same_seed_same_weights_on_cpu(small_cache, demo_data, tmp_path):
+def test_same_seed_same_weights_on_cpu(clip_path, small_cache, tmp_path):
     for name in ("a", "b"):
-        train_head.main(train_args(small_cache, demo_data, tmp_path / name, "tightTransf",
+        train_head.main(train_args(small_cache, clip_path, tmp_path / name, "tightTransf",
                                    "--epochs", "2", "--batch-size", "16"))
     first, second = head_tensors(tmp_path / "a" / "last.pt"), head_tensors(tmp_path / "b" / "last.pt")
     assert all(torch.equal(first[key], second[key]) for key in first)
 
 
-def test_resume_after_kill_equals_uninterrupted_run(small_cache, demo_data, tmp_path):
+def test_resume_after_kill_equals_uninterrupted_run(clip_path, small_cache, tmp_path):
     extra = ["--epochs", "12", "--batch-size", "16", "--lr", "3e-3"]  # tightTransf: dropout must replay too
     killed = tmp_path / "killed"
-    command = [sys.executable, str(PROJECT / "train_head.py"), *train_args(small_cache, demo_data, killed, "tightTransf", *extra)]
+    command = [sys.executable, str(PROJECT / "train_head.py"),
+               *train_args(small_cache, clip_path, killed, "tightTransf", *extra)]
     process = subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                                env={**os.environ, "PYTHONPATH": str(PROJECT)})
     deadline = time.time() + 300
@@ -103,9 +112,9 @@ def test_resume_after_kill_equals_uninterrupted_run(small_cache, demo_data, tmp_
     process.wait()
     finished = len((killed / "log.jsonl").read_text().splitlines())
     assert 2 <= finished < 12, f"killed after {finished} epochs"
-    train_head.main(train_args(small_cache, demo_data, killed, "tightTransf", *extra))
+    train_head.main(train_args(small_cache, clip_path, killed, "tightTransf", *extra))
     straight = tmp_path / "straight"
-    train_head.main(train_args(small_cache, demo_data, straight, "tightTransf", *extra))
+    train_head.main(train_args(small_cache, clip_path, straight, "tightTransf", *extra))
     for name in ("last.pt", "best.pt"):
         resumed, uninterrupted = head_tensors(killed / name), head_tensors(straight / name)
         assert all(torch.equal(resumed[key], uninterrupted[key]) for key in resumed), name
@@ -114,22 +123,22 @@ def test_resume_after_kill_equals_uninterrupted_run(small_cache, demo_data, tmp_
     assert strip(killed / "log.jsonl") == strip(straight / "log.jsonl")
 
 
-def test_resume_into_a_run_of_a_different_cache_is_refused(small_cache, demo_data, tmp_path):
+def test_resume_into_a_run_of_a_different_cache_is_refused(clip_path, small_cache, tmp_path):
     out = tmp_path / "run"
-    train_head.main(train_args(small_cache, demo_data, out, "seqTransf", "--epochs", "1", "--batch-size", "16"))
+    train_head.main(train_args(small_cache, clip_path, out, "seqTransf", "--epochs", "1", "--batch-size", "16"))
     changed = tmp_path / "changed_cache"
     shutil.copytree(small_cache, changed)
     meta = json.loads((changed / "cache_meta.json").read_text())
     meta["contract"]["sampling"]["fps"] = 2.0
     (changed / "cache_meta.json").write_text(json.dumps(meta))
     with pytest.raises(SystemExit, match="cache_meta_sha256"):
-        train_head.main(train_args(changed, demo_data, out, "seqTransf", "--epochs", "1", "--batch-size", "16"))
+        train_head.main(train_args(changed, clip_path, out, "seqTransf", "--epochs", "1", "--batch-size", "16"))
 
 
-def test_wrong_checkpoint_is_refused(small_cache, demo_data, tmp_path):
+def test_wrong_checkpoint_is_refused(small_cache, clip_path, tmp_path):
     other = tmp_path / "other.pt"
-    torch.save(clip_vendor.read_state_dict(demo_data / "clip_tiny.pt") | {"logit_scale": torch.tensor(1.0)}, other)
-    args = train_args(small_cache, demo_data, tmp_path / "run", "seqTransf")
+    torch.save(clip_vendor.read_state_dict(clip_path) | {"logit_scale": torch.tensor(1.0)}, other)
+    args = train_args(small_cache, clip_path, tmp_path / "run", "seqTransf")
     args[args.index("--clip") + 1] = str(other)
     with pytest.raises(SystemExit, match="not the checkpoint the cache was extracted with"):
         train_head.main(args)
@@ -147,11 +156,11 @@ def test_batches_hold_one_caption_per_video_item():
     assert all(set(captions) == {0} for captions in forward_only.values())
 
 
-def test_torchrun_two_ranks_learns_the_order_task(order_cache, demo_data, tmp_path):
+def test_torchrun_two_ranks_learns_the_order_task(clip_path, order_cache, tmp_path):
     out = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
                str(PROJECT / "train_head.py"),
-               *train_args(order_cache, demo_data, out, "seqTransf", "--reverse-negatives", "--epochs", "8",
+               *train_args(order_cache, clip_path, out, "seqTransf", "--reverse-negatives", "--epochs", "8",
                            "--batch-size", "32", "--lr", "3e-3")]
     result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=600,
                             env={**os.environ, "PYTHONPATH": str(PROJECT)})
