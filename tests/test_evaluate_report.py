@@ -1,0 +1,180 @@
+import csv
+import json
+import re
+import shutil
+import subprocess
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import clip_vendor
+import evaluate
+import report
+import train_head
+from make_demo_data import write_tiny_clip
+from retrieval_metrics import binary_accuracy, retrieval_metrics
+from retrieval_stats import METRICS, bootstrap_ci
+from tests.synthetic_cache import write_order_only_cache
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory):
+    """A synthetic order-only cache, meanP, and seqTransf trained with two seeds, all evaluated."""
+    root = tmp_path_factory.mktemp("evaluated")
+    clip_path = root / "clip.pt"
+    write_tiny_clip(clip_path, seed=0, matrix_std=0.05)
+    cache = root / "cache"
+    write_order_only_cache(cache, clip_path, asdict(clip_vendor.load(clip_path)[0].config), n_train=64, n_valid=16,
+                           n_test=12, n_frames=4)
+    results = root / "results"
+    evaluate.main(["--cache", str(cache), "--head", "meanP", "--out", str(results / "meanP.json")])
+    for seed in (0, 1):
+        run = root / f"seqTransf_seed{seed}"
+        train_head.main(["--cache", str(cache), "--head", "seqTransf", "--seed", str(seed), "--out", str(run),
+                         "--clip", str(clip_path), "--epochs", "3", "--batch-size", "16", "--reverse-negatives"])
+        evaluate.main(["--cache", str(cache), "--ckpt", str(run / "best.pt"), "--method", "seqTransf",
+                       "--out", str(results / f"seqTransf_seed{seed}.json")])
+    return cache, results
+
+
+def load(results, name):
+    return json.loads((results / f"{name}.json").read_text())
+
+
+def test_result_file_structure_and_meanp_ties(evaluated):
+    _, results = evaluated
+    result = load(results, "meanP")
+    assert set(result) == {"origin", "hard", "binary", "provenance"}
+    for setting in ("origin", "hard"):
+        for direction in ("t2v", "v2t"):
+            block = result[setting][direction]
+            assert {"R@1", "R@5", "R@10", "MdR", "MnR", "expected", "optimistic", "pessimistic", "n_queries",
+                    "n_tied"} <= set(block)
+    assert result["origin"]["t2v"]["n_queries"] == 12 and result["hard"]["t2v"]["n_queries"] == 24
+    assert result["hard"]["t2v"]["n_tied"] == 24  # meanP shows its ties on Hard
+    assert result["origin"]["t2v"]["n_tied"] == 0
+    assert result["binary"]["t2v"] == {"accuracy": 50.0, "n_pairs": 24, "n_tied": 24}
+
+
+def test_every_statistic_recomputes_from_the_saved_arrays(evaluated):
+    _, results = evaluated
+    result = load(results, "seqTransf_seed0")
+    arrays = results / "seqTransf_seed0"
+    for setting in ("origin", "hard"):
+        scores, gold = np.load(arrays / f"{setting}_scores.npy"), np.load(arrays / f"{setting}_gold.npy")
+        t2v, _ = retrieval_metrics(scores, gold)
+        v2t, _ = retrieval_metrics(scores.T, gold.T)
+        assert t2v == result[setting]["t2v"] and v2t == result[setting]["v2t"]
+        per_query = np.load(arrays / f"{setting}_t2v_per_query.npy")
+        assert per_query.shape == (len(scores), 7)
+        assert 100 * per_query[:, 4].mean() == pytest.approx(result[setting]["t2v"]["expected"]["R@1"])
+    for direction in ("t2v", "v2t"):
+        margins = np.load(arrays / f"binary_{direction}_margins.npy")
+        assert binary_accuracy(margins) == result["binary"][direction]
+
+
+def test_binary_margins_compare_each_caption_and_video_with_the_reversal():
+    from split_data import setting_from_pairs
+    pairs = [{"caption_row": 0, "video_row": 0, "reversed": 0}, {"caption_row": 1, "video_row": 0, "reversed": 1}]
+    setting = setting_from_pairs(pairs)  # candidates: (0, 0), (0, 1)
+    scores = np.array([[0.9, 0.4],    # forward caption: original 0.9, reversal 0.4
+                       [0.7, 0.2]])   # reverse caption: original 0.7, reversal 0.2
+    margins = evaluate.binary_margins(scores, setting)
+    np.testing.assert_allclose(margins["t2v"], [0.9 - 0.4, 0.2 - 0.7])
+    np.testing.assert_allclose(margins["v2t"], [0.9 - 0.7, 0.2 - 0.4])
+
+
+def test_checkpoint_from_another_cache_is_refused(evaluated, tmp_path):
+    cache, results = evaluated
+    other = tmp_path / "other_cache"
+    shutil.copytree(cache, other)
+    meta = json.loads((other / "cache_meta.json").read_text())
+    meta["git_commit"] = "something else"
+    (other / "cache_meta.json").write_text(json.dumps(meta))
+    ckpt = load(results, "seqTransf_seed0")["provenance"]["ckpt"]
+    with pytest.raises(SystemExit, match="evaluate on the cache it was trained on"):
+        evaluate.main(["--cache", str(other), "--ckpt", ckpt, "--out", str(tmp_path / "x.json")])
+
+
+def test_parametric_head_needs_a_checkpoint(evaluated, tmp_path):
+    cache, _ = evaluated
+    with pytest.raises(SystemExit, match="train it with train_head.py"):
+        evaluate.main(["--cache", str(cache), "--head", "seqTransf", "--out", str(tmp_path / "x.json")])
+
+
+def test_generic_dataset_has_one_setting_and_no_binary(evaluated, tmp_path):
+    cache, _ = evaluated
+    generic = tmp_path / "generic"
+    shutil.copytree(cache, generic)
+    pair_file = generic / "test" / "test_pairs.csv"
+    with open(pair_file) as f:
+        rows = [row for row in csv.reader(f)]
+    with open(pair_file, "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows([rows[0]] + [row for row in rows[1:] if row[4] == "0"])
+    (generic / "test" / "test_origin_pairs.csv").unlink()
+    evaluate.main(["--cache", str(generic), "--head", "meanP", "--out", str(tmp_path / "generic.json")])
+    result = json.loads((tmp_path / "generic.json").read_text())
+    assert set(result) == {"all", "provenance"} and result["all"]["t2v"]["n_queries"] == 12
+
+
+def table_cells(markdown, title):
+    """{method: [cell text, ...]} of the markdown table under `## title`."""
+    table = markdown.split(f"## {title}\n", 1)[1].strip().split("\n\n", 1)[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_report_numbers_equal_the_result_files(evaluated, tmp_path):
+    _, results = evaluated
+    report.main(["--results", str(results), "--out", str(tmp_path / "report")])
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    files = {"meanP": ["meanP"], "seqTransf": ["seqTransf_seed0", "seqTransf_seed1"]}
+    for setting, title in (("origin", "Table A: RTime-Origin, text→video"), ("hard", "Table B: RTime-Hard, text→video")):
+        cells = table_cells(markdown, title)
+        for method, names in files.items():
+            runs = [load(results, name) for name in names]
+            for column, metric in enumerate(METRICS):
+                per_seed = [run[setting]["t2v"]["expected"][metric] for run in runs]
+                std = np.std(per_seed, ddof=1) if len(per_seed) > 1 else 0.0
+                per_query = np.mean([np.load(results / name / f"{setting}_t2v_per_query.npy") for name in names], axis=0)
+                source_column = 1 if metric in ("MdR", "MnR") else 4 + ("R@1", "R@5", "R@10").index(metric)
+                low, high = bootstrap_ci(per_query[:, source_column], METRICS[metric][1], seed=0)
+                assert cells[method][column] == f"{np.mean(per_seed):.2f} ± {std:.2f} [{low:.2f}, {high:.2f}]"
+            assert cells[method][5].startswith(f"{runs[0][setting]['t2v']['n_tied']:.1f} / ")
+    binary = table_cells(markdown, "Binary: original vs its reversal")
+    assert binary["meanP"][0] == f"{load(results, 'meanP')['binary']['t2v']['accuracy']:.2f} ± 0.00"
+    for plot in ("recall_at_k.png", "rank_cdf.png", "origin_to_hard.png", "training_curves.png"):
+        assert (tmp_path / "report" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert re.search(r"sha256 `[0-9a-f]{64}`", markdown)
+    pairwise = json.loads((tmp_path / "report" / "report_numbers.json").read_text())["pairwise"]
+    assert [(c["setting"], c["a"], c["b"]) for c in pairwise] == [("origin", "meanP", "seqTransf"), ("hard", "meanP", "seqTransf")]
+    assert all(c["p_holm"] >= c["p"] for c in pairwise)
+
+
+def test_report_refuses_results_of_different_caches(evaluated, tmp_path):
+    _, results = evaluated
+    mixed = tmp_path / "mixed"
+    shutil.copytree(results, mixed)
+    result = load(mixed, "meanP")
+    result["provenance"]["cache_meta_sha256"] = "0" * 64
+    (mixed / "meanP.json").write_text(json.dumps(result))
+    with pytest.raises(SystemExit, match="mixes caches or splits"):
+        report.main(["--results", str(mixed), "--out", str(tmp_path / "report")])
+
+
+def test_demo_run_shows_order_aware_heads_above_meanp_on_hard(tmp_path):
+    work = tmp_path / "work"
+    completed = subprocess.run(["bash", str(PROJECT / "run_all.sh"), "--work", str(work)], cwd=PROJECT,
+                               capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert f"Report: {work}/report/report.md" in completed.stdout
+    numbers = json.loads((work / "report" / "report_numbers.json").read_text())
+    hard = numbers["tables"]["hard/t2v"]
+    assert hard["meanP"]["n_tied"] == hard["meanP"]["n_queries"]
+    for head in ("seqTransf", "tightTransf"):
+        assert hard[head]["R@1"]["mean"] > hard["meanP"]["R@1"]["mean"] + 5.0, hard
+        assert hard[head]["n_tied"] == 0
