@@ -84,17 +84,17 @@ def main(argv=None):
     log(f"extracting {', '.join(splits)} with {args.clip.name} on {device} in {dtype_name}, "
         f"{world_size} process(es), {args.fps} fps, t_max {args.t_max}")
 
+    for split in splits:
+        if split in meta["counts"]:
+            log(f"[{split}] already complete: {meta['counts'][split]}")
+    todo = [split for split in splits if split not in meta["counts"]]
     video_files = index_video_files(args.videos)
     workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 1) // int(
         os.environ.get("LOCAL_WORLD_SIZE", 1)) - 1)
-    pool = multiprocessing.get_context("spawn").Pool(workers, init_decode_worker) if workers > 0 else None
+    pool = multiprocessing.get_context("spawn").Pool(workers, init_decode_worker) if workers > 0 and todo else None
     try:
-        for split in splits:
-            split_dir = args.out / split
-            if split in meta["counts"]:
-                log(f"[{split}] already complete: {meta['counts'][split]}")
-                continue
-            (split_dir / "parts").mkdir(parents=True, exist_ok=True)
+        for split in todo:
+            (args.out / split / "parts").mkdir(parents=True, exist_ok=True)
             format_name, records = annotations[split]
             captions = split_captions(records)
             extract_videos(split, records, video_files, args, model, preprocess, device, pool, rank, world_size, log)

@@ -152,3 +152,5 @@ def decode_and_crop(task):
         return video_id, resize_crop(decoded.frames_bgr, size).numpy(), None
     except VideoError as err:
         return video_id, None, str(err)
+    except Exception as err:  # noqa: BLE001  an odd file (frames changing size, a codec error): still a bad video, named
+        return video_id, None, f"unreadable: {path}: {type(err).__name__}: {err}"
