@@ -75,6 +75,10 @@ def main(argv=None):
     seed_everything(args.seed, deterministic=not device.startswith("cuda"))
 
     meta = read_meta(args.cache)
+    for split, pair_file in (("train", "train_pairs.csv"), ("valid", "valid_pairs.csv")):
+        if not (args.cache / split / pair_file).exists():
+            sys.exit(f"{args.cache / split / pair_file} not found: training needs the train and valid splits "
+                     "extracted (extract.py --splits train valid ...)")
     config = run_config(args, meta)
     head = make_head(args, meta, config).to(device)
     logit_scale = clip_logit_scale(args.learn_temp).to(device)

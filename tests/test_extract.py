@@ -214,3 +214,30 @@ def test_verify_passes_on_good_cache_and_fails_on_tampered_one(demo_data, demo_c
     np.save(tampered / "test" / "video_feats.npy", feats)
     with pytest.raises(SystemExit, match="test video_feats finite"):
         verify.main(["--cache", str(tampered)] + verify_args[2:])
+
+
+def test_generic_annotations_extract_with_one_pair_list(demo_data, tmp_path):
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    video_ids = list(json.loads((demo_data / "annotations" / "test.json").read_text()))[:3]
+    generic = {video_id: {"sentences": [f"clip {video_id}", f"another caption of {video_id}"]} for video_id in video_ids}
+    (annotations / "test.json").write_text(json.dumps(generic))
+    out = tmp_path / "cache"
+    extract.main(["--annotations", str(annotations), "--videos", str(demo_data / "videos"), "--clip",
+                  str(demo_data / "clip_tiny.pt"), "--out", str(out), "--fps", "4", "--workers", "0"])
+    assert sorted(path.name for path in (out / "test").glob("*.csv")) == ["test_pairs.csv"]
+    pairs = read_pairs(out, "test", "test_pairs.csv")
+    assert [(p["video_row"], p["reversed"]) for p in pairs] == [(0, 0), (0, 0), (1, 0), (1, 0), (2, 0), (2, 0)]
+    assert json.loads((out / "cache_meta.json").read_text())["contract"]["annotations"]["test"]["format"] == "generic"
+
+
+def test_unexpected_decode_error_is_a_named_bad_video(monkeypatch):
+    import video_frames
+
+    def broken(path, fps, t_max):
+        raise RuntimeError("frame size changed mid-stream")
+
+    monkeypatch.setattr(video_frames, "decode_sampled_frames", broken)
+    video_id, crops, reason = video_frames.decode_and_crop(("42", "/data/42.mp4", 1, 24, 32))
+    assert crops is None
+    assert reason == "unreadable: /data/42.mp4: RuntimeError: frame size changed mid-stream"

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import clip_vendor
+import evaluate
 import train_head
 from make_demo_data import write_tiny_clip
 from tests.synthetic_cache import write_order_only_cache
@@ -168,3 +169,35 @@ def test_torchrun_two_ranks_learns_the_order_task(clip_path, order_cache, tmp_pa
     assert "8 steps/epoch of 32 videos" in result.stdout  # 128 videos per rank, 16 per rank-batch
     assert best_record(out)["selection"] >= 80.0
     assert len((out / "log.jsonl").read_text().splitlines()) == 8
+
+
+def test_tighttransf_reads_token_features_when_asked(small_cache, clip_path, tmp_path):
+    train_head.main(train_args(small_cache, clip_path, tmp_path / "tokens", "tightTransf", "--text-input", "tokens",
+                               "--epochs", "2", "--batch-size", "16"))
+    checkpoint = torch.load(tmp_path / "tokens" / "best.pt", weights_only=False)
+    assert checkpoint["config"]["text_input"] == "tokens"
+    positions = checkpoint["head"]["cross.embeddings.position_embeddings.weight"]
+    assert len(positions) == 4 + 77  # frames + the text's context length
+    out = tmp_path / "tokens.json"
+    evaluate.main(["--cache", str(small_cache), "--split", "valid", "--ckpt", str(tmp_path / "tokens" / "best.pt"),
+                   "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["provenance"]["text_input"] == "tokens"
+    assert result["hard"]["t2v"]["expected"]["R@1"] == pytest.approx(checkpoint["history"][-1]["selection"])
+
+
+def test_missing_valid_split_is_named(small_cache, clip_path, tmp_path):
+    cache = tmp_path / "no_valid"
+    shutil.copytree(small_cache, cache)
+    shutil.rmtree(cache / "valid")
+    with pytest.raises(SystemExit, match="valid_pairs.csv not found"):
+        train_head.main(train_args(cache, clip_path, tmp_path / "run", "seqTransf"))
+
+
+def test_early_stopping_after_patience_epochs_without_improvement(small_cache, clip_path, tmp_path):
+    out = tmp_path / "stalled"
+    train_head.main(train_args(small_cache, clip_path, out, "seqTransf", "--epochs", "10", "--batch-size", "16",
+                               "--lr", "0", "--patience", "2"))  # nothing can improve after epoch 1
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [record["epoch"] for record in log] == [1, 2, 3]
+    assert torch.load(out / "last.pt", weights_only=False)["state"]["stopped"]
