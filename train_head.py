@@ -36,6 +36,7 @@ from retrieval_metrics import retrieval_metrics
 from split_data import load_split_tensors, read_setting, score_matrix
 
 SELECTION_METRIC = "valid Hard text->video R@1 (tie-aware expected)"
+PROGRESS_SECONDS = 10  # in-epoch progress lines at most this often
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--cache", required=True, type=Path, help="feature cache written by extract.py")
@@ -106,7 +107,7 @@ def main(argv=None):
         # dropout's stream is a function of (seed, epoch, rank): a resumed run draws the same masks
         torch.manual_seed(int(np.random.SeedSequence([args.seed, epoch, rank]).generate_state(1)[0]))
         head.train()
-        losses = []
+        loss_sum, last_print = torch.zeros((), device=device), start  # summed on the device: no sync per step
         for step, batch in enumerate(epoch_batches(items, my_videos, local_batch, steps_per_epoch, args.seed, epoch, rank)):
             set_lr(optimizer, args, (epoch - 1) * steps_per_epoch + step, total_steps)
             with autocast:
@@ -117,9 +118,14 @@ def main(argv=None):
             optimizer.step()
             with torch.no_grad():
                 logit_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
-            losses.append(loss.item())
+                loss_sum += loss.detach().float()
+            if time.time() - last_print > PROGRESS_SECONDS:
+                last_print = time.time()
+                rate = (step + 1) / (last_print - start)
+                log(f"  epoch {epoch}: step {step + 1}/{steps_per_epoch}, mean loss {loss_sum.item() / (step + 1):.4f}, "
+                    f"{rate:.2f} steps/s, ETA {(steps_per_epoch - step - 1) / rate:.0f} s", flush=True)
         metrics = validate(head, valid, valid_setting, args, autocast)
-        record = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr_end": optimizer.param_groups[0]["lr"],
+        record = {"epoch": epoch, "train_loss": loss_sum.item() / steps_per_epoch, "lr_end": optimizer.param_groups[0]["lr"],
                   "logit_scale": float(logit_scale.exp()), "seconds": round(time.time() - start, 3),
                   "selection": metrics["t2v"]["expected"]["R@1"], "valid_hard": metrics}
         state = end_epoch(args, config, state, record, head, logit_scale, optimizer, meta, master, log)
