@@ -209,15 +209,16 @@ def make_plots(methods, numbers, settings, out_dir):
         plots.append(save_figure(figure, out_dir / "origin_to_hard.png"))
 
     figure, ax = plt.subplots(figsize=(6, 3.5))
-    for method in names:
-        for run in methods[method]:
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, method in enumerate(names):
+        for seed_index, run in enumerate(methods[method]):  # one colour per method, one line per seed
             run_dir = run["result"]["provenance"].get("run_dir")
             log = Path(run_dir) / "log.jsonl" if run_dir else None
             if log and log.exists():
                 history = [json.loads(line) for line in log.read_text().splitlines()]
                 ax.plot([r["epoch"] for r in history], [r["selection"] for r in history], alpha=0.7,
-                        label=f"{method} seed {run['result']['provenance']['seed']}")
-    ax.set_title("Training: valid Hard text→video R@1 (expected)")
+                        color=colours[index % len(colours)], label=method if seed_index == 0 else None)
+    ax.set_title("Training: valid Hard text→video R@1 (expected), one line per seed")
     ax.set_xlabel("epoch")
     if ax.lines:
         ax.legend(fontsize=7)
