@@ -13,6 +13,7 @@ import collections
 import json
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -29,7 +30,8 @@ from annotations import load_split, pair_lists, split_captions
 from clip_vendor.preprocess import normalize
 from clip_vendor.tokenizer import VOCAB_PATH, file_sha256
 from feature_cache import (META_NAME, PAIR_COLUMNS, atomic_write_csv, atomic_write_json, atomic_write_lines,
-                           atomic_write_npy, atomic_write_npy_blocks, atomic_write_npz, contract_mismatch)
+                           atomic_write_npy, atomic_write_npy_blocks, atomic_write_npz, contract_mismatch,
+                           remove_stale_temporaries)
 from video_frames import SAMPLING_RULE, decode_and_crop, index_video_files, init_decode_worker
 
 CACHE_FORMAT_VERSION = 1
@@ -271,6 +273,7 @@ def merge_split(out_dir, split, format_name, records, captions, meta, on_error, 
     """Rank 0: concatenate the parts in chunk order into the split's final files."""
     split_dir = out_dir / split
     parts_dir = split_dir / "parts"
+    remove_stale_temporaries(split_dir)  # a killed merge's half-written files
     video_parts = sorted(parts_dir.glob("video_*.npz"))
     text_parts = sorted(parts_dir.glob("text_*.npz"))
     video_ids, frame_counts, failed = [], [], []
@@ -311,9 +314,7 @@ def merge_split(out_dir, split, format_name, records, captions, meta, on_error, 
     meta["counts"][split] = {"videos": len(video_ids), "failed_videos": len(failed), "frames": int(video_offsets[-1]),
                              "captions": len(captions), "tokens": int(token_offsets[-1])}
     atomic_write_json(out_dir / META_NAME, meta)
-    for part in video_parts + text_parts:
-        part.unlink()
-    parts_dir.rmdir()
+    shutil.rmtree(parts_dir)  # the parts, and any half-written chunk a killed run left among them
     log(f"[{split}] merged: {meta['counts'][split]}" + (f"; {len(failed)} failed, see {failed_path}" if failed else ""))
     return meta
 

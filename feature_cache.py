@@ -19,10 +19,21 @@ META_NAME = "cache_meta.json"
 PAIR_COLUMNS = ("caption_row", "caption_id", "video_row", "video_id", "reversed")
 
 
+def temporary_path(path):
+    """Where a write of `path` happens before its rename: hidden, and named after the writing process."""
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def remove_stale_temporaries(folder):
+    """Delete what writes killed half-way (kill -9) left behind in `folder`; only our own names."""
+    for stale in Path(folder).glob(".*.tmp*"):
+        stale.unlink()
+
+
 def atomic_write_bytes(path, data):
     """Write to a temporary name beside `path`, fsync, then rename: readers never see half a file."""
     path = Path(path)
-    tmp_path = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp_path = temporary_path(path)
     with open(tmp_path, "wb") as f:
         f.write(data)
         f.flush()
@@ -38,7 +49,7 @@ def atomic_write_npy_blocks(path, blocks, shape, dtype):
     """Write row blocks, in order, into one .npy of `shape` (it carries its own dtype and shape)
     through a memmap under a temporary name, so a large array never has to sit in memory whole."""
     path = Path(path)
-    tmp_path = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp_path = temporary_path(path)
     out = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=dtype, shape=tuple(shape))
     row = 0
     for block in blocks:

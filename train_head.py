@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 import clip_vendor
 from clip_vendor.model import CLIP, ClipConfig
-from feature_cache import META_NAME, atomic_write_bytes, atomic_write_json, read_meta, read_pairs
+from feature_cache import META_NAME, atomic_write_bytes, atomic_write_json, read_meta, read_pairs, temporary_path
 from clip_vendor.tokenizer import file_sha256
 from heads import HEADS, MAX_LOGIT_SCALE, build_head, clip_logit_scale, init_from_clip_text, unit
 from retrieval_metrics import retrieval_metrics
@@ -342,7 +342,7 @@ def checkpoint(config, state, head, logit_scale, meta, record):
 
 
 def save_checkpoint(path, value):
-    tmp_path = path.with_name(f".{path.name}.tmp")
+    tmp_path = temporary_path(path)
     torch.save(value, tmp_path)
     os.replace(tmp_path, path)
 

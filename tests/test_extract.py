@@ -241,3 +241,16 @@ def test_unexpected_decode_error_is_a_named_bad_video(monkeypatch):
     video_id, crops, reason = video_frames.decode_and_crop(("42", "/data/42.mp4", 1, 24, 32))
     assert crops is None
     assert reason == "unreadable: /data/42.mp4: RuntimeError: frame size changed mid-stream"
+
+
+def test_stale_temporaries_from_a_killed_write_are_cleared(demo_data, demo_cache, tmp_path):
+    out = tmp_path / "cache"
+    for folder in (out / "test" / "parts", out / "test"):
+        folder.mkdir(parents=True, exist_ok=True)
+    (out / "test" / "parts" / ".video_000000.npz.tmp4242").write_bytes(b"half a chunk")
+    (out / "test" / ".video_feats.npy.tmp4242").write_bytes(b"half a merge")
+    extract.main(extract_args(demo_data, out, "--splits", "test"))
+    assert not (out / "test" / "parts").exists()
+    assert not list(out.rglob(".*.tmp*"))
+    original = open_split(demo_cache, "test")
+    assert np.array_equal(open_split(out, "test").video_feats, original.video_feats)
