@@ -115,7 +115,8 @@ def check_reextraction(args, contract, splits, model, preprocess, report):
     for split, row in sample:
         video_id = splits[split].video_ids[row]
         cached = np.asarray(splits[split].frames(row), dtype=np.float32)
-        fresh = extract_one(video_id, video_files.get(video_id), sampling, preprocess, model, args.device)
+        path = video_files.get(video_id, args.videos / f"{video_id}.*")
+        fresh = extract_one(video_id, path, sampling, preprocess, model, args.device)
         same.append((video_id, compare(fresh, cached)))
         if video_id in reversed_files:
             reversed_feats = extract_one(video_id, reversed_files[video_id], sampling, preprocess, model, args.device)

@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -254,3 +255,14 @@ def test_stale_temporaries_from_a_killed_write_are_cleared(demo_data, demo_cache
     assert not list(out.rglob(".*.tmp*"))
     original = open_split(demo_cache, "test")
     assert np.array_equal(open_split(out, "test").video_feats, original.video_feats)
+
+
+def test_verify_names_a_video_file_gone_since_extraction(demo_data, demo_cache, tmp_path, capsys):
+    videos = tmp_path / "videos"
+    shutil.copytree(demo_data / "videos", videos)
+    for path in videos.iterdir():
+        path.unlink()  # every video gone: whichever are drawn, the first is named
+    with pytest.raises(SystemExit, match="re-extraction = cache"):
+        verify.main(["--cache", str(demo_cache), "--annotations", str(demo_data / "annotations"), "--videos", str(videos),
+                     "--clip", str(demo_data / "clip_tiny.pt"), "--n-videos", "2"])
+    assert re.search(r"re-extraction = cache +FAIL +video \d+: missing: .*/videos/\d+\.\*", capsys.readouterr().out)
