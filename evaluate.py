@@ -17,7 +17,6 @@ rank, expected recall@1/5/10), and binary_{direction}_margins.npy, so every stat
 recomputed without a model.
 """
 import argparse
-import contextlib
 import sys
 from pathlib import Path
 
@@ -28,8 +27,7 @@ from clip_vendor.tokenizer import file_sha256
 from feature_cache import META_NAME, atomic_write_json, atomic_write_npy, read_meta, read_pairs
 from heads import HEADS, build_head
 from retrieval_metrics import binary_accuracy, retrieval_metrics
-from split_data import load_split_tensors, score_matrix, setting_from_pairs
-from train_head import head_positions
+from split_data import autocast_for, load_split_tensors, score_matrix, setting_from_pairs
 
 TIE_ORDER = "candidates: originals by video row, then reversed videos by video row; queries: captions by caption row"
 PER_QUERY_COLUMNS = ("stable_rank", "expected_rank", "optimistic_rank", "pessimistic_rank",
@@ -55,7 +53,7 @@ def main(argv=None):
     head, config = load_head(args, meta, cache_sha)
     head = head.to(args.device).eval()
     data = load_split_tensors(args.cache, args.split, config["frames"], args.device, config["text_input"] == "tokens")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.device.startswith("cuda") else contextlib.nullcontext()
+    autocast = autocast_for(args.device)
 
     array_dir = args.out.with_suffix("")
     array_dir.mkdir(parents=True, exist_ok=True)
@@ -109,9 +107,7 @@ def load_head(args, meta, cache_sha):
                  f"{checkpoint['cache_meta_sha256'][:12]}, but {args.cache / META_NAME} has {cache_sha[:12]}: "
                  "evaluate on the cache it was trained on")
     config = checkpoint["config"]
-    n_positions = head_positions(config["head"], config["frames"], config["text_input"],
-                                 meta["contract"]["tokenizer"]["context_length"])
-    head = build_head(config["head"], config["embed_dim"], n_positions, config["text_input"])
+    head = build_head(config["head"], config["embed_dim"], config["n_positions"], config["text_input"])
     head.load_state_dict(checkpoint["head"])
     return head, config
 

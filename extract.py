@@ -103,7 +103,7 @@ def main(argv=None):
             extract_texts(split, captions, args, model, device, rank, world_size, log)
             barrier(world_size)
             if master:
-                meta = merge_split(args.out, split, format_name, records, captions, meta, args.on_error, log)
+                meta = merge_split(args.out, split, format_name, records, captions, meta, log)
             barrier(world_size)
     finally:
         if pool is not None:
@@ -179,8 +179,9 @@ def my_chunks(n_items, chunk_size, rank, world_size):
 class Progress:
     """Items done, rate and ETA of this rank's share of a split, printed at most every 2 s."""
 
-    def __init__(self, label, total, log):
-        self.label, self.total, self.log = label, total, log
+    def __init__(self, label, total, log, world_size):
+        self.label = label + (" (this rank's share)" if world_size > 1 else "")
+        self.total, self.log = total, log
         self.start, self.done, self.frames, self.last_print = time.time(), 0, 0, 0.0
 
     def update(self, items, frames=0):
@@ -202,8 +203,7 @@ def extract_videos(split, records, video_files, args, model, preprocess, device,
     parts_dir = args.out / split / "parts"
     chunks = [chunk for chunk in my_chunks(len(records), args.batch_videos, rank, world_size)
               if not (parts_dir / f"video_{chunk[0]:06d}.npz").exists()]
-    share = " (this rank's share)" if world_size > 1 else ""
-    progress = Progress(f"[{split}] videos{share}", sum(stop - start for _, start, stop in chunks), log)
+    progress = Progress(f"[{split}] videos", sum(stop - start for _, start, stop in chunks), log, world_size)
 
     def submit(start, stop):
         tasks = [(record.video_id, str(video_files.get(record.video_id, args.videos / f"{record.video_id}.*")),
@@ -254,8 +254,7 @@ def extract_texts(split, captions, args, model, device, rank, world_size, log):
     parts_dir = args.out / split / "parts"
     chunks = [chunk for chunk in my_chunks(len(captions), args.text_batch, rank, world_size)
               if not (parts_dir / f"text_{chunk[0]:06d}.npz").exists()]
-    share = " (this rank's share)" if world_size > 1 else ""
-    progress = Progress(f"[{split}] captions{share}", sum(stop - start for _, start, stop in chunks), log)
+    progress = Progress(f"[{split}] captions", sum(stop - start for _, start, stop in chunks), log, world_size)
     for chunk_index, start, stop in chunks:
         tokens = clip_vendor.tokenize([caption.text for caption in captions[start:stop]], args.context_length)
         with torch.no_grad():
@@ -269,7 +268,7 @@ def extract_texts(split, captions, args, model, device, rank, world_size, log):
         progress.update(stop - start)
 
 
-def merge_split(out_dir, split, format_name, records, captions, meta, on_error, log):
+def merge_split(out_dir, split, format_name, records, captions, meta, log):
     """Rank 0: concatenate the parts in chunk order into the split's final files."""
     split_dir = out_dir / split
     parts_dir = split_dir / "parts"
@@ -293,7 +292,7 @@ def merge_split(out_dir, split, format_name, records, captions, meta, on_error, 
     atomic_write_npy(split_dir / "video_offsets.npy", video_offsets)
     atomic_write_json(split_dir / "video_ids.json", video_ids)
 
-    token_counts = np.concatenate([np.load(part)["token_counts"] for part in text_parts]).astype(np.int64)
+    token_counts = np.concatenate(list(part_arrays(text_parts, "token_counts"))).astype(np.int64)
     if len(token_counts) != len(captions):
         sys.exit(f"{parts_dir}: text parts hold {len(token_counts)} captions, the split has {len(captions)}")
     token_offsets = np.concatenate([[0], np.cumsum(token_counts)]).astype(np.int64)
@@ -323,13 +322,14 @@ def concat_parts(parts, key, path, n_rows):
     """Stack array `key` of each part file, in order, into one fp16 .npy of n_rows rows."""
     with np.load(parts[0]) as first:
         dim = first[key].shape[1]
+    atomic_write_npy_blocks(path, part_arrays(parts, key), (n_rows, dim), np.float16)
 
-    def blocks():
-        for part in parts:
-            with np.load(part) as data:
-                yield data[key]
 
-    atomic_write_npy_blocks(path, blocks(), (n_rows, dim), np.float16)
+def part_arrays(parts, key):
+    """Array `key` of each part file in order, each file closed once read."""
+    for part in parts:
+        with np.load(part) as data:
+            yield data[key]
 
 
 def json_line(value):

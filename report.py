@@ -84,6 +84,11 @@ def load_results(results_dir):
     return methods
 
 
+def mean_std(per_seed):
+    """Mean and sample standard deviation (ddof 1) over seeds; 0 for a single seed."""
+    return {"mean": float(np.mean(per_seed)), "std": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0}
+
+
 def seed_averaged(runs, key, column):
     return np.mean([run["per_query"][key][column] for run in runs], axis=0)
 
@@ -95,8 +100,7 @@ def method_row(runs, setting, direction, args):
     for metric, (column, statistic) in METRICS.items():
         per_seed = [run["result"][setting][direction]["expected"][metric] for run in runs]
         low, high = bootstrap_ci(seed_averaged(runs, key, column), statistic, args.seed, args.n_resamples)
-        row[metric] = {"mean": float(np.mean(per_seed)), "std": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0,
-                       "ci": [low, high]}
+        row[metric] = {**mean_std(per_seed), "ci": [low, high]}
     row["n_tied"] = float(np.mean([run["result"][setting][direction]["n_tied"] for run in runs]))
     row["n_queries"] = runs[0]["result"][setting][direction]["n_queries"]
     row["n_seeds"] = len(runs)
@@ -119,7 +123,7 @@ def binary_row(runs):
     row = {}
     for direction in ("t2v", "v2t"):
         accuracy = [run["result"]["binary"][direction]["accuracy"] for run in runs]
-        row[direction] = {"mean": float(np.mean(accuracy)), "std": float(np.std(accuracy, ddof=1)) if len(runs) > 1 else 0.0,
+        row[direction] = {**mean_std(accuracy),
                           "n_tied": float(np.mean([run["result"]["binary"][direction]["n_tied"] for run in runs])),
                           "n_pairs": runs[0]["result"]["binary"][direction]["n_pairs"]}
     return row

@@ -5,6 +5,7 @@ pooled text [n_captions, D] fp16, and the flat token features with a padded inde
 index gathers. A reversed video is `flip_frames` of its row: the real frames in reverse order,
 padding left at the end.
 """
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -134,6 +135,13 @@ def score_matrix(head, data, setting, text_input="pooled", pair_batch=8192, vide
         text, text_mask = data.text_input(caption_rows[start : start + texts_per_forward], text_input)
         rows.append(head.score_matrix(text.float(), text_mask, frames, frame_mask).float().cpu())
     return torch.cat(rows)
+
+
+def autocast_for(device):
+    """bf16 autocast on CUDA; on the CPU everything stays fp32."""
+    if str(device).startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def to_float(batch):

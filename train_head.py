@@ -12,7 +12,6 @@ after every epoch on valid (Hard); the selection metric is the tie-aware expecte
 Outputs in --out: best.pt, last.pt (for resume), log.jsonl, config.json.
 """
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -33,7 +32,7 @@ from feature_cache import META_NAME, atomic_write_bytes, atomic_write_json, read
 from clip_vendor.tokenizer import file_sha256
 from heads import HEADS, MAX_LOGIT_SCALE, build_head, clip_logit_scale, init_from_clip_text, unit
 from retrieval_metrics import retrieval_metrics
-from split_data import load_split_tensors, read_setting, score_matrix
+from split_data import autocast_for, load_split_tensors, read_setting, score_matrix
 
 SELECTION_METRIC = "valid Hard text->video R@1 (tie-aware expected)"
 PROGRESS_SECONDS = 10  # in-epoch progress lines at most this often
@@ -96,7 +95,7 @@ def main(argv=None):
     local_batch = max(1, args.batch_size // world_size)
     steps_per_epoch = min_over_ranks(max(1, len(my_videos) // local_batch), world_size, device)
     total_steps = steps_per_epoch * args.epochs
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else contextlib.nullcontext()
+    autocast = autocast_for(device)
 
     state = resume_or_start(args, config, head, logit_scale, optimizer, log)
     log(f"selection metric: {SELECTION_METRIC}; {len(items)} train videos, {steps_per_epoch} steps/epoch of "
@@ -320,11 +319,11 @@ def end_epoch(args, config, state, record, head, logit_scale, optimizer, meta, m
         f"{record['selection']:.2f}{' (best)' if improved else ''}, {record['seconds']:.1f} s"
         + ("; early stop" if stopped else ""), flush=True)
     if master:
+        saved = checkpoint(config, state, head, logit_scale, meta, record)
         if improved:
-            save_checkpoint(args.out / "best.pt", checkpoint(config, state, head, logit_scale, meta, record))
-        resume = checkpoint(config, state, head, logit_scale, meta, record)
-        resume.update(optimizer=optimizer.state_dict(), state=state)
-        save_checkpoint(args.out / "last.pt", resume)  # written after best.pt: a resumed run never lacks it
+            save_checkpoint(args.out / "best.pt", saved)
+        # written after best.pt: a resumed run never lacks it
+        save_checkpoint(args.out / "last.pt", {**saved, "optimizer": optimizer.state_dict(), "state": state})
         write_log(args.out, history)
     return state
 

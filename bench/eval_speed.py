@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from heads import build_head, unit  # noqa: E402
-from split_data import Setting, SplitTensors, score_matrix  # noqa: E402
+from split_data import Setting, SplitTensors, autocast_for, score_matrix  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--devices", nargs="+", default=["cuda", "cpu"], help="devices to measure on")
@@ -44,10 +44,6 @@ def random_split(n, args, device):
                         torch.zeros(1, args.dim, dtype=torch.float16, device=device),
                         torch.zeros(n, 1, dtype=torch.long, device=device),
                         torch.zeros(n, 1, dtype=torch.bool, device=device))
-
-
-def autocast_for(device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else torch.autocast("cpu", enabled=False)
 
 
 def all_pairs_seconds(head, data, n, args, device):

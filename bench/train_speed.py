@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train_head  # noqa: E402
 from clip_vendor.model import CLIP, ClipConfig  # noqa: E402
 from heads import build_head, init_from_clip_text  # noqa: E402
-from split_data import load_split_tensors, read_setting, score_matrix  # noqa: E402
+from split_data import autocast_for, load_split_tensors, read_setting, score_matrix  # noqa: E402
 from tests.synthetic_cache import write_order_only_cache  # noqa: E402
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -78,8 +78,7 @@ def tight_pairs_per_second(cache, clip_path, args):
     head = head.to(args.device).eval()
     data = load_split_tensors(cache, "valid", args.frames, args.device)
     setting = read_setting(cache, "valid", "valid_pairs.csv")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if args.device.startswith("cuda") else torch.autocast("cpu", enabled=False)
-    with autocast:
+    with autocast_for(args.device):
         score_matrix(head, data, setting)  # warm-up
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
