@@ -8,6 +8,7 @@ Two formats, told apart by their records:
 
 A pair links a caption to a video row; `reversed=1` means "the flipped frames of that row".
 """
+
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,18 +27,18 @@ class AnnotationError(ValueError):
 
 @dataclass(frozen=True)
 class Caption:
-    caption_id: str     # "{video_id}#{direction}#{kind}#{index}"
+    caption_id: str  # "{video_id}#{direction}#{kind}#{index}"
     video_id: str
-    direction: str      # "forward" (describes the file as it plays) or "reverse" (its time reversal)
-    kind: str           # "human" or "rewrite" (RTime's generated paraphrases)
+    direction: str  # "forward" (describes the file as it plays) or "reverse" (its time reversal)
+    kind: str  # "human" or "rewrite" (RTime's generated paraphrases)
     text: str
 
 
 @dataclass(frozen=True)
 class VideoRecord:
     video_id: str
-    has_reverse: bool   # RTime: the reversed video is a valid sample with its own captions
-    captions: tuple     # of Caption, in file order: forward human, reverse human, rewrites
+    has_reverse: bool  # RTime: the reversed video is a valid sample with its own captions
+    captions: tuple  # of Caption, in file order: forward human, reverse human, rewrites
 
 
 def reject_duplicate_keys(path):
@@ -48,6 +49,7 @@ def reject_duplicate_keys(path):
                 raise AnnotationError(f"{path}: duplicate id {key!r}")
             seen.add(key)
         return dict(pairs)
+
     return build
 
 
@@ -71,8 +73,10 @@ def detect_format(path, data):
         return "rtime"
     if isinstance(first, dict) and "sentences" in first:
         return "generic"
-    raise AnnotationError(f"{path}: record {first_id!r} has neither 'forward_captions' (RTime) "
-                          "nor 'sentences' (generic); cannot tell the format")
+    raise AnnotationError(
+        f"{path}: record {first_id!r} has neither 'forward_captions' (RTime) "
+        "nor 'sentences' (generic); cannot tell the format"
+    )
 
 
 def string_list(path, video_id, record, field, required, allow_empty):
@@ -104,8 +108,10 @@ def parse_rtime_record(path, video_id, record):
         texts = string_list(path, video_id, record, field, required, allow_empty=not required)
         if direction == "reverse" and not has_reverse:
             continue  # the reversed video is not a valid sample: its captions describe nothing we use
-        captions += [Caption(f"{video_id}#{direction}#{kind}#{i}", video_id, direction, kind, text)
-                     for i, text in enumerate(texts)]
+        captions += [
+            Caption(f"{video_id}#{direction}#{kind}#{i}", video_id, direction, kind, text)
+            for i, text in enumerate(texts)
+        ]
     return VideoRecord(video_id, has_reverse, tuple(captions))
 
 
@@ -113,8 +119,9 @@ def parse_generic_record(path, video_id, record):
     if not isinstance(record, dict):
         raise AnnotationError(f"{path}: record {video_id!r} must be an object")
     texts = string_list(path, video_id, record, "sentences", required=True, allow_empty=False)
-    captions = tuple(Caption(f"{video_id}#forward#human#{i}", video_id, "forward", "human", text)
-                     for i, text in enumerate(texts))
+    captions = tuple(
+        Caption(f"{video_id}#forward#human#{i}", video_id, "forward", "human", text) for i, text in enumerate(texts)
+    )
     return VideoRecord(video_id, False, captions)
 
 
@@ -144,19 +151,37 @@ def pair_rows(captions, video_row_of, include):
     return rows
 
 
-def pair_lists(split, annotation_format, captions, video_row_of):
-    """The pair lists of a split, {file name: rows}.
+# The evaluation settings of each format, and the one training selects its best epoch on.
+EVALUATION_SETTINGS = {"rtime": ("origin", "hard"), "generic": ("all",)}
+SELECTION_SETTING = {"rtime": "hard", "generic": "all"}
 
-    train: every caption (human and rewrite, forward and reverse). valid/test (Hard): human
-    captions of originals and of reversed videos. test_origin: human forward captions only.
-    Generic datasets: each split's captions against their videos.
-    """
-    is_human = lambda caption: caption.kind == "human"  # noqa: E731
-    if split == "train":
-        lists = {"train_pairs.csv": pair_rows(captions, video_row_of, lambda caption: True)}
-    else:
-        lists = {f"{split}_pairs.csv": pair_rows(captions, video_row_of, is_human)}
-    if split == "test" and annotation_format == "rtime":
-        forward_human = lambda caption: is_human(caption) and caption.direction == "forward"  # noqa: E731
-        lists["test_origin_pairs.csv"] = pair_rows(captions, video_row_of, forward_human)
-    return lists
+
+def every_caption(caption: Caption) -> bool:
+    return True
+
+
+def is_human(caption: Caption) -> bool:
+    return caption.kind == "human"
+
+
+def is_forward_human(caption: Caption) -> bool:
+    return caption.kind == "human" and caption.direction == "forward"
+
+
+# Which captions each pair list holds. train: every caption (human and rewrite, forward and
+# reverse). RTime valid/test: `hard`, the human captions of originals and of reversed videos, and
+# `origin`, the human forward captions of the originals. Generic valid/test: `all` human captions.
+PAIR_RULES = {"train": every_caption, "hard": is_human, "origin": is_forward_human, "all": is_human}
+
+
+def pair_settings(split: str, annotation_format: str) -> tuple[str, ...]:
+    """The pair lists a split has (feature_cache.pair_file names their files)."""
+    return ("train",) if split == "train" else EVALUATION_SETTINGS[annotation_format]
+
+
+def pair_lists(split: str, annotation_format: str, captions: list[Caption], video_row_of: dict[str, int]) -> dict:
+    """The pair lists of a split, {setting: rows}."""
+    return {
+        setting: pair_rows(captions, video_row_of, PAIR_RULES[setting])
+        for setting in pair_settings(split, annotation_format)
+    }

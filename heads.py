@@ -4,28 +4,43 @@ Inputs everywhere: `frame_feats` [B, T, D] unnormalised frame embeddings, `frame
 (True = a real frame), `text_feats` [Bt, D] unnormalised pooled text embeddings, and for
 tightTransf with token input, `token_feats` [Bt, L, D] + `token_mask` [Bt, L].
 
-- meanP, seqTransf, mlpScore are query-independent: `encode_video` gives one unit vector per
-  video and the score is a cosine with the unit text vector.
-- tightTransf is a cross-encoder: `pair_scores` runs it on every (text, video) pair.
+Every head answers the same two calls:
+- `video_index(frame_feats, frame_mask)`: what is kept per video for search, a tuple of tensors
+  with one row per video. Query-independent heads (meanP, seqTransf, mlpScore) keep one unit
+  vector per video; the cross-encoder (tightTransf) keeps the frames themselves.
+- `score_matrix(text, text_mask, *video_index, logit_scale=None)`: scores [Bt, Bv] of every text
+  against every video. Text is [Bt, L, D] with a mask [Bt, L]: the pooled embedding (L = 1) or
+  token features. Query-independent heads score cosines, times CLIP's temperature when training
+  passes one; tightTransf's similarity output is already a logit (CLIP4Clip scales it by nothing).
 
 Parameter names follow CLIP4Clip (`frame_position_embeddings`, `transformerClip.resblocks.{i}.*`,
 `cross.*`, `similarity_dense`) so weights move between the two code bases.
 """
+
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clip_vendor.model import LayerNorm, QuickGELU, Transformer
+from clip_vendor.model import HEAD_WIDTH, LayerNorm, QuickGELU, Transformer
 
-EPS = 1e-6             # masked (all-zero) frames must not divide by zero when normalised
-N_HEAD_LAYERS = 4      # CLIP4Clip's 4 layers, initialised from the first 4 of CLIP's text transformer
+EPS = 1e-6  # masked (all-zero) frames must not divide by zero when normalised
+N_HEAD_LAYERS = 4  # CLIP4Clip's 4 layers, initialised from the first 4 of CLIP's text transformer
 MAX_LOGIT_SCALE = 100.0
 
 
-def unit(x):
+def unit(x: torch.Tensor) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(EPS)
+
+
+def cosine_score_matrix(text: torch.Tensor, video_emb: torch.Tensor, logit_scale: torch.Tensor | None) -> torch.Tensor:
+    """Query-independent scoring: the unit pooled text [Bt, 1, D] against unit video vectors [Bv, D],
+    times `logit_scale` if given (applied to the text vectors, before the product)."""
+    text_emb = unit(text[:, 0])
+    if logit_scale is not None:
+        text_emb = logit_scale * text_emb
+    return text_emb @ video_emb.T
 
 
 def order_free_sum(x, dim):
@@ -48,34 +63,40 @@ class MeanP(nn.Module):
     """Normalise each frame, masked mean, normalise: blind to frame order by construction, to the
     last bit (see order_free_sum)."""
 
-    query_independent = True
+    text_input = "pooled"
 
-    def encode_video(self, frame_feats, frame_mask):
-        return unit(masked_mean(unit(frame_feats), frame_mask))
+    def video_index(self, frame_feats, frame_mask):
+        return (unit(masked_mean(unit(frame_feats), frame_mask)),)
+
+    def score_matrix(self, text, text_mask, video_emb, logit_scale=None):
+        return cosine_score_matrix(text, video_emb, logit_scale)
 
 
 class SeqTransf(nn.Module):
     """Frames + position embeddings -> 4 non-causal CLIP blocks -> + input (residual) -> meanP."""
 
-    query_independent = True
+    text_input = "pooled"
 
     def __init__(self, width, n_positions):
         super().__init__()
         self.frame_position_embeddings = nn.Embedding(n_positions, width)
-        self.transformerClip = Transformer(width, N_HEAD_LAYERS, width // 64 or 1)
+        self.transformerClip = Transformer(width, N_HEAD_LAYERS, width // HEAD_WIDTH)
 
-    def encode_video(self, frame_feats, frame_mask):
+    def video_index(self, frame_feats, frame_mask):
         positions = torch.arange(frame_feats.shape[1], device=frame_feats.device)
         hidden = frame_feats + self.frame_position_embeddings(positions)
         hidden = self.transformerClip(hidden, attn_mask=key_padding_mask(frame_mask))
-        return unit(masked_mean(unit(hidden + frame_feats), frame_mask))
+        return (unit(masked_mean(unit(hidden + frame_feats), frame_mask)),)
+
+    def score_matrix(self, text, text_mask, video_emb, logit_scale=None):
+        return cosine_score_matrix(text, video_emb, logit_scale)
 
 
 class MlpScore(nn.Module):
     """AdaCLIP's query-independent aggregation: an MLP scores each frame, masked softmax over
     frames, weighted sum. The last layer starts at zero, so training starts from meanP."""
 
-    query_independent = True
+    text_input = "pooled"
 
     def __init__(self, width):
         super().__init__()
@@ -83,12 +104,15 @@ class MlpScore(nn.Module):
         nn.init.zeros_(self.frame_scorer[2].weight)
         nn.init.zeros_(self.frame_scorer[2].bias)
 
-    def encode_video(self, frame_feats, frame_mask):
+    def video_index(self, frame_feats, frame_mask):
         frames = unit(frame_feats)
         logits = self.frame_scorer(frames).squeeze(-1).masked_fill(~frame_mask, float("-inf"))
         exp_logits = (logits - logits.max(dim=1, keepdim=True).values).exp()  # softmax, summed order-free
         weights = (exp_logits / order_free_sum(exp_logits, dim=1).unsqueeze(1)).unsqueeze(-1)
-        return unit(order_free_sum(weights * frames, dim=1))
+        return (unit(order_free_sum(weights * frames, dim=1)),)
+
+    def score_matrix(self, text, text_mask, video_emb, logit_scale=None):
+        return cosine_score_matrix(text, video_emb, logit_scale)
 
 
 class CrossEmbeddings(nn.Module):
@@ -117,7 +141,7 @@ class CrossModel(nn.Module):
     def __init__(self, width, n_positions, dropout):
         super().__init__()
         self.embeddings = CrossEmbeddings(width, n_positions, dropout)
-        self.transformer = Transformer(width, N_HEAD_LAYERS, width // 64 or 1)
+        self.transformer = Transformer(width, N_HEAD_LAYERS, width // HEAD_WIDTH)
         self.pooler = CrossPooler(width)
 
     def forward(self, tokens, mask):
@@ -152,11 +176,10 @@ class TightTransf(nn.Module):
     """CLIP4Clip's cross-encoder: [text token(s); frame tokens] + positions (+ dropout) -> 4 CLIP
     blocks -> LayerNorm, token 0 -> dense + QuickGELU -> Linear(D, 1)."""
 
-    query_independent = False
-
-    def __init__(self, width, n_positions, text_input="pooled", dropout=0.1):
+    def __init__(self, width, n_positions, text_input="pooled", dropout=0.1, pair_batch=8192):
         super().__init__()
         self.text_input = text_input
+        self.pair_batch = pair_batch  # (text, video) pairs per forward: bounds activation memory
         self.cross = CrossModel(width, n_positions, dropout)
         self.similarity_dense = nn.Linear(width, 1)
 
@@ -166,55 +189,86 @@ class TightTransf(nn.Module):
         mask = torch.cat([text_mask, frame_mask], dim=1)
         return self.similarity_dense(self.cross(tokens, mask)).squeeze(-1)
 
-    def score_matrix(self, text_tokens, text_mask, frame_feats, frame_mask):
-        """Every text against every video: [Bt, L, D] x [Bv, T, D] -> [Bt, Bv]."""
-        n_texts, n_videos = len(text_tokens), len(frame_feats)
-        texts = text_tokens.repeat_interleave(n_videos, 0), text_mask.repeat_interleave(n_videos, 0)
-        videos = frame_feats.repeat(n_texts, 1, 1), frame_mask.repeat(n_texts, 1)
-        return self.pair_scores(*texts, *videos).view(n_texts, n_videos)
+    def video_index(self, frame_feats, frame_mask):
+        """A cross-encoder cannot summarise a video without the query: it keeps the frames."""
+        return frame_feats, frame_mask
+
+    def score_matrix(self, text, text_mask, frame_feats, frame_mask, logit_scale=None):
+        """Every text against every video, `pair_batch` pairs per forward: [Bt, L, D] x [Bv, T, D] -> [Bt, Bv].
+        `logit_scale` is not used: similarity_dense's output is the logit."""
+        n_videos = len(frame_feats)
+        texts_per_forward = max(1, self.pair_batch // max(n_videos, 1))
+        rows = []
+        for start in range(0, len(text), texts_per_forward):
+            chunk, chunk_mask = text[start : start + texts_per_forward], text_mask[start : start + texts_per_forward]
+            n_texts = len(chunk)
+            texts = chunk.repeat_interleave(n_videos, 0), chunk_mask.repeat_interleave(n_videos, 0)
+            videos = frame_feats.repeat(n_texts, 1, 1), frame_mask.repeat(n_texts, 1)
+            rows.append(self.pair_scores(*texts, *videos).view(n_texts, n_videos))
+        return torch.cat(rows)
 
 
 HEADS = {"meanP": MeanP, "seqTransf": SeqTransf, "tightTransf": TightTransf, "mlpScore": MlpScore}
 
 
-def build_head(name, width, n_positions, text_input="pooled"):
-    """An untrained head of `name`; for training, seqTransf and tightTransf then start from CLIP's
-    text tower through `init_from_clip_text`."""
+def head_positions(name: str, frames: int, text_input: str, context_length: int) -> int:
+    """Position-table rows: frames, plus the text side's tokens for the cross-encoder."""
+    if name != "tightTransf":
+        return frames
+    return frames + (1 if text_input == "pooled" else context_length)
+
+
+def build_head(
+    name: str, width: int, frames: int, text_input: str = "pooled", context_length: int = 77, pair_batch: int = 8192
+) -> nn.Module:
+    """An untrained head of `name` for videos of `frames` frames and `width`-wide features; for
+    training, seqTransf and tightTransf then start from CLIP's text tower (`init_from_clip_text`).
+    tightTransf reads `text_input` (pooled, or tokens of `context_length`) and scores `pair_batch`
+    pairs per forward."""
+    if name not in HEADS:
+        raise ValueError(f"unknown head {name!r}: choose one of {', '.join(sorted(HEADS))}")
     if name == "meanP":
         return MeanP()
     if name == "mlpScore":
         return MlpScore(width)
+    n_positions = head_positions(name, frames, text_input, context_length)
     if name == "seqTransf":
         return SeqTransf(width, n_positions)
-    return TightTransf(width, n_positions, text_input)
+    return TightTransf(width, n_positions, text_input, pair_batch=pair_batch)
+
+
+def parameter_free_heads() -> list[str]:
+    """Heads with nothing to train: evaluated zero-shot, without a checkpoint."""
+    with torch.device("meta"):  # shapes only, no memory
+        return [name for name in sorted(HEADS) if not list(build_head(name, HEAD_WIDTH, 2).parameters())]
 
 
 def init_from_clip_text(head, clip_state):
     """Copy the checkpoint's first 4 text blocks and text positional embedding (OpenAI names)
     into a seqTransf or tightTransf head, as CLIP4Clip initialises them."""
     text_width = clip_state["ln_final.weight"].shape[0]
-    head_width = head_width_of(head)
-    if text_width != head_width:
-        raise ValueError(f"CLIP text width {text_width} differs from the embedding width {head_width}: "
-                         "the head cannot start from the text transformer")
-    positional = clip_state["positional_embedding"]  # [context_length, width]
     if isinstance(head, SeqTransf):
         blocks, positions = head.transformerClip, head.frame_position_embeddings
     else:
         blocks, positions = head.cross.transformer, head.cross.embeddings.position_embeddings
-    weights = {key[len("transformer."):]: value for key, value in clip_state.items()
-               if key.startswith("transformer.resblocks.") and int(key.split(".")[2]) < N_HEAD_LAYERS}
+    head_width = blocks.width
+    if text_width != head_width:
+        raise ValueError(
+            f"CLIP text width {text_width} differs from the embedding width {head_width}: "
+            "the head cannot start from the text transformer"
+        )
+    positional = clip_state["positional_embedding"]  # [context_length, width]
+    weights = {
+        key[len("transformer.") :]: value
+        for key, value in clip_state.items()
+        if key.startswith("transformer.resblocks.") and int(key.split(".")[2]) < N_HEAD_LAYERS
+    }
     blocks.load_state_dict({k: v.float() for k, v in weights.items()}, strict=True)
     with torch.no_grad():
         # rows past the text's context length (long token input + frames) start at zero
         positions.weight.zero_()
         n_copied = min(positions.weight.shape[0], positional.shape[0])
         positions.weight[:n_copied] = positional[:n_copied].float()
-
-
-def head_width_of(head):
-    transformer = head.transformerClip if isinstance(head, SeqTransf) else head.cross.transformer
-    return transformer.width
 
 
 def clip_logit_scale(learnable):

@@ -12,7 +12,9 @@ from its reversal. These changes move the whole frame, so even a random-weight C
 follow them (a small shape sliding across the frame barely moves them). Some train records have
 "reverse": false.
 """
+
 import argparse
+import io
 import warnings
 from pathlib import Path
 
@@ -21,26 +23,45 @@ import numpy as np
 import torch
 
 import clip_vendor.model as clip_model
-from feature_cache import atomic_write_bytes, atomic_write_json
+from file_io import atomic_output, atomic_write_bytes, atomic_write_json
 
 COLOURS = {"red": (40, 40, 220), "green": (60, 190, 60), "blue": (220, 90, 40), "yellow": (40, 220, 230)}  # BGR
 SHAPES = ("circle", "square")
 MOTIONS = {  # name -> (forward caption templates, reverse caption templates); the first is the human caption
-    "grow": (("a {c} {s} grows bigger", "the {c} {s} expands", "a {s} in {c} gets larger", "a growing {c} {s}"),
-             ("a {c} {s} shrinks smaller", "the {c} {s} contracts", "a {s} in {c} gets smaller", "a shrinking {c} {s}")),
-    "fade": (("a {c} {s} fades in", "the {c} {s} appears", "a {s} in {c} slowly shows up", "a {c} {s} emerges"),
-             ("a {c} {s} fades out", "the {c} {s} disappears", "a {s} in {c} slowly vanishes", "a {c} {s} dissolves")),
-    "light": (("the background behind a {c} {s} brightens", "the scene around the {c} {s} gets lighter",
-               "light comes up behind a {s} in {c}", "a {c} {s} as the lights go on"),
-              ("the background behind a {c} {s} darkens", "the scene around the {c} {s} gets darker",
-               "light fades behind a {s} in {c}", "a {c} {s} as the lights go off")),
+    "grow": (
+        ("a {c} {s} grows bigger", "the {c} {s} expands", "a {s} in {c} gets larger", "a growing {c} {s}"),
+        ("a {c} {s} shrinks smaller", "the {c} {s} contracts", "a {s} in {c} gets smaller", "a shrinking {c} {s}"),
+    ),
+    "fade": (
+        ("a {c} {s} fades in", "the {c} {s} appears", "a {s} in {c} slowly shows up", "a {c} {s} emerges"),
+        ("a {c} {s} fades out", "the {c} {s} disappears", "a {s} in {c} slowly vanishes", "a {c} {s} dissolves"),
+    ),
+    "light": (
+        (
+            "the background behind a {c} {s} brightens",
+            "the scene around the {c} {s} gets lighter",
+            "light comes up behind a {s} in {c}",
+            "a {c} {s} as the lights go on",
+        ),
+        (
+            "the background behind a {c} {s} darkens",
+            "the scene around the {c} {s} gets darker",
+            "light fades behind a {s} in {c}",
+            "a {c} {s} as the lights go off",
+        ),
+    ),
 }
 SPLIT_SIZES = {"train": 144, "valid": 24, "test": 24}
 FRAME_SIZE = (64, 48)  # width, height: not square, so the centre crop matters
 N_FRAMES, NATIVE_FPS = 24, 8
 MATRIX_STD = 0.15
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help keeps the docstring's layout and shows every default."""
+
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
 parser.add_argument("--out", type=Path, default=Path("demo"), help="folder to write the demo into")
 parser.add_argument("--seed", type=int, default=0, help="seed for layouts, noise and CLIP weights")
 for split, n_videos in SPLIT_SIZES.items():
@@ -60,8 +81,13 @@ def render_video(colour, shape, motion, rng):
         if shape == "circle":
             cv2.circle(shape_mask, centre, radius, 1, thickness=-1)
         else:
-            cv2.rectangle(shape_mask, (centre[0] - radius, centre[1] - radius), (centre[0] + radius, centre[1] + radius),
-                          1, thickness=-1)
+            cv2.rectangle(
+                shape_mask,
+                (centre[0] - radius, centre[1] - radius),
+                (centre[0] + radius, centre[1] + radius),
+                1,
+                thickness=-1,
+            )
         opacity = t if motion == "fade" else 1.0
         shape_pixels = (1 - opacity) * background + opacity * np.array(COLOURS[colour], np.float32)
         frame = np.where(shape_mask[..., None] == 1, shape_pixels, background)
@@ -71,30 +97,43 @@ def render_video(colour, shape, motion, rng):
 
 def write_video(path, frames):
     """Lossless FFV1 in AVI, so a decode returns exactly these frames."""
-    tmp_path = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    writer = cv2.VideoWriter(str(tmp_path), cv2.VideoWriter_fourcc(*"FFV1"), NATIVE_FPS, FRAME_SIZE)
-    if not writer.isOpened():
-        raise RuntimeError("this OpenCV build cannot write FFV1 video")
-    for frame in frames:
-        writer.write(frame)
-    writer.release()
-    tmp_path.replace(path)
+    with atomic_output(path) as tmp_path:
+        writer = cv2.VideoWriter(str(tmp_path), cv2.VideoWriter_fourcc(*"FFV1"), NATIVE_FPS, FRAME_SIZE)
+        if not writer.isOpened():
+            raise RuntimeError("this OpenCV build cannot write FFV1 video")
+        for frame in frames:
+            writer.write(frame)
+        writer.release()
 
 
 def make_record(video_id, colour, shape, motion, has_reverse):
     forward, reverse = ([template.format(c=colour, s=shape) for template in templates] for templates in MOTIONS[motion])
-    return {"temporal": True, "reverse": has_reverse, "forward_captions": forward[:1],
-            "reverse_captions": reverse[:1] if has_reverse else [], "forward_rewrites": forward[1:],
-            "reverse_rewrites": reverse[1:] if has_reverse else [], "url": f"demo://{video_id}"}
+    return {
+        "temporal": True,
+        "reverse": has_reverse,
+        "forward_captions": forward[:1],
+        "reverse_captions": reverse[:1] if has_reverse else [],
+        "forward_rewrites": forward[1:],
+        "reverse_rewrites": reverse[1:] if has_reverse else [],
+        "url": f"demo://{video_id}",
+    }
 
 
 def write_tiny_clip(path, seed, matrix_std=MATRIX_STD):
     """A random CLIP (32 px input, patch 8, 4 text layers for the heads' initialisation) saved as
     a TorchScript archive of OpenAI's layout, with no reference code needed."""
     torch.manual_seed(seed)
-    config = clip_model.ClipConfig(embed_dim=64, image_resolution=32, vision_layers=2, vision_width=64,
-                                   vision_patch_size=8, context_length=77, vocab_size=49408, text_width=64,
-                                   text_layers=4)
+    config = clip_model.ClipConfig(
+        embed_dim=64,
+        image_resolution=32,
+        vision_layers=2,
+        vision_width=64,
+        vision_patch_size=8,
+        context_length=77,
+        vocab_size=49408,
+        text_width=64,
+        text_layers=4,
+    )
     model = clip_model.CLIP(config)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -108,11 +147,11 @@ def write_tiny_clip(path, seed, matrix_std=MATRIX_STD):
             else:
                 param.copy_(0.05 * torch.randn_like(param))
         model.logit_scale.fill_(np.log(100.0))
-    tmp_path = path.with_name(f".{path.name}.tmp")
+    buffer = io.BytesIO()  # saved through a buffer: an archive written to a path is named after it
     with warnings.catch_warnings():  # OpenAI's format is TorchScript, deprecated or not
         warnings.simplefilter("ignore", DeprecationWarning)
-        torch.jit.save(torch.jit.script(StateHolder(model.state_dict())), str(tmp_path))
-    tmp_path.replace(path)
+        torch.jit.save(torch.jit.script(StateHolder(model.state_dict())), buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 class StateHolder(torch.nn.Module):
@@ -157,8 +196,10 @@ def main(argv=None):
         atomic_write_json(args.out / "annotations" / f"{split}.json", records)
     write_tiny_clip(args.out / "clip_tiny.pt", args.seed)
     atomic_write_bytes(args.out / "README.txt", b"Demo data written by make_demo_data.py; safe to delete.\n")
-    print(f"demo data in {args.out}: {args.train}/{args.valid}/{args.test} train/valid/test videos, "
-          f"tiny CLIP at {args.out / 'clip_tiny.pt'}")
+    print(
+        f"demo data in {args.out}: {args.train}/{args.valid}/{args.test} train/valid/test videos, "
+        f"tiny CLIP at {args.out / 'clip_tiny.pt'}"
+    )
 
 
 if __name__ == "__main__":

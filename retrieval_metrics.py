@@ -16,6 +16,7 @@ scoring exactly m, and g the golds scoring exactly m. Ranks count from 1:
 R@K are percentages; MdR is `np.median` of ranks (the mean of the two middle ones for an even
 count), MnR their mean, as in CLIP4Clip. The expected MdR is the median of the expected ranks.
 """
+
 import numpy as np
 
 RECALL_KS = (1, 5, 10)
@@ -45,7 +46,7 @@ def rank_counts(scores, gold):
 def expected_recall(above, tied_wrong, tied_gold, k):
     """P(rank <= k) per query over all orders of the tied items (see the module docstring)."""
     recall = np.zeros(len(above))
-    for q, (a, n_wrong, n_gold) in enumerate(zip(above, tied_wrong, tied_gold)):
+    for q, (a, n_wrong, n_gold) in enumerate(zip(above, tied_wrong, tied_gold, strict=True)):
         slots = k - a - 1  # wrong tied items that may come before the first gold with rank still <= k
         if slots < 0:
             continue
@@ -76,11 +77,22 @@ def retrieval_metrics(scores, gold):
     expected["MdR"] = float(np.median(expected_rank))
     expected["MnR"] = float(np.mean(expected_rank))
     metrics = summary(counts["stable_rank"])
-    metrics.update({"expected": expected, "optimistic": summary(a + 1), "pessimistic": summary(a + k + 1),
-                    "n_queries": int(len(a)), "n_tied": int((k > 0).sum())})
-    per_query = {"stable_rank": counts["stable_rank"], "expected_rank": expected_rank,
-                 "optimistic_rank": a + 1, "pessimistic_rank": a + k + 1,
-                 **{f"expected_recall@{K}": recalls[K] for K in RECALL_KS}}
+    metrics.update(
+        {
+            "expected": expected,
+            "optimistic": summary(a + 1),
+            "pessimistic": summary(a + k + 1),
+            "n_queries": int(len(a)),
+            "n_tied": int((k > 0).sum()),
+        }
+    )
+    per_query = {
+        "stable_rank": counts["stable_rank"],
+        "expected_rank": expected_rank,
+        "optimistic_rank": a + 1,
+        "pessimistic_rank": a + k + 1,
+        **{f"expected_recall@{K}": recalls[K] for K in RECALL_KS},
+    }
     return metrics, per_query
 
 

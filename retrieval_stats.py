@@ -6,6 +6,7 @@ MnR = mean(rank). CIs are percentile bootstraps over queries (scipy.stats.bootst
 resamples by default); a paired comparison resamples the same queries for both methods, and its
 two-sided p-value comes from a paired sign-flip permutation test (scipy.stats.permutation_test).
 """
+
 import numpy as np
 from scipy import stats
 
@@ -22,9 +23,15 @@ METRICS = {  # metric -> (per-query column, statistic over queries along `axis`)
 
 def bootstrap_ci(values, statistic, seed=0, n_resamples=N_RESAMPLES):
     """Percentile bootstrap CI of statistic(values) over the queries."""
-    result = stats.bootstrap((np.asarray(values, dtype=np.float64),), statistic, n_resamples=n_resamples,
-                             confidence_level=CONFIDENCE, method="percentile", vectorized=True,
-                             random_state=np.random.default_rng(seed))
+    result = stats.bootstrap(
+        (np.asarray(values, dtype=np.float64),),
+        statistic,
+        n_resamples=n_resamples,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        vectorized=True,
+        random_state=np.random.default_rng(seed),
+    )
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
@@ -37,11 +44,31 @@ def paired_difference(values_a, values_b, statistic, seed=0, n_resamples=N_RESAM
     def difference(x, y, axis=-1):
         return statistic(x, axis=axis) - statistic(y, axis=axis)
 
-    ci = stats.bootstrap((a, b), difference, paired=True, n_resamples=n_resamples, confidence_level=CONFIDENCE,
-                         method="percentile", vectorized=True, random_state=np.random.default_rng(seed))
-    test = stats.permutation_test((a, b), difference, permutation_type="samples", n_resamples=n_resamples,
-                                  alternative="two-sided", vectorized=True, random_state=np.random.default_rng(seed))
-    return float(difference(a, b)), float(ci.confidence_interval.low), float(ci.confidence_interval.high), float(test.pvalue)
+    ci = stats.bootstrap(
+        (a, b),
+        difference,
+        paired=True,
+        n_resamples=n_resamples,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        vectorized=True,
+        random_state=np.random.default_rng(seed),
+    )
+    test = stats.permutation_test(
+        (a, b),
+        difference,
+        permutation_type="samples",
+        n_resamples=n_resamples,
+        alternative="two-sided",
+        vectorized=True,
+        random_state=np.random.default_rng(seed),
+    )
+    return (
+        float(difference(a, b)),
+        float(ci.confidence_interval.low),
+        float(ci.confidence_interval.high),
+        float(test.pvalue),
+    )
 
 
 def holm_adjust(p_values):

@@ -3,14 +3,17 @@
 #
 #   bash run_all.sh                 the built-in demo data (a few minutes on 2 CPU cores)
 #   bash run_all.sh --annotations DIR --videos DIR --clip CKPT [--gpus N] [--reversed-videos DIR] [--work DIR]
+#   options for either: --heads "seqTransf tightTransf"  --seeds "0 1"  --epochs N  --train-args "--lr 1e-4 ..."
 #
 # Everything goes under --work (default: work_demo/ or work/): cache/, runs/, results/, report/.
-# Re-running reuses a cache whose meta matches and finished training runs. Stops at the first
-# failing stage, naming it.
+# --train-args is appended to every train_head.py call (after the demo's per-head settings, so it
+# wins). Re-running reuses a cache whose meta matches and finished training runs. Stops at the
+# first failing stage, naming it.
 set -euo pipefail
 cd "$(dirname "$0")"
 
 ANNOTATIONS="" VIDEOS="" CLIP="" REVERSED="" WORK="" GPUS=1
+HEADS="seqTransf tightTransf mlpScore" SEEDS="0 1 2" EPOCHS="" EXTRA_TRAIN_ARGS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --annotations) ANNOTATIONS="$2"; shift 2 ;;
@@ -19,7 +22,11 @@ while [ $# -gt 0 ]; do
     --reversed-videos) REVERSED="$2"; shift 2 ;;
     --work) WORK="$2"; shift 2 ;;
     --gpus) GPUS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    --heads) HEADS="$2"; shift 2 ;;
+    --seeds) SEEDS="$2"; shift 2 ;;
+    --epochs) EPOCHS="$2"; shift 2 ;;
+    --train-args) EXTRA_TRAIN_ARGS="$2"; shift 2 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -28,8 +35,6 @@ STAGE="set-up"
 trap 'echo "run_all.sh: stage \"$STAGE\" failed; the messages above say why." >&2' ERR
 bash setup_env.sh
 PY=.venv/bin/python
-SEEDS="0 1 2"
-HEADS="seqTransf tightTransf mlpScore"
 
 if [ -z "$ANNOTATIONS$VIDEOS$CLIP" ]; then
   # Demo: small data and a tiny random CLIP, so heads train for many short epochs on the CPU.
@@ -54,7 +59,7 @@ else
   WORK="${WORK:-work}"
   EXTRACT_ARGS=()
   MEANP_FRAMES=""
-  declare -A TRAIN_ARGS=([seqTransf]="" [tightTransf]="" [mlpScore]="")
+  declare -A TRAIN_ARGS=()
 fi
 CACHE="$WORK/cache"
 mkdir -p "$WORK/runs" "$WORK/results"
@@ -79,9 +84,9 @@ for HEAD in $HEADS; do
   for SEED in $SEEDS; do
     RUN="$WORK/runs/${HEAD}_seed${SEED}"
     STAGE="train $HEAD seed $SEED"
-    # shellcheck disable=SC2086  # the per-head settings are a word list
+    # shellcheck disable=SC2086  # the settings are word lists
     $PY train_head.py --cache "$CACHE" --head "$HEAD" --seed "$SEED" --out "$RUN" --clip "$CLIP" \
-      --reverse-negatives ${TRAIN_ARGS[$HEAD]}
+      --reverse-negatives ${TRAIN_ARGS[$HEAD]:-} ${EPOCHS:+--epochs $EPOCHS} $EXTRA_TRAIN_ARGS
     STAGE="evaluate $HEAD seed $SEED"
     $PY evaluate.py --cache "$CACHE" --split test --ckpt "$RUN/best.pt" --method "$HEAD" \
       --out "$WORK/results/${HEAD}_seed${SEED}.json"

@@ -7,33 +7,48 @@ has an embedding; offsets are consistent; no NaN/Inf; pair lists point at real r
 videos re-extracted on the fly match the cache; and, where reversed video files are given, their
 extraction matches flip(cached features) (exact when decoding is lossless).
 """
+
 import argparse
 import random
 import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 import clip_vendor
-from clip_vendor.tokenizer import VOCAB_PATH, file_sha256
-from extract import DTYPES, encode_crops
-from feature_cache import open_split, read_meta, read_pairs
-from video_frames import decode_and_crop, index_video_files
+from annotations import pair_settings
+from clip_vendor.tokenizer import VOCAB_PATH
+from feature_cache import CacheError, open_split, pairs_path, read_meta, read_pairs
+from file_io import file_sha256
+from runtime import resolve_device
+from video_frames import DecodeSpec, decode_and_crop, index_video_files
 
-parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """--help keeps the docstring's layout and shows every default."""
+
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
 parser.add_argument("--cache", required=True, type=Path, help="cache folder written by extract.py")
 parser.add_argument("--annotations", required=True, type=Path, help="folder with the {split}.json files extracted")
 parser.add_argument("--videos", required=True, type=Path, help="folder with the video files extracted")
 parser.add_argument("--clip", required=True, type=Path, help="the CLIP checkpoint extracted with")
-parser.add_argument("--reversed-videos", type=Path, default=None,
-                    help="optional folder of frame-reversed files named like the originals")
+parser.add_argument(
+    "--reversed-videos",
+    type=Path,
+    default=None,
+    help="optional folder of frame-reversed files named like the originals",
+)
 parser.add_argument("--n-videos", type=int, default=20, help="videos to re-extract, drawn over all splits")
 parser.add_argument("--seed", type=int, default=0, help="which videos are drawn")
-parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where CLIP runs")
+parser.add_argument("--device", default="auto", help="where CLIP runs: auto (cuda if available), cuda or cpu")
 parser.add_argument("--min-cosine", type=float, default=0.999, help="least cosine similarity per frame to pass")
-parser.add_argument("--rel-tol", type=float, default=0.02,
-                    help="largest abs difference allowed, as a share of the largest abs cached value of the video")
+parser.add_argument(
+    "--rel-tol",
+    type=float,
+    default=0.02,
+    help="largest abs difference allowed, as a share of the largest abs cached value of the video",
+)
 
 
 class Report:
@@ -55,15 +70,20 @@ class Report:
 
 def main(argv=None):
     args = parser.parse_args(argv)
-    meta = read_meta(args.cache)
+    device = resolve_device(args.device)
+    try:
+        meta = read_meta(args.cache)
+        splits = {split: open_split(args.cache, split) for split in meta["counts"]}
+    except CacheError as err:
+        sys.exit(str(err))
     contract, report = meta["contract"], Report()
     report.check("cache complete", meta.get("complete", False), f"splits {sorted(meta['counts'])}")
     check_hashes(args, contract, report)
-    splits = {split: open_split(args.cache, split) for split in meta["counts"]}
     for split, cache in splits.items():
-        check_split_files(args.cache, split, cache, report)
-    model, preprocess = clip_vendor.load(args.clip, args.device, DTYPES[contract["compute"]["dtype"]])
-    check_reextraction(args, contract, splits, model, preprocess, report)
+        check_split_files(args.cache, split, cache, contract["annotations"][split]["format"], report)
+    model, preprocess = clip_vendor.load(args.clip, device, clip_vendor.DTYPES[contract["compute"]["dtype"]])
+    spec = DecodeSpec(contract["sampling"]["fps"], contract["sampling"]["t_max"], preprocess.size)
+    check_reextraction(args, spec, splits, model, report)
     report.print()
     if report.failed:
         sys.exit(f"verify: {len(report.failed)} check(s) failed: {', '.join(report.failed)}")
@@ -72,8 +92,11 @@ def main(argv=None):
 
 def check_hashes(args, contract, report):
     checkpoint_hash = file_sha256(args.clip)
-    report.check("checkpoint sha256", checkpoint_hash == contract["clip"]["sha256"],
-                 f"{args.clip.name} {checkpoint_hash[:12]} (cache: {contract['clip']['sha256'][:12]})")
+    report.check(
+        "checkpoint sha256",
+        checkpoint_hash == contract["clip"]["sha256"],
+        f"{args.clip.name} {checkpoint_hash[:12]} (cache: {contract['clip']['sha256'][:12]})",
+    )
     vocab_hash = file_sha256(VOCAB_PATH)
     report.check("vocabulary sha256", vocab_hash == contract["tokenizer"]["vocab_sha256"], vocab_hash[:12])
     for split, entry in contract["annotations"].items():
@@ -82,31 +105,48 @@ def check_hashes(args, contract, report):
         report.check(f"{split} annotations sha256", actual == entry["sha256"], f"{path} {actual[:12]}")
 
 
-def check_split_files(cache_dir, split, cache, report):
+def check_split_files(cache_dir, split, cache, annotation_format, report):
     n_videos, n_captions = len(cache.video_ids), len(cache.captions)
-    offsets_ok = (len(cache.video_offsets) == n_videos + 1 and cache.video_offsets[0] == 0
-                  and cache.video_offsets[-1] == len(cache.video_feats) and np.all(np.diff(cache.video_offsets) > 0))
+    offsets_ok = (
+        len(cache.video_offsets) == n_videos + 1
+        and cache.video_offsets[0] == 0
+        and cache.video_offsets[-1] == len(cache.video_feats)
+        and np.all(np.diff(cache.video_offsets) > 0)
+    )
     report.check(f"{split} video offsets", offsets_ok, f"{n_videos} videos, {len(cache.video_feats)} frames")
-    tokens_ok = (len(cache.text_token_offsets) == n_captions + 1 and cache.text_token_offsets[-1] == len(cache.text_token_feats)
-                 and np.all(np.diff(cache.text_token_offsets) >= 2))  # at least start and end token
-    report.check(f"{split} captions embedded", len(cache.text_feats) == n_captions and tokens_ok
-                 and [c["row"] for c in cache.captions] == list(range(n_captions)),
-                 f"{n_captions} captions, {len(cache.text_feats)} pooled rows, {len(cache.text_token_feats)} token rows")
+    tokens_ok = (
+        len(cache.text_token_offsets) == n_captions + 1
+        and cache.text_token_offsets[-1] == len(cache.text_token_feats)
+        and np.all(np.diff(cache.text_token_offsets) >= 2)
+    )  # at least start and end token
+    report.check(
+        f"{split} captions embedded",
+        len(cache.text_feats) == n_captions
+        and tokens_ok
+        and [c["row"] for c in cache.captions] == list(range(n_captions)),
+        f"{n_captions} captions, {len(cache.text_feats)} pooled rows, {len(cache.text_token_feats)} token rows",
+    )
     for name in ("video_feats", "text_feats", "text_token_feats"):
         array = getattr(cache, name)
         finite = bool(np.isfinite(array).all())
         report.check(f"{split} {name} finite", finite, f"{array.shape} {array.dtype}")
-    for pair_file in sorted((cache_dir / split).glob("*_pairs.csv")):
-        pairs = read_pairs(cache_dir, split, pair_file.name)
-        ok = all(0 <= p["caption_row"] < n_captions and 0 <= p["video_row"] < n_videos
-                 and cache.captions[p["caption_row"]]["video_id"] == cache.video_ids[p["video_row"]] == p["video_id"]
-                 for p in pairs)
-        report.check(f"{split} {pair_file.name}", ok and len(pairs) > 0, f"{len(pairs)} pairs")
+    for setting in pair_settings(split, annotation_format):
+        name = pairs_path(cache_dir, split, setting).name
+        if not pairs_path(cache_dir, split, setting).exists():
+            report.check(f"{split} {name}", False, "missing")
+            continue
+        pairs = read_pairs(cache_dir, split, setting)
+        ok = all(
+            0 <= p["caption_row"] < n_captions
+            and 0 <= p["video_row"] < n_videos
+            and cache.captions[p["caption_row"]]["video_id"] == cache.video_ids[p["video_row"]] == p["video_id"]
+            for p in pairs
+        )
+        report.check(f"{split} {name}", ok and len(pairs) > 0, f"{len(pairs)} pairs")
 
 
-def check_reextraction(args, contract, splits, model, preprocess, report):
+def check_reextraction(args, spec, splits, model, report):
     """Re-extract a seeded sample of videos; compare with the cache (and reversed files with flip)."""
-    sampling = contract["sampling"]
     population = [(split, row) for split, cache in splits.items() for row in range(len(cache.video_ids))]
     sample = random.Random(args.seed).sample(population, min(args.n_videos, len(population)))
     video_files = index_video_files(args.videos)
@@ -116,21 +156,21 @@ def check_reextraction(args, contract, splits, model, preprocess, report):
         video_id = splits[split].video_ids[row]
         cached = np.asarray(splits[split].frames(row), dtype=np.float32)
         path = video_files.get(video_id, args.videos / f"{video_id}.*")
-        fresh = extract_one(video_id, path, sampling, preprocess, model, args.device)
+        fresh = extract_one(video_id, path, spec, model)
         same.append((video_id, compare(fresh, cached)))
         if video_id in reversed_files:
-            reversed_feats = extract_one(video_id, reversed_files[video_id], sampling, preprocess, model, args.device)
+            reversed_feats = extract_one(video_id, reversed_files[video_id], spec, model)
             flipped.append((video_id, compare(reversed_feats, cached[::-1])))
     summarise(report, "re-extraction = cache", same, args)
     if args.reversed_videos:
         summarise(report, "reversed file = flip(cache)", flipped, args)
 
 
-def extract_one(video_id, path, sampling, preprocess, model, device):
-    _, crops, reason = decode_and_crop((video_id, str(path), sampling["fps"], sampling["t_max"], preprocess.size))
+def extract_one(video_id, path, spec, model):
+    _, crops, reason = decode_and_crop((video_id, str(path), spec))
     if reason:
         return reason
-    return encode_crops(model, [crops], device).astype(np.float32)
+    return clip_vendor.encode_crops(model, [crops]).astype(np.float32)
 
 
 def compare(fresh, cached):
@@ -156,8 +196,11 @@ def summarise(report, name, results, args):
     max_rel = max(result[1] for _, result in results)
     min_cos = min(result[2] for _, result in results)
     ok = max_rel <= args.rel_tol and min_cos >= args.min_cosine
-    report.check(name, ok, f"{len(results)} videos, max abs diff {max_diff:.3g} ({max_rel:.2%} of max value), "
-                           f"min cosine {min_cos:.6f}")
+    report.check(
+        name,
+        ok,
+        f"{len(results)} videos, max abs diff {max_diff:.3g} ({max_rel:.2%} of max value), min cosine {min_cos:.6f}",
+    )
 
 
 if __name__ == "__main__":

@@ -1,37 +1,37 @@
 """Images/s of our encode_image against OpenAI's reference CLIP, same random weights, one process.
 
-    python bench/encoder_speed.py --device cuda                 # ViT-B/32 and B/16, batch 256..1024
-    python bench/encoder_speed.py --device cpu --shapes tiny --batch-sizes 8 --dtypes fp32 --ref-dtype fp32
+    python -m bench.encoder_speed --device cuda                 # ViT-B/32 and B/16, batch 256..1024
+    python -m bench.encoder_speed --device cpu --shapes tiny --batch-sizes 8 --dtypes fp32 --ref-dtype fp32
 
 Prints one row per (shape, implementation, dtype, batch): images/s, the ratio to the reference at
 the same batch size, and the minimum cosine similarity to our fp32 output on the same images.
 Needs the test-only reference (`bash setup_env.sh --dev`). Target (issue 2): >= 1.5x the
 reference's fp16 at cosine >= 0.999.
 """
+
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import clip_vendor  # noqa: E402
-from tests.reference_clip import load_reference_module, random_reference_clip  # noqa: E402
+import clip_vendor
+from fixtures.reference_clip import load_reference_module, random_reference_clip
 
 SHAPES = {  # OpenAI's released image towers (text towers shrunk: only encode_image is timed)
     "B32": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32),
     "B16": dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=16),
     "tiny": dict(embed_dim=64, image_resolution=64, vision_layers=2, vision_width=128, vision_patch_size=16),
 }
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--device", default="cuda", help="cuda or cpu")
 parser.add_argument("--shapes", nargs="+", default=["B32", "B16"], choices=sorted(SHAPES), help="image towers to time")
 parser.add_argument("--batch-sizes", nargs="+", type=int, default=[256, 512, 1024], help="images per forward")
-parser.add_argument("--dtypes", nargs="+", default=["fp16", "bf16"], choices=sorted(DTYPES), help="our dtypes to time")
+parser.add_argument(
+    "--dtypes", nargs="+", default=["fp16", "bf16"], choices=sorted(clip_vendor.DTYPES), help="our dtypes to time"
+)
 parser.add_argument("--ref-dtype", default="fp16", choices=["fp16", "fp32"], help="reference precision")
 parser.add_argument("--iters", type=int, default=20, help="timed forwards per row (after 3 warm-up ones)")
 
@@ -63,19 +63,30 @@ def bench_shape(name, args):
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = Path(tmp) / "random.pt"
         torch.save(reference.state_dict(), checkpoint)
-        ours = {dtype: clip_vendor.load(checkpoint, args.device, DTYPES[dtype])[0] for dtype in {"fp32", *args.dtypes}}
+        ours = {
+            dtype: clip_vendor.load(checkpoint, args.device, clip_vendor.DTYPES[dtype])[0]
+            for dtype in {"fp32", *args.dtypes}
+        }
     if args.ref_dtype == "fp16":
         load_reference_module("model").convert_weights(reference)  # OpenAI's own fp16 conversion
     reference = reference.to(args.device).eval()
     resolution = SHAPES[name]["image_resolution"]
     rows = []
     for batch in args.batch_sizes:
-        images = torch.randn(batch, 3, resolution, resolution, device=args.device,
-                             generator=torch.Generator(args.device).manual_seed(batch))
+        images = torch.randn(
+            batch,
+            3,
+            resolution,
+            resolution,
+            device=args.device,
+            generator=torch.Generator(args.device).manual_seed(batch),
+        )
         with torch.no_grad():
             fp32_feats = ours["fp32"].encode_image(images).float()
-        ref_dtype = DTYPES[args.ref_dtype]
-        ref_encode = lambda x: reference.encode_image(x.to(ref_dtype))  # noqa: E731
+
+        def ref_encode(x, dtype=clip_vendor.DTYPES[args.ref_dtype]):
+            return reference.encode_image(x.to(dtype))
+
         ref_rate = images_per_second(ref_encode, images, args.iters, args.device)
         rows.append((name, "openai", args.ref_dtype, batch, ref_rate, 1.0, min_cosine(ref_encode, images, fp32_feats)))
         for dtype in args.dtypes:

@@ -1,18 +1,18 @@
 """End-to-end extraction frames/s against its two bounds, measured in one run.
 
-    python bench/extract_speed.py --device cuda                   # ViT-B/32 shapes, 720p synthetic videos
-    python bench/extract_speed.py --device cpu --shape tiny --videos 8 --seconds 2 --height 240
+    python -m bench.extract_speed --device cuda                   # ViT-B/32 shapes, 720p synthetic videos
+    python -m bench.extract_speed --device cpu --shape tiny --videos 8 --seconds 2 --height 240
 
 1. decode-only bound: the same decode workers (decode, sample, resize+crop) with no model;
 2. model-only bound: CLIP's image tower on the same number of frames per forward, no decoding;
 3. end-to-end: extract.py over the same videos (kept frames encoded per second, wall clock).
 Target (issue 3): end-to-end >= 0.8 x the smaller bound. Weights are random: speed only.
 """
+
 import argparse
 import json
 import multiprocessing
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,10 +21,10 @@ import cv2
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import extract  # noqa: E402
-from clip_vendor.model import CLIP, ClipConfig  # noqa: E402
-from video_frames import decode_and_crop, init_decode_worker  # noqa: E402
+import clip_vendor
+import extract
+from clip_vendor.model import CLIP, ClipConfig
+from video_frames import DecodeSpec, decode_and_crop, init_decode_worker
 
 SHAPES = {
     "B32": ClipConfig(512, 224, 12, 768, 32, 77, 49408, 512, 12),
@@ -53,8 +53,9 @@ def write_videos(folder, args, n_distinct=4):
     texture = rng.integers(0, 255, size=(args.height, width * 2, 3), dtype=np.uint8)
     n_frames = int(args.seconds * args.native_fps)
     for index in range(min(n_distinct, args.videos)):
-        writer = cv2.VideoWriter(str(folder / f"{index}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), args.native_fps,
-                                 (width, args.height))
+        writer = cv2.VideoWriter(
+            str(folder / f"{index}.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), args.native_fps, (width, args.height)
+        )
         for t in range(n_frames):
             shift = (t * 4 + index * 7) % width
             writer.write(texture[:, shift : shift + width])
@@ -65,7 +66,8 @@ def write_videos(folder, args, n_distinct=4):
 
 
 def decode_only(video_dir, args, size):
-    tasks = [(str(i), str(video_dir / f"{i}.mp4"), args.fps, args.t_max, size) for i in range(args.videos)]
+    spec = DecodeSpec(args.fps, args.t_max, size)
+    tasks = [(str(i), str(video_dir / f"{i}.mp4"), spec) for i in range(args.videos)]
     with multiprocessing.get_context("spawn").Pool(args.workers, init_decode_worker) as pool:
         pool.map(decode_and_crop, tasks[: args.workers])  # warm the workers up
         start = time.perf_counter()
@@ -74,13 +76,16 @@ def decode_only(video_dir, args, size):
 
 
 def model_only(checkpoint, args, frames_per_forward, n_forwards=10):
-    model, preprocess = extract.clip_vendor.load(checkpoint, args.device, extract.DTYPES[args.dtype])
-    crops = [np.random.default_rng(0).integers(0, 255, (frames_per_forward, 3, preprocess.size, preprocess.size),
-                                               dtype=np.uint8)]
-    extract.encode_crops(model, crops, args.device)
+    model, preprocess = clip_vendor.load(checkpoint, args.device, clip_vendor.DTYPES[args.dtype])
+    crops = [
+        np.random.default_rng(0).integers(
+            0, 255, (frames_per_forward, 3, preprocess.size, preprocess.size), dtype=np.uint8
+        )
+    ]
+    clip_vendor.encode_crops(model, crops)
     start = time.perf_counter()
     for _ in range(n_forwards):
-        extract.encode_crops(model, crops, args.device)  # includes the host->device copy and fp16 readback
+        clip_vendor.encode_crops(model, crops)  # includes the host->device copy and fp16 readback
     return n_forwards * frames_per_forward, time.perf_counter() - start
 
 
@@ -100,10 +105,30 @@ def main(argv=None):
         per_video = decoded_frames // args.videos
         model_frames, model_seconds = model_only(checkpoint, args, per_video * args.batch_videos)
         start = time.perf_counter()
-        extract.main(["--annotations", str(tmp / "annotations"), "--videos", str(tmp / "videos"), "--clip",
-                      str(checkpoint), "--out", str(tmp / "cache"), "--device", args.device, "--dtype", args.dtype,
-                      "--fps", str(args.fps), "--t-max", str(args.t_max), "--workers", str(args.workers),
-                      "--batch-videos", str(args.batch_videos)])
+        extract.main(
+            [
+                "--annotations",
+                str(tmp / "annotations"),
+                "--videos",
+                str(tmp / "videos"),
+                "--clip",
+                str(checkpoint),
+                "--out",
+                str(tmp / "cache"),
+                "--device",
+                args.device,
+                "--dtype",
+                args.dtype,
+                "--fps",
+                str(args.fps),
+                "--t-max",
+                str(args.t_max),
+                "--workers",
+                str(args.workers),
+                "--batch-videos",
+                str(args.batch_videos),
+            ]
+        )
         end_to_end_seconds = time.perf_counter() - start
         cached_frames = json.loads((tmp / "cache" / "cache_meta.json").read_text())["counts"]["test"]["frames"]
 
@@ -111,15 +136,19 @@ def main(argv=None):
     decode_rate, model_rate = decoded_frames / decode_seconds, model_frames / model_seconds
     end_to_end_rate = cached_frames / end_to_end_seconds
     bound = min(decode_rate, model_rate)
-    print(f"device: {device_name}, {os.cpu_count()} cores, {args.workers} decode workers; {args.videos} videos of "
-          f"{args.seconds:g} s at {args.height}p{args.native_fps}, {per_video} frames kept per video; "
-          f"CLIP {args.shape} {args.dtype}")
+    print(
+        f"device: {device_name}, {os.cpu_count()} cores, {args.workers} decode workers; {args.videos} videos of "
+        f"{args.seconds:g} s at {args.height}p{args.native_fps}, {per_video} frames kept per video; "
+        f"CLIP {args.shape} {args.dtype}"
+    )
     print("| measurement | kept frames/s | vs smaller bound |")
     print("|---|---|---|")
     print(f"| decode-only bound | {decode_rate:,.0f} | {decode_rate / bound:.2f}x |")
     print(f"| model-only bound | {model_rate:,.0f} | {model_rate / bound:.2f}x |")
-    print(f"| end-to-end extract.py (wall clock, start-up included) | {end_to_end_rate:,.0f} | "
-          f"{end_to_end_rate / bound:.2f}x (target >= 0.80x) |")
+    print(
+        f"| end-to-end extract.py (wall clock, start-up included) | {end_to_end_rate:,.0f} | "
+        f"{end_to_end_rate / bound:.2f}x (target >= 0.80x) |"
+    )
 
 
 if __name__ == "__main__":

@@ -1,16 +1,16 @@
 """Training time per epoch of each head on an RTime-sized synthetic cache, and tightTransf pairs/s.
 
-    python bench/train_speed.py --device cuda                  # 18k videos x 24 frames x 512, 180k captions
-    python bench/train_speed.py --device cpu --videos 512 --dim 64 --heads seqTransf --epochs 1
+    python -m bench.train_speed --device cuda                  # 18k videos x 24 frames x 512, 180k captions
+    python -m bench.train_speed --device cpu --videos 512 --dim 64 --heads seqTransf --epochs 1
 
 For each head: seconds per epoch (training + validation on 500 valid videos, Hard: 1000 x 1000),
 measured over --epochs epochs of train_head.py, and the projection for 3 seeds x 5 epochs. For
 tightTransf also the all-pairs scoring rate of validation. Target (issue 4): seqTransf and
 tightTransf x 3 seeds x 5 epochs in under 10 minutes on one H100.
 """
+
 import argparse
 import json
-import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train_head  # noqa: E402
-from clip_vendor.model import CLIP, ClipConfig  # noqa: E402
-from heads import build_head, init_from_clip_text  # noqa: E402
-from split_data import autocast_for, load_split_tensors, read_setting, score_matrix  # noqa: E402
-from tests.synthetic_cache import write_order_only_cache  # noqa: E402
+import train_head
+from clip_vendor.model import CLIP, ClipConfig
+from fixtures.synthetic_cache import write_order_only_cache
+from heads import build_head, init_from_clip_text
+from scoring import autocast_for, read_setting, score_matrix
+from split_tensors import load_split_tensors
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--device", default="cuda", help="cuda or cpu")
@@ -32,7 +32,9 @@ parser.add_argument("--valid-videos", type=int, default=500, help="valid videos 
 parser.add_argument("--frames", type=int, default=24, help="frames per video")
 parser.add_argument("--dim", type=int, default=512, help="embedding width (ViT-B: 512)")
 parser.add_argument("--captions-per-direction", type=int, default=5, help="train captions per video and direction")
-parser.add_argument("--heads", nargs="+", default=["meanP", "seqTransf", "tightTransf", "mlpScore"], help="heads to time")
+parser.add_argument(
+    "--heads", nargs="+", default=["meanP", "seqTransf", "tightTransf", "mlpScore"], help="heads to time"
+)
 parser.add_argument("--epochs", type=int, default=2, help="epochs timed per head")
 parser.add_argument("--batch-size", type=int, default=128, help="train_head.py --batch-size")
 
@@ -46,22 +48,48 @@ def main(argv=None):
         clip_path = tmp / "clip.pt"
         torch.save(CLIP(config).state_dict(), clip_path)
         start = time.perf_counter()
-        write_order_only_cache(tmp / "cache", clip_path, asdict(config), n_train=args.videos,
-                               n_valid=args.valid_videos, n_test=2, n_frames=args.frames,
-                               train_captions_per_direction=args.captions_per_direction)
+        write_order_only_cache(
+            tmp / "cache",
+            clip_path,
+            asdict(config),
+            n_train=args.videos,
+            n_valid=args.valid_videos,
+            n_test=2,
+            n_frames=args.frames,
+            train_captions_per_direction=args.captions_per_direction,
+        )
         print(f"synthetic cache written in {time.perf_counter() - start:.0f} s", flush=True)
         for head in args.heads:
             out = tmp / f"run_{head}"
-            train_head.main(["--cache", str(tmp / "cache"), "--head", head, "--out", str(out), "--clip", str(clip_path),
-                             "--device", args.device, "--epochs", str(args.epochs), "--batch-size", str(args.batch_size),
-                             "--reverse-negatives", "--learn-temp"])
+            train_head.main(
+                [
+                    "--cache",
+                    str(tmp / "cache"),
+                    "--head",
+                    head,
+                    "--out",
+                    str(out),
+                    "--clip",
+                    str(clip_path),
+                    "--device",
+                    args.device,
+                    "--epochs",
+                    str(args.epochs),
+                    "--batch-size",
+                    str(args.batch_size),
+                    "--reverse-negatives",
+                    "--learn-temp",
+                ]
+            )
             log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
             seconds = sum(record["seconds"] for record in log) / len(log)
             rows.append((head, seconds, 15 * seconds))
         pairs_rate = tight_pairs_per_second(tmp / "cache", clip_path, args) if "tightTransf" in args.heads else None
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(f"device: {device_name}; {args.videos} train videos x {args.frames} frames x {args.dim}, "
-          f"{args.videos * 2 * args.captions_per_direction} captions, batch {args.batch_size} videos + reversals")
+    print(
+        f"device: {device_name}; {args.videos} train videos x {args.frames} frames x {args.dim}, "
+        f"{args.videos * 2 * args.captions_per_direction} captions, batch {args.batch_size} videos + reversals"
+    )
     print("| head | s/epoch (train + valid) | 3 seeds x 5 epochs |")
     print("|---|---|---|")
     for head, seconds, projected in rows:
@@ -73,11 +101,11 @@ def main(argv=None):
 
 
 def tight_pairs_per_second(cache, clip_path, args):
-    head = build_head("tightTransf", args.dim, args.frames + 1)
-    init_from_clip_text(head, torch.load(clip_path))
+    head = build_head("tightTransf", args.dim, args.frames)
+    init_from_clip_text(head, torch.load(clip_path, weights_only=True))
     head = head.to(args.device).eval()
     data = load_split_tensors(cache, "valid", args.frames, args.device)
-    setting = read_setting(cache, "valid", "valid_pairs.csv")
+    setting = read_setting(cache, "valid", "hard")
     with autocast_for(args.device):
         score_matrix(head, data, setting)  # warm-up
         if args.device.startswith("cuda"):

@@ -1,30 +1,50 @@
 """Our own OpenAI CLIP: loads OpenAI's released ViT checkpoints offline and runs them.
 
-    model, preprocess = clip_vendor.load("ViT-B-32.pt", device="cuda", dtype=torch.float16)
-    image_feats = model.encode_image(preprocess(frames_bgr, device="cuda"))    # [N, D]
-    text_feats = model.encode_text(clip_vendor.tokenize(captions).cuda())      # [B, D]
+model, preprocess = clip_vendor.load("ViT-B-32.pt", device="cuda", dtype=torch.float16)
+image_feats = model.encode_image(preprocess(frames_bgr, device="cuda"))    # [N, D]
+text_feats = model.encode_text(clip_vendor.tokenize(captions).cuda())      # [B, D]
+frame_feats = clip_vendor.encode_crops(model, [crops_of_video_a, crops_of_video_b])  # fp16 numpy
 """
+
 import warnings
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .model import CLIP, ClipConfig, LayerNorm, infer_config
-from .preprocess import Preprocess, preprocess_frames
-from .tokenizer import file_sha256, tokenize
+from .preprocess import Preprocess, normalize, preprocess_frames
+from .tokenizer import tokenize
 
-__all__ = ["load", "read_state_dict", "build_model", "tokenize", "preprocess_frames", "file_sha256",
-           "CLIP", "ClipConfig"]
+__all__ = [
+    "load",
+    "read_state_dict",
+    "build_model",
+    "encode_crops",
+    "tokenize",
+    "preprocess_frames",
+    "DTYPES",
+    "CLIP",
+    "ClipConfig",
+]
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}  # the names a caller states
 
 # Keys OpenAI's TorchScript archives carry as plain attributes, not weights.
 ARCHIVE_ONLY_KEYS = ("input_resolution", "context_length", "vocab_size")
 # Keys the architecture is read from; a file lacking one is not an OpenAI CLIP ViT checkpoint.
-REQUIRED_KEYS = ("visual.conv1.weight", "visual.positional_embedding", "text_projection",
-                 "positional_embedding", "token_embedding.weight", "ln_final.weight")
+REQUIRED_KEYS = (
+    "visual.conv1.weight",
+    "visual.positional_embedding",
+    "text_projection",
+    "positional_embedding",
+    "token_embedding.weight",
+    "ln_final.weight",
+)
 
 
-def read_state_dict(path):
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read an OpenAI CLIP checkpoint: a TorchScript archive (as released) or a plain state dict.
 
     Returns a {name: tensor} dict on the CPU, with OpenAI's parameter names. Raises ValueError
@@ -54,7 +74,7 @@ def read_state_dict(path):
     return state_dict
 
 
-def check_is_clip_vit(state_dict, path):
+def check_is_clip_vit(state_dict: dict, path: str | Path) -> None:
     if "visual.layer1.0.conv1.weight" in state_dict:
         raise ValueError(f"{path} is a ResNet CLIP checkpoint; only the ViT models are supported")
     for key in REQUIRED_KEYS:
@@ -62,20 +82,21 @@ def check_is_clip_vit(state_dict, path):
             raise ValueError(f"{path} is not an OpenAI CLIP ViT checkpoint: missing key '{key}'")
 
 
-def build_model(state_dict, path="<state dict>"):
+def build_model(state_dict: dict[str, torch.Tensor], path: str | Path = "<state dict>") -> CLIP:
     """Build a CLIP whose shapes are read off `state_dict`, and load it strictly (fp32)."""
     model = CLIP(infer_config(state_dict))
     weights = {key: value.float() for key, value in state_dict.items()}
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if missing:
-        raise ValueError(f"{path} is not a complete CLIP checkpoint: missing key '{missing[0]}' "
-                         f"({len(missing)} missing in all)")
+        raise ValueError(
+            f"{path} is not a complete CLIP checkpoint: missing key '{missing[0]}' ({len(missing)} missing in all)"
+        )
     if unexpected:
         raise ValueError(f"{path} has keys this CLIP layout does not know, e.g. '{unexpected[0]}'")
     return model
 
 
-def load(path, device="cpu", dtype=torch.float32):
+def load(path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[CLIP, Preprocess]:
     """Load an OpenAI CLIP ViT checkpoint with no network access.
 
     path: a released TorchScript archive (e.g. ViT-B-32.pt) or a `torch.save`d state dict.
@@ -91,3 +112,13 @@ def load(path, device="cpu", dtype=torch.float32):
         if isinstance(module, LayerNorm):
             module.float()  # as OpenAI's fp16 conversion leaves them: full-precision gains and biases
     return model, Preprocess(model.config.image_resolution)
+
+
+@torch.no_grad()
+def encode_crops(model: CLIP, crops: list[np.ndarray]) -> np.ndarray:
+    """Uint8 crops [n_i, 3, S, S] of several videos (from `resize_crop`) -> their frame features
+    [sum n_i, D] as fp16 numpy, in one forward on the model's device."""
+    if not crops:
+        return np.zeros((0, model.config.embed_dim), dtype=np.float16)
+    images = normalize(torch.from_numpy(np.concatenate(crops)), model.visual.conv1.weight.device)
+    return model.encode_image(images).to(torch.float16).cpu().numpy()

@@ -4,6 +4,7 @@ Layout is batch-first everywhere ([batch, tokens, width]) and attention goes thr
 `scaled_dot_product_attention`, so a GPU picks a fused kernel. Parameter names and shapes match
 OpenAI's released checkpoints exactly, so `load_state_dict(strict=True)` is the compatibility check.
 """
+
 from dataclasses import dataclass
 
 import torch
@@ -15,12 +16,12 @@ HEAD_WIDTH = 64  # OpenAI CLIP uses 64-dimensional attention heads in both tower
 
 @dataclass(frozen=True)
 class ClipConfig:
-    embed_dim: int          # width of the shared image-text embedding space
-    image_resolution: int   # input side in pixels (224, or 336 for L/14@336)
+    embed_dim: int  # width of the shared image-text embedding space
+    image_resolution: int  # input side in pixels (224, or 336 for L/14@336)
     vision_layers: int
     vision_width: int
     vision_patch_size: int
-    context_length: int     # text positions (77 in every OpenAI release)
+    context_length: int  # text positions (77 in every OpenAI release)
     vocab_size: int
     text_width: int
     text_layers: int
@@ -122,8 +123,14 @@ class CLIP(nn.Module):
     def __init__(self, config: ClipConfig):
         super().__init__()
         self.config = config
-        self.visual = VisionTransformer(config.image_resolution, config.vision_patch_size, config.vision_width,
-                                        config.vision_layers, config.vision_heads, config.embed_dim)
+        self.visual = VisionTransformer(
+            config.image_resolution,
+            config.vision_patch_size,
+            config.vision_width,
+            config.vision_layers,
+            config.vision_heads,
+            config.embed_dim,
+        )
         self.transformer = Transformer(config.text_width, config.text_layers, config.text_heads)
         self.token_embedding = nn.Embedding(config.vocab_size, config.text_width)
         self.positional_embedding = nn.Parameter(torch.zeros(config.context_length, config.text_width))
@@ -183,4 +190,4 @@ def infer_config(state_dict):
 
 
 def count_layers(state_dict, prefix):
-    return len({key[len(prefix):].split(".")[0] for key in state_dict if key.startswith(prefix)})
+    return len({key[len(prefix) :].split(".")[0] for key in state_dict if key.startswith(prefix)})

@@ -5,6 +5,7 @@ ToTensor, Normalize): torch's bicubic resize with `antialias=True` uses PIL's fi
 as PIL runs it (two separable passes, each rounded to uint8). tests/test_preprocess.py measures the
 remaining difference against Pillow.
 """
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -77,5 +78,11 @@ class Preprocess:
 
     def describe(self):
         """What the cache metadata records about preprocessing."""
-        return {"size": self.size, "resize": "short side, bicubic, antialias, width then height pass, each rounded to uint8 (as PIL)",
-                "crop": "center", "mean": list(CLIP_MEAN), "std": list(CLIP_STD), "input": "OpenCV BGR uint8"}
+        return {
+            "size": self.size,
+            "resize": "short side, bicubic, antialias, width then height pass, each rounded to uint8 (as PIL)",
+            "crop": "center",
+            "mean": list(CLIP_MEAN),
+            "std": list(CLIP_STD),
+            "input": "OpenCV BGR uint8",
+        }

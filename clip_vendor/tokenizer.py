@@ -3,8 +3,8 @@
 The merges file is not in git: `python -m clip_vendor.fetch_vocab` (run by setup_env.sh) takes it
 from a pinned PyPI release and checks its sha256. Nothing is downloaded at run time.
 """
+
 import gzip
-import hashlib
 import html
 from functools import lru_cache
 from pathlib import Path
@@ -15,7 +15,7 @@ import torch
 
 VOCAB_PATH = Path(__file__).with_name("bpe_simple_vocab_16e6.txt.gz")
 VOCAB_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
-N_MERGES = 48894           # 49408 ids = 256 bytes + 256 end-of-word bytes + merges + 2 specials
+N_MERGES = 48894  # 49408 ids = 256 bytes + 256 end-of-word bytes + merges + 2 specials
 START_OF_TEXT = "<|startoftext|>"
 END_OF_TEXT = "<|endoftext|>"
 
@@ -75,7 +75,7 @@ class BpeTokenizer:
         """Merge adjacent pieces of one word, lowest-ranked pair first, until no known pair is left."""
         pieces = list(symbols[:-1]) + [symbols[-1] + "</w>"]
         while len(pieces) > 1:
-            pairs = set(zip(pieces, pieces[1:]))
+            pairs = set(zip(pieces, pieces[1:], strict=False))
             best = min(pairs, key=lambda pair: self.merge_rank.get(pair, float("inf")))
             if best not in self.merge_rank:
                 break
@@ -96,18 +96,11 @@ def read_merges(vocab_path):
     if not vocab_path.exists():
         raise FileNotFoundError(
             f"CLIP BPE vocabulary not found at {vocab_path}. Run `bash setup_env.sh` "
-            "(or `python -m clip_vendor.fetch_vocab`) once to install it from PyPI.")
+            "(or `python -m clip_vendor.fetch_vocab`) once to install it from PyPI."
+        )
     lines = gzip.decompress(vocab_path.read_bytes()).decode("utf-8").split("\n")
     # line 0 is a version header; OpenAI uses exactly the first N_MERGES merges that follow
     return [tuple(line.split()) for line in lines[1 : N_MERGES + 1]]
-
-
-def file_sha256(path, chunk_bytes=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @lru_cache(maxsize=1)

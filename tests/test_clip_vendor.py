@@ -7,17 +7,30 @@ import torch
 
 import clip_vendor
 from clip_vendor.model import eot_index
-from tests.reference_clip import (load_reference_module, random_reference_clip, reference_tokenize,
-                                  save_checkpoints)
+from fixtures.reference_clip import load_reference_module, random_reference_clip, reference_tokenize, save_checkpoints
 
 RTIME_DIR = Path(__file__).resolve().parents[2] / "shared" / "rtime"
 
 # Two shapes of OpenAI's layout: patch 32 and patch 16, different widths, depths and embed dims.
 SHAPES = {
-    "patch32": dict(embed_dim=64, image_resolution=64, vision_layers=2, vision_width=128, vision_patch_size=32,
-                    text_width=64, text_layers=2),
-    "patch16": dict(embed_dim=32, image_resolution=48, vision_layers=3, vision_width=64, vision_patch_size=16,
-                    text_width=128, text_layers=1),
+    "patch32": dict(
+        embed_dim=64,
+        image_resolution=64,
+        vision_layers=2,
+        vision_width=128,
+        vision_patch_size=32,
+        text_width=64,
+        text_layers=2,
+    ),
+    "patch16": dict(
+        embed_dim=32,
+        image_resolution=48,
+        vision_layers=3,
+        vision_width=64,
+        vision_patch_size=16,
+        text_width=128,
+        text_layers=1,
+    ),
 }
 
 
@@ -29,8 +42,12 @@ def checkpoints(request, tmp_path_factory):
 
 
 def sample_captions():
-    return ["a man is riding a bike down the hill", "The red line rotates clockwise, then shrinks!",
-            "", "caf&amp;eacute; 2 dogs' toys 123"]
+    return [
+        "a man is riding a bike down the hill",
+        "The red line rotates clockwise, then shrinks!",
+        "",
+        "caf&amp;eacute; 2 dogs' toys 123",
+    ]
 
 
 @pytest.mark.parametrize("file_kind", ["state_dict", "archive"])
@@ -116,14 +133,17 @@ def test_tokenizer_matches_openai_on_every_rtime_caption_and_rewrite():
 
 EDGE_CASES = [
     "Tom &amp;amp; Jerry &lt;3 &quot;cartoon&quot;",  # double-escaped HTML
-    "a cat 🐱 dances 💃🏽 with 👨‍👩‍👧 family",                 # emoji, skin tone, ZWJ sequence
-    "一只猫在桌子上跳舞", "Собака бежит по пляжу", "القطة ترقص", "नमस्ते दुनिया",
-    "mojibake: cafÃ© naÃ¯ve",                               # ftfy repairs this
+    "a cat 🐱 dances 💃🏽 with 👨‍👩‍👧 family",  # emoji, skin tone, ZWJ sequence
+    "一只猫在桌子上跳舞",
+    "Собака бежит по пляжу",
+    "القطة ترقص",
+    "नमस्ते दुनिया",
+    "mojibake: cafÃ© naÃ¯ve",  # ftfy repairs this
     "  Tabs\tand\n\nnewlines   EVERYWHERE  ",
     "it's I'LL we'd THEY'RE you've I'm don't",
     "<|startoftext|> literal special tokens <|endoftext|>",
     "numbers 1234567 and 3.14159 and ½ ² ⅷ",
-    " ".join(["word"] * 200),                              # over-long: truncated, EOT kept last
+    " ".join(["word"] * 200),  # over-long: truncated, EOT kept last
     "supercalifragilisticexpialidocious" * 20,
     "",
 ]
@@ -144,6 +164,7 @@ def test_tokenize_without_truncation_rejects_long_text():
 
 def test_missing_vocabulary_names_the_setup_command(tmp_path):
     from clip_vendor.tokenizer import BpeTokenizer
+
     with pytest.raises(FileNotFoundError, match="setup_env.sh"):
         BpeTokenizer(tmp_path / "absent.txt.gz")
 

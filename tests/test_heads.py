@@ -3,8 +3,9 @@ import pytest
 import torch
 
 import clip_vendor
-from heads import N_HEAD_LAYERS, build_head, init_from_clip_text, unit
-from split_data import flip_frames, frame_subset
+from heads import N_HEAD_LAYERS, build_head, init_from_clip_text
+from sampling import frame_subset
+from split_tensors import flip_frames
 
 WIDTH, N_FRAMES = 64, 6
 
@@ -16,8 +17,7 @@ def clip_state(demo_data):
 
 def make_head(name, clip_state):
     torch.manual_seed(0)
-    n_positions = N_FRAMES + (1 if name == "tightTransf" else 0)
-    head = build_head(name, WIDTH, n_positions)
+    head = build_head(name, WIDTH, N_FRAMES)
     if name in ("seqTransf", "tightTransf"):
         init_from_clip_text(head, clip_state)
     return head.eval()
@@ -34,10 +34,8 @@ def random_videos(n_videos=5, seed=0):
 
 
 def scores(head, text, frames, mask):
-    if head.query_independent:
-        return unit(text) @ head.encode_video(frames, mask).T
     ones = torch.ones(len(text), 1, dtype=torch.bool)
-    return head.score_matrix(text[:, None], ones, frames, mask)
+    return head.score_matrix(text[:, None], ones, *head.video_index(frames, mask))
 
 
 def test_meanp_equals_the_formula():
@@ -108,9 +106,10 @@ def test_initial_layers_equal_the_checkpoints_text_layers(clip_state, name):
         text_keys = [k for k in clip_state if k.startswith(f"transformer.resblocks.{layer}.")]
         assert text_keys
         for key in text_keys:
-            assert torch.equal(head_state[prefix + key[len("transformer."):]], clip_state[key].float())
-    positions = head_state["frame_position_embeddings.weight" if name == "seqTransf"
-                           else "cross.embeddings.position_embeddings.weight"]
+            assert torch.equal(head_state[prefix + key[len("transformer.") :]], clip_state[key].float())
+    positions = head_state[
+        "frame_position_embeddings.weight" if name == "seqTransf" else "cross.embeddings.position_embeddings.weight"
+    ]
     assert torch.equal(positions, clip_state["positional_embedding"][: len(positions)].float())
 
 
@@ -119,15 +118,24 @@ def test_parameter_names_follow_clip4clip(clip_state):
     tight = set(make_head("tightTransf", clip_state).state_dict())
     assert "frame_position_embeddings.weight" in seq
     assert "transformerClip.resblocks.3.attn.in_proj_weight" in seq
-    assert {"cross.embeddings.position_embeddings.weight", "cross.pooler.ln_pool.weight", "cross.pooler.dense.weight",
-            "similarity_dense.weight", "similarity_dense.bias", "cross.transformer.resblocks.0.mlp.c_fc.weight"} <= tight
+    assert {
+        "cross.embeddings.position_embeddings.weight",
+        "cross.pooler.ln_pool.weight",
+        "cross.pooler.dense.weight",
+        "similarity_dense.weight",
+        "similarity_dense.bias",
+        "cross.transformer.resblocks.0.mlp.c_fc.weight",
+    } <= tight
 
 
 def test_tighttransf_last_layer_shortcut_equals_full_layer(clip_state):
     head = make_head("tightTransf", clip_state)
     frames, mask = random_videos()
     text = torch.randn(len(frames), 1, WIDTH)
-    tokens, token_mask = torch.cat([text, frames], 1), torch.cat([torch.ones(len(frames), 1, dtype=torch.bool), mask], 1)
+    tokens, token_mask = (
+        torch.cat([text, frames], 1),
+        torch.cat([torch.ones(len(frames), 1, dtype=torch.bool), mask], 1),
+    )
     with torch.no_grad():
         shortcut = head.pair_scores(text, token_mask[:, :1], frames, mask)
         hidden = head.cross.embeddings(tokens)
@@ -141,8 +149,10 @@ def test_mlpscore_starts_as_meanp(clip_state):
     frames, mask = random_videos()
     text = torch.randn(3, WIDTH)
     with torch.no_grad():
-        torch.testing.assert_close(scores(make_head("mlpScore", clip_state), text, frames, mask),
-                                   scores(make_head("meanP", clip_state), text, frames, mask))
+        torch.testing.assert_close(
+            scores(make_head("mlpScore", clip_state), text, frames, mask),
+            scores(make_head("meanP", clip_state), text, frames, mask),
+        )
 
 
 def test_text_layer_init_refuses_a_width_mismatch(clip_state):

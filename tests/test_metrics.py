@@ -12,7 +12,7 @@ def brute_force(scores, gold, ks=(1, 5, 10)):
     the rank of the first correct candidate in each: expected = mean, bounds = min and max. The
     stable rank is the ordering with ties kept in column order."""
     per_query = {"stable": [], "expected": [], "optimistic": [], "pessimistic": [], **{k: [] for k in ks}}
-    for row, gold_row in zip(scores, gold):
+    for row, gold_row in zip(scores, gold, strict=True):
         ranks = []
         for order in itertools.permutations(range(len(row))):
             if all(row[order[i]] >= row[order[i + 1]] for i in range(len(order) - 1)):
@@ -28,8 +28,13 @@ def brute_force(scores, gold, ks=(1, 5, 10)):
 
 
 def summary(ranks):
-    return {"R@1": 100 * np.mean(ranks <= 1), "R@5": 100 * np.mean(ranks <= 5), "R@10": 100 * np.mean(ranks <= 10),
-            "MdR": np.median(ranks), "MnR": np.mean(ranks)}
+    return {
+        "R@1": 100 * np.mean(ranks <= 1),
+        "R@5": 100 * np.mean(ranks <= 5),
+        "R@10": 100 * np.mean(ranks <= 10),
+        "MdR": np.median(ranks),
+        "MnR": np.mean(ranks),
+    }
 
 
 def check_against_brute_force(scores, gold):
@@ -50,7 +55,8 @@ def check_against_brute_force(scores, gold):
     assert metrics["expected"]["MnR"] == pytest.approx(reference["expected"].mean())
     assert metrics["expected"]["MdR"] == pytest.approx(np.median(reference["expected"]))
     assert metrics["n_queries"] == len(scores)
-    assert metrics["n_tied"] == sum(bool(((row == row[g].max()) & ~g).any()) for row, g in zip(scores, gold))
+    tied = [bool(((row == row[g].max()) & ~g).any()) for row, g in zip(scores, gold, strict=True)]
+    assert metrics["n_tied"] == sum(tied)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -88,8 +94,13 @@ def clip4clip_compute_metrics(sim):
     sorted_negated = np.sort(-sim, axis=1)
     target = np.diag(-sim)[:, None]
     ind = np.where(sorted_negated - target == 0)[1]
-    return {"R@1": 100 * np.sum(ind == 0) / len(ind), "R@5": 100 * np.sum(ind < 5) / len(ind),
-            "R@10": 100 * np.sum(ind < 10) / len(ind), "MdR": np.median(ind) + 1, "MnR": np.mean(ind) + 1}
+    return {
+        "R@1": 100 * np.sum(ind == 0) / len(ind),
+        "R@5": 100 * np.sum(ind < 5) / len(ind),
+        "R@10": 100 * np.sum(ind < 10) / len(ind),
+        "MdR": np.median(ind) + 1,
+        "MnR": np.mean(ind) + 1,
+    }
 
 
 @pytest.mark.parametrize("size", [5, 30, 101])
@@ -161,6 +172,8 @@ def holm_reference(p_values):
     return adjusted
 
 
-@pytest.mark.parametrize("p_values", [[0.01, 0.04, 0.03, 0.005], [0.5, 0.2, 0.9], [0.001], [0.02, 0.02, 0.5, 0.01, 0.3]])
+@pytest.mark.parametrize(
+    "p_values", [[0.01, 0.04, 0.03, 0.005], [0.5, 0.2, 0.9], [0.001], [0.02, 0.02, 0.5, 0.01, 0.3]]
+)
 def test_holm_bonferroni_matches_the_step_down_rule(p_values):
     np.testing.assert_allclose(holm_adjust(p_values), holm_reference(p_values))

@@ -14,8 +14,9 @@ import torch
 import clip_vendor
 import evaluate
 import train_head
+from file_io import file_sha256
+from fixtures.synthetic_cache import write_order_only_cache
 from make_demo_data import write_tiny_clip
-from tests.synthetic_cache import write_order_only_cache
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -54,8 +55,11 @@ def best_record(out):
 
 
 def test_order_aware_heads_beat_meanp_on_hard_where_only_order_matters(clip_path, order_cache, tmp_path):
-    settings = {"meanP": [], "seqTransf": ["--epochs", "8", "--batch-size", "32", "--lr", "3e-3"],
-                "tightTransf": ["--epochs", "10", "--batch-size", "16", "--lr", "3e-3"]}
+    settings = {
+        "meanP": [],
+        "seqTransf": ["--epochs", "8", "--batch-size", "32", "--lr", "3e-3"],
+        "tightTransf": ["--epochs", "10", "--batch-size", "16", "--lr", "3e-3"],
+    }
     hard_r1, tied = {}, {}
     for head, extra in settings.items():
         out = tmp_path / head
@@ -76,7 +80,7 @@ def test_checkpoint_and_log_contents(clip_path, small_cache, tmp_path):
     train_head.main(train_args(small_cache, clip_path, out, "seqTransf", "--epochs", "3", "--batch-size", "16"))
     best = torch.load(out / "best.pt", weights_only=False)
     assert best["seed"] == 0 and best["head_name"] == "seqTransf"
-    assert best["cache_meta_sha256"] == clip_vendor.file_sha256(small_cache / "cache_meta.json")
+    assert best["cache_meta_sha256"] == file_sha256(small_cache / "cache_meta.json")
     assert "transformerClip.resblocks.0.attn.in_proj_weight" in best["head"]
     assert best["config"]["frames"] == 4 and best["config"]["lr"] == 1e-4
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
@@ -90,8 +94,9 @@ def head_tensors(path):
 
 def test_same_seed_same_weights_on_cpu(clip_path, small_cache, tmp_path):
     for name in ("a", "b"):
-        train_head.main(train_args(small_cache, clip_path, tmp_path / name, "tightTransf",
-                                   "--epochs", "2", "--batch-size", "16"))
+        train_head.main(
+            train_args(small_cache, clip_path, tmp_path / name, "tightTransf", "--epochs", "2", "--batch-size", "16")
+        )
     first, second = head_tensors(tmp_path / "a" / "last.pt"), head_tensors(tmp_path / "b" / "last.pt")
     assert all(torch.equal(first[key], second[key]) for key in first)
 
@@ -99,12 +104,19 @@ def test_same_seed_same_weights_on_cpu(clip_path, small_cache, tmp_path):
 def test_resume_after_kill_equals_uninterrupted_run(clip_path, small_cache, tmp_path):
     extra = ["--epochs", "12", "--batch-size", "16", "--lr", "3e-3"]  # tightTransf: dropout must replay too
     killed = tmp_path / "killed"
-    command = [sys.executable, str(PROJECT / "train_head.py"),
-               *train_args(small_cache, clip_path, killed, "tightTransf", *extra)]
-    process = subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                               env={**os.environ, "PYTHONPATH": str(PROJECT)})
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
+    command = [
+        sys.executable,
+        str(PROJECT / "train_head.py"),
+        *train_args(small_cache, clip_path, killed, "tightTransf", *extra),
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=PROJECT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT)},
+    )
+    while process.poll() is None:
         log = killed / "log.jsonl"
         if log.exists() and len(log.read_text().splitlines()) >= 2:
             break
@@ -119,8 +131,10 @@ def test_resume_after_kill_equals_uninterrupted_run(clip_path, small_cache, tmp_
     for name in ("last.pt", "best.pt"):
         resumed, uninterrupted = head_tensors(killed / name), head_tensors(straight / name)
         assert all(torch.equal(resumed[key], uninterrupted[key]) for key in resumed), name
-    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
-                          for line in path.read_text().splitlines()]
+
+    def strip(path):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in path.read_text().splitlines()]
+
     assert strip(killed / "log.jsonl") == strip(straight / "log.jsonl")
 
 
@@ -148,10 +162,12 @@ def test_wrong_checkpoint_is_refused(small_cache, clip_path, tmp_path):
 def test_batches_hold_one_caption_per_video_item():
     pairs = [{"video_row": v, "caption_row": 10 * v + c, "reversed": int(c >= 3)} for v in range(20) for c in range(5)]
     items = train_head.train_items(pairs, reverse_negatives=True)
-    for video_rows, flags, caption_rows in train_head.epoch_batches(items, sorted(items), 8, 2, seed=0, epoch=1, rank=0):
-        keys = list(zip(video_rows.tolist(), flags.tolist()))
+    for video_rows, flags, caption_rows in train_head.epoch_batches(
+        items, sorted(items), 8, 2, seed=0, epoch=1, rank=0
+    ):
+        keys = list(zip(video_rows.tolist(), flags.tolist(), strict=True))
         assert len(keys) == len(set(keys)) == 16  # each video and its reversal, once each
-        for (video, flag), caption in zip(keys, caption_rows.tolist()):
+        for (video, flag), caption in zip(keys, caption_rows.tolist(), strict=True):
             assert caption // 10 == video and int(caption % 10 >= 3) == flag
     forward_only = train_head.train_items(pairs, reverse_negatives=False)
     assert all(set(captions) == {0} for captions in forward_only.values())
@@ -159,12 +175,34 @@ def test_batches_hold_one_caption_per_video_item():
 
 def test_torchrun_two_ranks_learns_the_order_task(clip_path, order_cache, tmp_path):
     out = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-               str(PROJECT / "train_head.py"),
-               *train_args(order_cache, clip_path, out, "seqTransf", "--reverse-negatives", "--epochs", "8",
-                           "--batch-size", "32", "--lr", "3e-3")]
-    result = subprocess.run(command, cwd=PROJECT, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "PYTHONPATH": str(PROJECT)})
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        str(PROJECT / "train_head.py"),
+        *train_args(
+            order_cache,
+            clip_path,
+            out,
+            "seqTransf",
+            "--reverse-negatives",
+            "--epochs",
+            "8",
+            "--batch-size",
+            "32",
+            "--lr",
+            "3e-3",
+        ),
+    ]
+    result = subprocess.run(
+        command,
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(PROJECT)},
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "8 steps/epoch of 32 videos" in result.stdout  # 128 videos per rank, 16 per rank-batch
     assert best_record(out)["selection"] >= 80.0
@@ -172,15 +210,37 @@ def test_torchrun_two_ranks_learns_the_order_task(clip_path, order_cache, tmp_pa
 
 
 def test_tighttransf_reads_token_features_when_asked(small_cache, clip_path, tmp_path):
-    train_head.main(train_args(small_cache, clip_path, tmp_path / "tokens", "tightTransf", "--text-input", "tokens",
-                               "--epochs", "2", "--batch-size", "16"))
+    train_head.main(
+        train_args(
+            small_cache,
+            clip_path,
+            tmp_path / "tokens",
+            "tightTransf",
+            "--text-input",
+            "tokens",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+        )
+    )
     checkpoint = torch.load(tmp_path / "tokens" / "best.pt", weights_only=False)
     assert checkpoint["config"]["text_input"] == "tokens"
     positions = checkpoint["head"]["cross.embeddings.position_embeddings.weight"]
     assert len(positions) == 4 + 77  # frames + the text's context length
     out = tmp_path / "tokens.json"
-    evaluate.main(["--cache", str(small_cache), "--split", "valid", "--ckpt", str(tmp_path / "tokens" / "best.pt"),
-                   "--out", str(out)])
+    evaluate.main(
+        [
+            "--cache",
+            str(small_cache),
+            "--split",
+            "valid",
+            "--ckpt",
+            str(tmp_path / "tokens" / "best.pt"),
+            "--out",
+            str(out),
+        ]
+    )
     result = json.loads(out.read_text())
     assert result["provenance"]["text_input"] == "tokens"
     assert result["hard"]["t2v"]["expected"]["R@1"] == pytest.approx(checkpoint["history"][-1]["selection"])
@@ -196,8 +256,22 @@ def test_missing_valid_split_is_named(small_cache, clip_path, tmp_path):
 
 def test_early_stopping_after_patience_epochs_without_improvement(small_cache, clip_path, tmp_path):
     out = tmp_path / "stalled"
-    train_head.main(train_args(small_cache, clip_path, out, "seqTransf", "--epochs", "10", "--batch-size", "16",
-                               "--lr", "0", "--patience", "2"))  # nothing can improve after epoch 1
+    train_head.main(
+        train_args(
+            small_cache,
+            clip_path,
+            out,
+            "seqTransf",
+            "--epochs",
+            "10",
+            "--batch-size",
+            "16",
+            "--lr",
+            "0",
+            "--patience",
+            "2",
+        )
+    )  # nothing can improve after epoch 1
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [record["epoch"] for record in log] == [1, 2, 3]
     assert torch.load(out / "last.pt", weights_only=False)["state"]["stopped"]

@@ -1,0 +1,144 @@
+"""One process or many under torchrun: rank, device, logging, collectives, and progress lines.
+
+The same stage script runs alone or under `torchrun`: `setup_runtime` reads RANK / WORLD_SIZE /
+LOCAL_RANK from the environment torchrun sets, binds the GPU before `init_process_group` (nccl on
+GPU, gloo on CPU), and only rank 0 prints. With one process every collective is the identity.
+"""
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+def resolve_device(device: str) -> str:
+    """`auto` means cuda when a GPU is visible, else cpu; anything else is taken as given."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@dataclass(frozen=True)
+class Runtime:
+    rank: int
+    world_size: int
+    local_world_size: int
+    device: str  # this process's device: cuda:LOCAL_RANK under torchrun on GPUs
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+    def log(self, *values, **kwargs) -> None:
+        if self.master:
+            print(*values, **kwargs, flush=True)
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
+    def gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows, concatenated in rank order; ranks may hold different numbers of rows."""
+        if self.world_size == 1:
+            return tensor
+        return torch.cat(gather_rows(tensor))
+
+    def gather_with_grad(self, tensor: torch.Tensor) -> torch.Tensor:
+        """As `gather`, and the backward hands each rank the gradient of its own rows, summed
+        over the ranks (each rank's loss reads every rank's rows)."""
+        if self.world_size == 1 or not tensor.requires_grad:
+            return self.gather(tensor)
+        return GatherRows.apply(tensor)
+
+    def all_reduce_sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.world_size > 1:
+            dist.all_reduce(tensor)
+        return tensor
+
+    def min_over_ranks(self, value: int) -> int:
+        if self.world_size == 1:
+            return value
+        tensor = torch.tensor([value], device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MIN)
+        return int(tensor.item())
+
+    def finish(self) -> None:
+        if self.world_size > 1:
+            dist.destroy_process_group()
+
+
+def gather_rows(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """all_gather for tensors whose first dimension differs by rank: pad to the longest, trim."""
+    length = torch.tensor([len(tensor)], device=tensor.device)
+    lengths = [torch.empty_like(length) for _ in range(dist.get_world_size())]
+    dist.all_gather(lengths, length)
+    longest = int(max(lengths).item())
+    padded = torch.zeros((longest, *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    padded[: len(tensor)] = tensor
+    parts = [torch.empty_like(padded) for _ in lengths]
+    dist.all_gather(parts, padded)
+    return [part[: int(n.item())] for part, n in zip(parts, lengths, strict=True)]
+
+
+class GatherRows(torch.autograd.Function):
+    """Differentiable `gather`. torch.distributed.nn's all_gather is not used: on gloo its backward
+    scatters into non-contiguous gradients (a transposed loss term gives them) and returns wrong
+    values. Here the backward makes the gradient contiguous, sums it over ranks, keeps our rows."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        parts = gather_rows(tensor)
+        rank = dist.get_rank()
+        ctx.start, ctx.stop = sum(len(part) for part in parts[:rank]), sum(len(part) for part in parts[: rank + 1])
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad[ctx.start : ctx.stop]
+
+
+def setup_runtime(device: str) -> Runtime:
+    """Set up this process: `device` is auto, cpu or cuda (each rank then takes cuda:LOCAL_RANK)."""
+    device = resolve_device(device)
+    rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank, local_world_size = int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    if world_size > 1:
+        if device == "cuda":
+            device = f"cuda:{local_rank}"
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)  # before init_process_group, so NCCL binds the right GPU
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return Runtime(rank, world_size, local_world_size, device)
+
+
+class Progress:
+    """Items done of a known total, their rate and the ETA, printed at most every `interval` s.
+
+    `update(n, **counts)` adds n items and counts of other things (frames=...), shown as rates;
+    `detail` is a callable whose text ends the line, evaluated only when the line is printed.
+    """
+
+    def __init__(self, label: str, total: int, log: Callable, interval: float = 2.0):
+        self.label, self.total, self.log, self.interval = label, total, log, interval
+        self.start, self.done, self.counts, self.last_print = time.time(), 0, {}, 0.0
+
+    def update(self, n: int = 1, detail: Callable[[], str] | None = None, **counts: int) -> None:
+        self.done += n
+        for name, count in counts.items():
+            self.counts[name] = self.counts.get(name, 0) + count
+        now = time.time()
+        if now - self.last_print < self.interval and self.done < self.total:
+            return
+        self.last_print = now
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.done / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+        rates = "".join(f", {count / elapsed:,.0f} {name}/s" for name, count in self.counts.items() if count)
+        share = 100 * self.done / max(self.total, 1)
+        line = f"{self.label} {self.done}/{self.total} ({share:.0f}%), {rate:,.2f}/s{rates}, ETA {eta:,.0f} s"
+        self.log(line + (f", {detail()}" if detail else ""))

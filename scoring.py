@@ -1,0 +1,87 @@
+"""An evaluation setting (queries, candidates, gold) and a head's score matrix over it.
+
+Candidates are (video_row, reversed) items in this order: originals by video row, then reversed
+videos by video row; queries are captions in caption-row order. These orders are the stable-sort
+tie order of the metrics. Shared by training (validation) and evaluation.
+"""
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from feature_cache import read_pairs
+from split_tensors import SplitTensors
+
+TIE_ORDER = "candidates: originals by video row, then reversed videos by video row; queries: captions by caption row"
+
+
+@dataclass
+class Setting:
+    """Queries and candidates of one evaluation setting, read from a pair list."""
+
+    caption_rows: np.ndarray  # [n_queries]
+    candidates: list  # [(video_row, reversed)]
+    gold: np.ndarray  # [n_queries, n_candidates] bool: caption -> its video item
+
+
+def setting_from_pairs(pairs: list[dict]) -> Setting:
+    candidates = sorted({(p["video_row"], p["reversed"]) for p in pairs}, key=lambda item: (item[1], item[0]))
+    column_of = {item: column for column, item in enumerate(candidates)}
+    pairs = sorted(pairs, key=lambda p: p["caption_row"])
+    gold = np.zeros((len(pairs), len(candidates)), dtype=bool)
+    for query, pair in enumerate(pairs):
+        gold[query, column_of[(pair["video_row"], pair["reversed"])]] = True
+    return Setting(np.array([p["caption_row"] for p in pairs], dtype=np.int64), candidates, gold)
+
+
+def read_setting(cache_dir: Path, split: str, setting: str) -> Setting:
+    return setting_from_pairs(read_pairs(cache_dir, split, setting))
+
+
+@torch.no_grad()
+def score_matrix(head: torch.nn.Module, data: SplitTensors, setting: Setting, video_batch: int = 1024) -> torch.Tensor:
+    """Scores [n_queries, n_candidates] (float32 on the CPU) of `head` over a setting: the
+    candidates' video index is built `video_batch` videos at a time, then every query is scored."""
+    device = data.frames.device
+    video_rows = torch.tensor([row for row, _ in setting.candidates], device=device)
+    reversed_flags = torch.tensor([flag for _, flag in setting.candidates], device=device)
+    parts = [
+        head.video_index(*data.video_batch(video_rows[i : i + video_batch], reversed_flags[i : i + video_batch]))
+        for i in range(0, len(video_rows), video_batch)
+    ]
+    video_index = [torch.cat(columns) for columns in zip(*parts, strict=True)]
+    text, text_mask = data.text_input(torch.from_numpy(setting.caption_rows).to(device), head.text_input)
+    return head.score_matrix(text, text_mask, *video_index).float().cpu()
+
+
+def autocast_for(device: str):
+    """bf16 autocast on CUDA; on the CPU everything stays fp32."""
+    if str(device).startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def binary_margins(scores: np.ndarray, setting: Setting) -> dict[str, np.ndarray]:
+    """Per record with both an original and a reversed candidate: t2v margins (each caption, its
+    video minus the other direction's) and v2t margins (each video, its caption minus the other)."""
+    column_of = {item: column for column, item in enumerate(setting.candidates)}
+    gold_column = setting.gold.argmax(axis=1)
+    queries_of = {}
+    for query, column in enumerate(gold_column):
+        queries_of.setdefault(setting.candidates[column], []).append(query)
+    t2v, v2t = [], []
+    for (video_row, flag), forward_queries in sorted(queries_of.items()):
+        if flag or (video_row, 1) not in queries_of:
+            continue
+        original, reversal = column_of[(video_row, 0)], column_of[(video_row, 1)]
+        reverse_queries = queries_of[(video_row, 1)]
+        t2v += [scores[q, original] - scores[q, reversal] for q in forward_queries]
+        t2v += [scores[q, reversal] - scores[q, original] for q in reverse_queries]
+        for forward_query in forward_queries:
+            for reverse_query in reverse_queries:
+                v2t.append(scores[forward_query, original] - scores[reverse_query, original])
+                v2t.append(scores[reverse_query, reversal] - scores[forward_query, reversal])
+    return {"t2v": np.array(t2v, dtype=np.float64), "v2t": np.array(v2t, dtype=np.float64)}
