@@ -10,6 +10,7 @@ A pair links a caption to a video row; `reversed=1` means "the flipped frames of
 """
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def reject_duplicate_keys(path):
     return build
 
 
-def read_annotation_file(path):
+def read_annotation_file(path: Path) -> dict:
     """Parse one file into an ordered {video_id: record dict}, rejecting duplicate ids."""
     path = Path(path)
     try:
@@ -67,7 +68,7 @@ def read_annotation_file(path):
     return data
 
 
-def detect_format(path, data):
+def detect_format(path: Path, data: dict) -> str:
     first_id, first = next(iter(data.items()))
     if isinstance(first, dict) and first.keys() & {*RTIME_CAPTION_FIELDS, "reverse"}:
         return "rtime"
@@ -125,7 +126,7 @@ def parse_generic_record(path, video_id, record):
     return VideoRecord(video_id, False, captions)
 
 
-def load_split(path, annotation_format="auto"):
+def load_split(path: Path, annotation_format: str = "auto") -> tuple[str, list[VideoRecord]]:
     """Read an annotation file -> (format, [VideoRecord] in file order)."""
     data = read_annotation_file(path)
     if annotation_format == "auto":
@@ -134,12 +135,12 @@ def load_split(path, annotation_format="auto"):
     return annotation_format, [parse(path, video_id, record) for video_id, record in data.items()]
 
 
-def split_captions(records):
+def split_captions(records: list[VideoRecord]) -> list[Caption]:
     """Every caption of every record, in record order: the row order of the cached text features."""
     return [caption for record in records for caption in record.captions]
 
 
-def pair_rows(captions, video_row_of, include):
+def pair_rows(captions: list[Caption], video_row_of: dict[str, int], include: Callable[[Caption], bool]) -> list[tuple]:
     """(caption_row, caption_id, video_row, video_id, reversed) for each caption that `include`
     keeps and whose video was extracted (`video_row_of` lacks failed videos)."""
     rows = []

@@ -43,18 +43,18 @@ def cosine_score_matrix(text: torch.Tensor, video_emb: torch.Tensor, logit_scale
     return text_emb @ video_emb.T
 
 
-def order_free_sum(x, dim):
+def order_free_sum(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Sum along `dim` in sorted order: floating-point addition depends on order, and the sum of a
     video's frames must be bit-identical to the sum of its reversal's, or Hard's ties would hide."""
     return x.sort(dim=dim).values.sum(dim=dim)
 
 
-def masked_mean(frame_feats, frame_mask):
+def masked_mean(frame_feats: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
     weights = frame_mask.to(frame_feats.dtype).unsqueeze(-1)
     return order_free_sum(frame_feats * weights, dim=1) / weights.sum(dim=1).clamp_min(1.0)
 
 
-def key_padding_mask(mask):
+def key_padding_mask(mask: torch.Tensor) -> torch.Tensor:
     """[B, T] bool -> [B, 1, 1, T] for attention: every query may look at every real position."""
     return mask[:, None, None, :]
 
@@ -243,7 +243,7 @@ def parameter_free_heads() -> list[str]:
         return [name for name in sorted(HEADS) if not list(build_head(name, HEAD_WIDTH, 2).parameters())]
 
 
-def init_from_clip_text(head, clip_state):
+def init_from_clip_text(head: nn.Module, clip_state: dict[str, torch.Tensor]) -> None:
     """Copy the checkpoint's first 4 text blocks and text positional embedding (OpenAI names)
     into a seqTransf or tightTransf head, as CLIP4Clip initialises them."""
     text_width = clip_state["ln_final.weight"].shape[0]
@@ -271,6 +271,6 @@ def init_from_clip_text(head, clip_state):
         positions.weight[:n_copied] = positional[:n_copied].float()
 
 
-def clip_logit_scale(learnable):
+def clip_logit_scale(learnable: bool) -> nn.Parameter:
     """CLIP's temperature: fixed at 100, or learnable from ln 100 and clamped to at most ln 100."""
     return nn.Parameter(torch.tensor(math.log(MAX_LOGIT_SCALE)), requires_grad=learnable)

@@ -22,7 +22,7 @@ import numpy as np
 RECALL_KS = (1, 5, 10)
 
 
-def rank_counts(scores, gold):
+def rank_counts(scores: np.ndarray, gold: np.ndarray) -> dict[str, np.ndarray]:
     """scores [n_queries, n_candidates] float, gold same shape bool -> dict of per-query arrays:
     above (a), tied_wrong (k), tied_gold (g), stable_rank."""
     scores = np.asarray(scores, dtype=np.float64)
@@ -43,7 +43,7 @@ def rank_counts(scores, gold):
     return {"above": above, "tied_wrong": tied_wrong, "tied_gold": tied_gold, "stable_rank": above + wrong_before + 1}
 
 
-def expected_recall(above, tied_wrong, tied_gold, k):
+def expected_recall(above: np.ndarray, tied_wrong: np.ndarray, tied_gold: np.ndarray, k: int) -> np.ndarray:
     """P(rank <= k) per query over all orders of the tied items (see the module docstring)."""
     recall = np.zeros(len(above))
     for q, (a, n_wrong, n_gold) in enumerate(zip(above, tied_wrong, tied_gold, strict=True)):
@@ -58,7 +58,7 @@ def expected_recall(above, tied_wrong, tied_gold, k):
     return recall
 
 
-def summary(ranks):
+def summary(ranks: np.ndarray) -> dict[str, float]:
     """Per-query ranks (or, for expected values, per-query recall hits given separately) -> metrics."""
     ranks = np.asarray(ranks, dtype=np.float64)
     metrics = {f"R@{k}": float(100.0 * np.mean(ranks <= k)) for k in RECALL_KS}
@@ -67,7 +67,7 @@ def summary(ranks):
     return metrics
 
 
-def retrieval_metrics(scores, gold):
+def retrieval_metrics(scores: np.ndarray, gold: np.ndarray) -> tuple[dict, dict[str, np.ndarray]]:
     """All metrics of one setting and direction; also returns the per-query arrays behind them."""
     counts = rank_counts(scores, gold)
     a, k, g = counts["above"], counts["tied_wrong"], counts["tied_gold"]
@@ -96,7 +96,7 @@ def retrieval_metrics(scores, gold):
     return metrics, per_query
 
 
-def binary_accuracy(margins):
+def binary_accuracy(margins: np.ndarray) -> dict:
     """margins: per-comparison score(correct) - score(wrong). Correct when > 0, half when == 0."""
     margins = np.asarray(margins, dtype=np.float64)
     credit = np.where(margins > 0, 1.0, np.where(margins == 0, 0.5, 0.0))

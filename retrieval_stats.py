@@ -7,6 +7,8 @@ resamples by default); a paired comparison resamples the same queries for both m
 two-sided p-value comes from a paired sign-flip permutation test (scipy.stats.permutation_test).
 """
 
+from collections.abc import Callable
+
 import numpy as np
 from scipy import stats
 
@@ -21,7 +23,9 @@ METRICS = {  # metric -> (per-query column, statistic over queries along `axis`)
 }
 
 
-def bootstrap_ci(values, statistic, seed=0, n_resamples=N_RESAMPLES):
+def bootstrap_ci(
+    values: np.ndarray, statistic: Callable, seed: int = 0, n_resamples: int = N_RESAMPLES
+) -> tuple[float, float]:
     """Percentile bootstrap CI of statistic(values) over the queries."""
     result = stats.bootstrap(
         (np.asarray(values, dtype=np.float64),),
@@ -35,7 +39,9 @@ def bootstrap_ci(values, statistic, seed=0, n_resamples=N_RESAMPLES):
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
-def paired_difference(values_a, values_b, statistic, seed=0, n_resamples=N_RESAMPLES):
+def paired_difference(
+    values_a: np.ndarray, values_b: np.ndarray, statistic: Callable, seed: int = 0, n_resamples: int = N_RESAMPLES
+) -> tuple[float, float, float, float]:
     """statistic(a) - statistic(b) on the same queries: (difference, CI low, CI high, p-value)."""
     a, b = np.asarray(values_a, dtype=np.float64), np.asarray(values_b, dtype=np.float64)
     if a.shape != b.shape:
@@ -71,7 +77,7 @@ def paired_difference(values_a, values_b, statistic, seed=0, n_resamples=N_RESAM
     )
 
 
-def holm_adjust(p_values):
+def holm_adjust(p_values: np.ndarray) -> np.ndarray:
     """Holm-Bonferroni: the i-th smallest of m p-values is scaled by (m - i), running maximum, capped at 1."""
     p_values = np.asarray(p_values, dtype=np.float64)
     order = np.argsort(p_values, kind="stable")

@@ -27,11 +27,11 @@ class ClipConfig:
     text_layers: int
 
     @property
-    def vision_heads(self):
+    def vision_heads(self) -> int:
         return self.vision_width // HEAD_WIDTH
 
     @property
-    def text_heads(self):
+    def text_heads(self) -> int:
         return self.text_width // HEAD_WIDTH
 
 
@@ -142,11 +142,11 @@ class CLIP(nn.Module):
     def dtype(self):
         return self.visual.conv1.weight.dtype
 
-    def encode_image(self, images):
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
         """images: [B, 3, R, R] normalised (see `preprocess`) -> projected CLS embedding [B, D]."""
         return self.visual(images.to(self.dtype))
 
-    def encode_text_tokens(self, tokens):
+    def encode_text_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens: [B, L] ids from `tokenize` -> (token_feats [B, L, D], token_mask [B, L] bool).
 
         Every position goes through ln_final and text_projection; the mask is True from the
@@ -160,18 +160,18 @@ class CLIP(nn.Module):
         token_mask = positions[None, :] <= eot_index(tokens)[:, None]
         return token_feats, token_mask
 
-    def encode_text(self, tokens):
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens: [B, L] ids from `tokenize` -> embedding pooled at the end-of-text token [B, D]."""
         token_feats, _ = self.encode_text_tokens(tokens)
         return token_feats[torch.arange(tokens.shape[0], device=tokens.device), eot_index(tokens)]
 
 
-def eot_index(tokens):
+def eot_index(tokens: torch.Tensor) -> torch.Tensor:
     """Position of the end-of-text token: it has the largest id in the vocabulary (OpenAI's rule)."""
     return tokens.argmax(dim=-1)
 
 
-def infer_config(state_dict):
+def infer_config(state_dict: dict[str, torch.Tensor]) -> ClipConfig:
     """Read the architecture off the tensor shapes (the checkpoint is the config)."""
     conv1 = state_dict["visual.conv1.weight"]  # [vision_width, 3, patch, patch]
     n_positions = state_dict["visual.positional_embedding"].shape[0]  # grid² + 1
@@ -189,5 +189,5 @@ def infer_config(state_dict):
     )
 
 
-def count_layers(state_dict, prefix):
+def count_layers(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
     return len({key[len(prefix) :].split(".")[0] for key in state_dict if key.startswith(prefix)})

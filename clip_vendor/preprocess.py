@@ -14,19 +14,19 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # RGB, from OpenAI's training d
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def resized_shape(height, width, short_side):
+def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:
     """Short side to `short_side`, long side scaled and truncated to int (torchvision's rule)."""
     if height <= width:
         return short_side, int(short_side * width / height)
     return int(short_side * height / width), short_side
 
 
-def center_crop_box(height, width, size):
+def center_crop_box(height: int, width: int, size: int) -> tuple[int, int]:
     """Top-left corner of a centred size×size crop, rounded as torchvision's CenterCrop rounds."""
     return int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
 
 
-def resize_crop(frames_bgr, size, device="cpu"):
+def resize_crop(frames_bgr: np.ndarray | torch.Tensor, size: int, device: str = "cpu") -> torch.Tensor:
     """frames_bgr: [N, H, W, 3] uint8 (numpy or tensor), all of one video -> [N, 3, size, size] uint8 RGB.
 
     The pixels OpenAI's pipeline would hand to ToTensor. Keeping this step uint8 lets decode
@@ -48,7 +48,7 @@ def resize_crop(frames_bgr, size, device="cpu"):
     return resized[:, :, top : top + size, left : left + size].to(torch.uint8)
 
 
-def normalize(crops, device="cpu"):
+def normalize(crops: torch.Tensor, device: str = "cpu") -> torch.Tensor:
     """crops: [N, 3, S, S] uint8 RGB from `resize_crop` -> fp32 model input on `device`."""
     crops = crops.to(device, non_blocking=True).float() / 255.0
     mean = torch.tensor(CLIP_MEAN, device=crops.device).view(1, 3, 1, 1)
@@ -56,7 +56,7 @@ def normalize(crops, device="cpu"):
     return (crops - mean) / std
 
 
-def preprocess_frames(frames_bgr, size, device="cpu"):
+def preprocess_frames(frames_bgr: np.ndarray | torch.Tensor, size: int, device: str = "cpu") -> torch.Tensor:
     """BGR uint8 frames [N, H, W, 3] -> normalised [N, 3, size, size] fp32 on `device`.
 
     Resizing runs on `device`: pass the GPU to move only uint8 pixels across the bus.
@@ -76,7 +76,7 @@ class Preprocess:
         images = preprocess_frames(batch, self.size, device)
         return images[0] if single else images
 
-    def describe(self):
+    def describe(self) -> dict:
         """What the cache metadata records about preprocessing."""
         return {
             "size": self.size,

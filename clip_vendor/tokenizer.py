@@ -27,7 +27,7 @@ WORD_PATTERN = regex.compile(
 )
 
 
-def byte_to_unicode():
+def byte_to_unicode() -> dict[int, str]:
     """A reversible map from the 256 byte values to printable characters, so BPE works on str.
 
     Printable Latin-1 bytes map to themselves; the rest are moved to code points from 256 up.
@@ -42,7 +42,7 @@ def byte_to_unicode():
     return table
 
 
-def clean_text(text):
+def clean_text(text: str) -> str:
     """ftfy, HTML unescaped twice (captions are often double-escaped), white space collapsed, lowercased."""
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return regex.sub(r"\s+", " ", text).strip().lower()
@@ -61,7 +61,7 @@ class BpeTokenizer:
         self.eot_id = self.encoder[END_OF_TEXT]
         self.word_cache = {START_OF_TEXT: [self.sot_id], END_OF_TEXT: [self.eot_id]}
 
-    def encode(self, text):
+    def encode(self, text: str) -> list[int]:
         """Text -> BPE ids, without start/end tokens."""
         ids = []
         for word in WORD_PATTERN.findall(clean_text(text)):
@@ -91,7 +91,7 @@ class BpeTokenizer:
         return pieces
 
 
-def read_merges(vocab_path):
+def read_merges(vocab_path: Path) -> list[tuple[str, str]]:
     vocab_path = Path(vocab_path)
     if not vocab_path.exists():
         raise FileNotFoundError(
@@ -104,11 +104,11 @@ def read_merges(vocab_path):
 
 
 @lru_cache(maxsize=1)
-def default_tokenizer():
+def default_tokenizer() -> BpeTokenizer:
     return BpeTokenizer()
 
 
-def tokenize(texts, context_length=77, truncate=True):
+def tokenize(texts: str | list[str], context_length: int = 77, truncate: bool = True) -> torch.Tensor:
     """Tokenize one string or a list of strings to a [len(texts), context_length] int64 tensor.
 
     texts: a caption or list of captions.
