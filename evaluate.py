@@ -1,18 +1,28 @@
-"""Score a head on a cache split and write every metric, with the score matrices kept beside them.
+"""Score a head on one or more cache splits and write every metric, with the score matrices kept beside them.
 
     python evaluate.py --cache OUT --split test --ckpt runs/seqTransf_seed0/best.pt --out results/seqTransf_seed0.json
     python evaluate.py --cache OUT --split test --head meanP --out results/meanP.json
+    python evaluate.py --ckpt best.pt --cache msrvtt_cache:test --cache rtime_cache:test --out results/seqTransf.json
+
+Several --cache (each PATH or PATH:SPLIT) evaluate one head on several datasets in one command, one
+result per dataset: OUT.json becomes OUT.{cache folder}-{split}.json. A checkpoint is evaluated on
+any cache whose features it can read: the CLIP checkpoint, tokenizer, preprocessing, sampling and
+storage dtype must match the cache it was trained on (the refusal names the first field that
+differs); annotations and batch sizes may differ.
 
 Settings (human captions only): RTime splits give `origin` (original videos x forward captions)
 and `hard` (originals and their reversals x forward and reverse captions), plus `binary` (each
 record's caption against its video and that video's reversal, both ways); a generic dataset has
-one setting, `all`. Both directions, text->video and video->text. Candidate order, which is also
-the stable-sort tie order: originals by video row, then reversed videos by video row; captions by
-caption row.
+one setting, `all`. Both directions: text->video, and video->text as CLIP4Clip computes it (each
+candidate's caption set scored by its best caption; see scoring.py). `v2t_per_caption`, kept for
+reference only, ranks every single caption instead (a video's other captions count as wrong).
+Candidate order, which is also the stable-sort tie order: originals by video row, then reversed
+videos by video row; captions by caption row.
 
 Writes OUT.json {setting: {direction: {R@1, R@5, R@10, MdR, MnR, expected, optimistic, pessimistic,
 n_queries, n_tied}}, binary: {direction: {accuracy, n_pairs, n_tied}}, provenance: {...}} and, in
-the folder OUT (without .json): {setting}_scores.npy [queries, candidates], {setting}_gold.npy,
+the folder OUT (without .json): {setting}_scores.npy [captions, candidates] with
+{setting}_ids.json naming its rows (caption ids) and columns (video id, reversed), {setting}_gold.npy,
 {setting}_{direction}_per_query.npy [queries, 7] (stable, expected, optimistic and pessimistic
 rank, expected recall@1/5/10), and binary_{direction}_margins.npy, so every statistic can be
 recomputed without a model. The provenance carries everything a report states (CLIP file and
@@ -26,15 +36,23 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from annotations import EVALUATION_SETTINGS
-from feature_cache import META_NAME, CacheError, read_meta, read_pairs, split_format
+from checkpoints import CheckpointError, head_from_checkpoint, load_checkpoint
+from feature_cache import (
+    META_NAME,
+    CacheError,
+    contract_mismatch,
+    feature_contract,
+    read_meta,
+    read_pairs,
+    split_format,
+)
 from file_io import atomic_write_json, atomic_write_npy, file_sha256
 from heads import HEADS, build_head, parameter_free_heads
 from retrieval_metrics import binary_accuracy, retrieval_metrics
 from runtime import resolve_device
-from scoring import TIE_ORDER, autocast_for, binary_margins, score_matrix, setting_from_pairs
+from scoring import TIE_ORDER, autocast_for, binary_margins, directions, score_matrix, setting_from_pairs
 from split_tensors import load_split_tensors
 
 PER_QUERY_COLUMNS = (
@@ -53,9 +71,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-parser.add_argument("--cache", required=True, type=Path, help="feature cache written by extract.py")
 parser.add_argument(
-    "--split", default="test", help="an extracted split with evaluation pair lists: test or valid (train has none)"
+    "--cache",
+    required=True,
+    action="append",
+    help="feature cache written by extract.py, as PATH or PATH:SPLIT; repeat it to evaluate on several",
+)
+parser.add_argument(
+    "--split",
+    default="test",
+    help="split of a --cache given without one: test or valid (train has no evaluation pair lists)",
 )
 source = parser.add_mutually_exclusive_group(required=True)
 source.add_argument("--ckpt", type=Path, help="a checkpoint written by train_head.py")
@@ -66,9 +91,18 @@ source.add_argument(
     f"({', '.join(parameter_free_heads())}); the others are trained and passed as --ckpt",
 )
 parser.add_argument(
-    "--frames", type=int, default=None, help="with --head: frames per video (default: the cache's t_max)"
+    "--frames",
+    type=int,
+    default=None,
+    help="with --head: frames per video (default: the cache's t_max); a checkpoint keeps its own",
 )
-parser.add_argument("--out", required=True, type=Path, help="result JSON to write (arrays go in a folder beside it)")
+parser.add_argument(
+    "--out",
+    required=True,
+    type=Path,
+    help="result JSON to write (arrays go in a folder beside it); with several caches, "
+    "OUT.{cache folder}-{split}.json each",
+)
 parser.add_argument("--method", default=None, help="name in reports (default: the head's name)")
 parser.add_argument("--device", default="auto", help="where to score: auto (cuda if available), cuda or cpu")
 parser.add_argument("--pair-batch", type=int, default=8192, help="tightTransf (text, video) pairs per forward")
@@ -76,38 +110,80 @@ parser.add_argument("--pair-batch", type=int, default=8192, help="tightTransf (t
 
 def main(argv=None):
     args = parser.parse_args(argv)
+    targets = evaluation_targets(args)
     device = resolve_device(args.device)
+    checkpoint = None
+    if args.ckpt is not None:
+        try:
+            checkpoint = load_checkpoint(args.ckpt)
+        except CheckpointError as err:
+            sys.exit(str(err))
+    for cache_dir, split, out_path in targets:
+        evaluate_one(args, checkpoint, cache_dir, split, out_path, device)
+
+
+def evaluation_targets(args):
+    """[(cache folder, split, result path)], checked before any work."""
+    if args.out.suffix != ".json":
+        parser.error(f"--out {args.out}: give a .json path (the arrays go in a folder beside it)")
+    if args.ckpt is not None and args.frames is not None:
+        parser.error("--frames is for --head only: a checkpoint is evaluated with the frames it was trained on")
+    if args.frames is not None and (args.frames < 2 or args.frames % 2):
+        parser.error(f"--frames {args.frames}: use an even number >= 2")
+    if args.pair_batch < 1:
+        parser.error(f"--pair-batch {args.pair_batch}: at least 1")
+    targets = []
+    for spec in args.cache:
+        if ":" in spec and not Path(spec).exists():
+            path, split = spec.rsplit(":", 1)
+            targets.append((Path(path), split))
+        else:
+            targets.append((Path(spec), args.split))
+    labels = [f"{cache_dir.resolve().name}-{split}" for cache_dir, split in targets]
+    if len(set(labels)) < len(labels):
+        parser.error(f"--cache: two targets share the name {labels}; give the caches distinct folder names")
+    if len(targets) == 1:
+        return [(targets[0][0], targets[0][1], args.out)]
+    return [
+        (cache_dir, split, args.out.with_name(f"{args.out.stem}.{label}.json"))
+        for (cache_dir, split), label in zip(targets, labels, strict=True)
+    ]
+
+
+def evaluate_one(args, checkpoint, cache_dir, split, out_path, device):
     try:
-        meta = read_meta(args.cache)
-        setting_names = EVALUATION_SETTINGS[split_format(meta, args.split)] if args.split != "train" else ()
+        meta = read_meta(cache_dir)
+        annotation_format = split_format(meta, split)
     except CacheError as err:
         sys.exit(str(err))
-    if not setting_names:
-        sys.exit(f"--split {args.split}: no evaluation pair lists (train is for training); use valid or test")
-    cache_sha = file_sha256(args.cache / META_NAME)
-    head, config, training = load_head(args, meta, cache_sha)
+    if split == "train":
+        sys.exit(f"{cache_dir}: --split train has no evaluation pair lists; use valid or test")
+    cache_sha = file_sha256(cache_dir / META_NAME)
+    head, config, training = load_head(args, checkpoint, meta, cache_dir)
     head = head.to(device).eval()
-    data = load_split_tensors(args.cache, args.split, config["frames"], device, config["text_input"] == "tokens")
+    data = load_split_tensors(cache_dir, split, config["frames"], device, config["text_input"] == "tokens")
     autocast = autocast_for(device)
 
-    array_dir = args.out.with_suffix("").resolve()
+    array_dir = out_path.with_suffix("").resolve()
     array_dir.mkdir(parents=True, exist_ok=True)
     results, files = {}, {}
-    for name in setting_names:
-        setting = setting_from_pairs(read_pairs(args.cache, args.split, name))
+    for name in EVALUATION_SETTINGS[annotation_format]:
+        setting = setting_from_pairs(read_pairs(cache_dir, split, name))
         with autocast:
             scores = score_matrix(head, data, setting).numpy()
         files[f"{name}_scores"] = save(array_dir / f"{name}_scores.npy", scores)
+        files[f"{name}_ids"] = str(array_dir / f"{name}_ids.json")
+        atomic_write_json(
+            array_dir / f"{name}_ids.json", {"rows": setting.caption_ids, "columns": setting.candidate_ids}
+        )
         files[f"{name}_gold"] = save(array_dir / f"{name}_gold.npy", setting.gold)
         results[name] = {}
-        for direction, (direction_scores, gold) in {
-            "t2v": (scores, setting.gold),
-            "v2t": (scores.T, setting.gold.T),
-        }.items():
+        for direction, (direction_scores, gold) in directions(scores, setting.gold).items():
             metrics, per_query = retrieval_metrics(direction_scores, gold)
             results[name][direction] = metrics
             table = np.stack([per_query[column] for column in PER_QUERY_COLUMNS], axis=1).astype(np.float64)
             files[f"{name}_{direction}_per_query"] = save(array_dir / f"{name}_{direction}_per_query.npy", table)
+        results[name]["v2t_per_caption"], _ = retrieval_metrics(scores.T, setting.gold.T)
         if name == "hard":
             results["binary"] = {}
             for direction, margins in binary_margins(scores, setting).items():
@@ -120,9 +196,11 @@ def main(argv=None):
         "seed": config.get("seed"),
         "ckpt": str(args.ckpt) if args.ckpt else None,
         "ckpt_sha256": file_sha256(args.ckpt) if args.ckpt else None,
-        "cache": str(args.cache),
+        "dataset": f"{cache_dir.resolve().name}-{split}",
+        "annotation_format": annotation_format,
+        "cache": str(cache_dir.resolve()),
         "cache_meta_sha256": cache_sha,
-        "split": args.split,
+        "split": split,
         "frames": config["frames"],
         "text_input": config["text_input"],
         "tie_order": TIE_ORDER,
@@ -136,21 +214,21 @@ def main(argv=None):
         "compute": contract.get("compute", {}),
         "training": training,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.out, results)
-    for name in setting_names:
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out_path, results)
+    for name in EVALUATION_SETTINGS[annotation_format]:
         t2v, v2t = results[name]["t2v"], results[name]["v2t"]
         print(
             f"{name:>6}: t2v R@1 {t2v['R@1']:.2f} (expected {t2v['expected']['R@1']:.2f}, "
             f"{t2v['n_tied']} of {t2v['n_queries']} queries tied), v2t R@1 {v2t['R@1']:.2f}"
         )
-    print(f"wrote {args.out}")
+    print(f"wrote {out_path}")
 
 
-def load_head(args, meta, cache_sha):
-    """The head, the settings it runs with, and its training record (None for a zero-shot head);
-    refuses a checkpoint trained on another cache."""
-    if args.ckpt is None:
+def load_head(args, checkpoint, meta, cache_dir):
+    """The head, the settings it runs with, and its training record (None for a zero-shot head).
+    A checkpoint is refused on a cache whose features differ from those it was trained on."""
+    if checkpoint is None:
         if args.head not in parameter_free_heads():
             sys.exit(f"--head {args.head} has parameters: train it with train_head.py and pass --ckpt")
         head = build_head(args.head, meta["contract"]["clip"]["config"]["embed_dim"], 0)
@@ -161,27 +239,18 @@ def load_head(args, meta, cache_sha):
             "seed": None,
         }
         return head, config, None
-    checkpoint = torch.load(args.ckpt, map_location="cpu", weights_only=False)
-    if checkpoint["cache_meta_sha256"] != cache_sha:
-        sys.exit(
-            f"{args.ckpt} was trained on a cache whose {META_NAME} has sha256 "
-            f"{checkpoint['cache_meta_sha256'][:12]}, but {args.cache / META_NAME} has {cache_sha[:12]}: "
-            "evaluate on the cache it was trained on"
-        )
     config = checkpoint["config"]
-    head = build_head(
-        config["head"],
-        config["embed_dim"],
-        config["frames"],
-        config["text_input"],
-        config["context_length"],
-        args.pair_batch,
+    mismatch = contract_mismatch(
+        config["feature_contract"], feature_contract(meta), labels=("the checkpoint's training cache", str(cache_dir))
     )
-    head.load_state_dict(checkpoint["head"])
+    if mismatch:
+        sys.exit(f"{args.ckpt} cannot be evaluated on {cache_dir}: its features differ in {mismatch}")
+    head = head_from_checkpoint(checkpoint, args.ckpt, args.pair_batch)
     training = {
         "settings": config,
         "selected_epoch": checkpoint["epoch"],
-        "selection": checkpoint["metric"],
+        "selection_metric": config["selection_metric"],
+        "selection": checkpoint["selection"],
         "history": training_history(args.ckpt, checkpoint),
     }
     return head, config, training

@@ -33,17 +33,32 @@ def pair_file(split: str, setting: str) -> str:
     return f"{split}_origin_pairs.csv" if setting == "origin" else f"{split}_pairs.csv"
 
 
-def contract_mismatch(existing: dict, wanted: dict, prefix: str = "") -> str | None:
-    """The first field (dotted path) where two metadata contracts differ, or None."""
+# The contract fields a trained head depends on: what the features mean, not which annotations or
+# batch sizes produced them. A head may be evaluated on any cache that agrees on these.
+FEATURE_FIELDS = ("clip", "tokenizer", "preprocessing", "sampling", "storage_dtype")
+
+
+def feature_contract(meta: dict) -> dict:
+    """The FEATURE_FIELDS of a cache's contract; the CLIP file is known by its sha256, not its name."""
+    contract = meta["contract"]
+    fields = {field: contract.get(field) for field in FEATURE_FIELDS}
+    fields["clip"] = {key: value for key, value in contract["clip"].items() if key != "file"}
+    return fields
+
+
+def contract_mismatch(
+    existing: dict, wanted: dict, labels: tuple[str, str] = ("cache", "this run"), prefix: str = ""
+) -> str | None:
+    """The first field (dotted path) where two metadata contracts differ, with both values, or None."""
     for key in sorted(set(existing) | set(wanted)):
         name = f"{prefix}{key}"
         old, new = existing.get(key), wanted.get(key)
         if isinstance(old, dict) and isinstance(new, dict):
-            found = contract_mismatch(old, new, name + ".")
+            found = contract_mismatch(old, new, labels, name + ".")
             if found:
                 return found
         elif old != new:
-            return f"{name}: cache has {old!r}, this run has {new!r}"
+            return f"{name}: {labels[0]} has {old!r}, {labels[1]} has {new!r}"
     return None
 
 

@@ -13,21 +13,26 @@ Every head answers the same two calls:
   token features. Query-independent heads score cosines, times CLIP's temperature when training
   passes one; tightTransf's similarity output is already a logit (CLIP4Clip scales it by nothing).
 
-Parameter names follow CLIP4Clip (`frame_position_embeddings`, `transformerClip.resblocks.{i}.*`,
-`cross.*`, `similarity_dense`) so weights move between the two code bases.
+Parameter names, shapes and LayerNorm eps follow CLIP4Clip (`frame_position_embeddings`,
+`transformerClip.resblocks.{i}.*`, `cross.*`, `similarity_dense`; position tables of CLIP's 77
+rows where the head fits in them), so a CLIP4Clip head's weights load strictly (`load_head_weights`).
 """
 
 import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from clip_vendor.model import HEAD_WIDTH, LayerNorm, QuickGELU, Transformer
 
 EPS = 1e-6  # masked (all-zero) frames must not divide by zero when normalised
 N_HEAD_LAYERS = 4  # CLIP4Clip's 4 layers, initialised from the first 4 of CLIP's text transformer
-MAX_LOGIT_SCALE = 100.0
+LAYER_NORM_EPS = 1e-12  # CLIP4Clip's heads use its TF-style LayerNorm, eps 1e-12 (CLIP's own: 1e-5)
+# ln of the temperature: starts at ln 100 (CLIP's), and a learnable one is kept in TempMe's
+# bounds [0.1, ln 100] so it can neither grow past CLIP's nor collapse to a flat softmax
+LOG_SCALE_MIN, LOG_SCALE_MAX = 0.1, math.log(100.0)
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +85,7 @@ class SeqTransf(nn.Module):
     def __init__(self, width, n_positions):
         super().__init__()
         self.frame_position_embeddings = nn.Embedding(n_positions, width)
-        self.transformerClip = Transformer(width, N_HEAD_LAYERS, width // HEAD_WIDTH)
+        self.transformerClip = Transformer(width, N_HEAD_LAYERS, width // HEAD_WIDTH, LAYER_NORM_EPS)
 
     def video_index(self, frame_feats, frame_mask):
         positions = torch.arange(frame_feats.shape[1], device=frame_feats.device)
@@ -129,7 +134,7 @@ class CrossEmbeddings(nn.Module):
 class CrossPooler(nn.Module):
     def __init__(self, width):
         super().__init__()
-        self.ln_pool = LayerNorm(width)
+        self.ln_pool = LayerNorm(width, eps=LAYER_NORM_EPS)
         self.dense = nn.Linear(width, width)
         self.activation = QuickGELU()
 
@@ -141,7 +146,7 @@ class CrossModel(nn.Module):
     def __init__(self, width, n_positions, dropout):
         super().__init__()
         self.embeddings = CrossEmbeddings(width, n_positions, dropout)
-        self.transformer = Transformer(width, N_HEAD_LAYERS, width // HEAD_WIDTH)
+        self.transformer = Transformer(width, N_HEAD_LAYERS, width // HEAD_WIDTH, LAYER_NORM_EPS)
         self.pooler = CrossPooler(width)
 
     def forward(self, tokens, mask):
@@ -194,28 +199,43 @@ class TightTransf(nn.Module):
         return frame_feats, frame_mask
 
     def score_matrix(self, text, text_mask, frame_feats, frame_mask, logit_scale=None):
-        """Every text against every video, `pair_batch` pairs per forward: [Bt, L, D] x [Bv, T, D] -> [Bt, Bv].
-        `logit_scale` is not used: similarity_dense's output is the logit."""
+        """Every text against every video: [Bt, L, D] x [Bv, T, D] -> [Bt, Bv], `pair_batch` pairs
+        per forward. When gradients are needed and the pairs span several forwards, each forward
+        is checkpointed: its activations are recomputed in the backward pass instead of kept, so
+        memory follows `pair_batch`, not the square of the batch. `logit_scale` is not used:
+        similarity_dense's output is the logit."""
         n_videos = len(frame_feats)
         texts_per_forward = max(1, self.pair_batch // max(n_videos, 1))
+        checkpointed = torch.is_grad_enabled() and len(text) > texts_per_forward
         rows = []
         for start in range(0, len(text), texts_per_forward):
-            chunk, chunk_mask = text[start : start + texts_per_forward], text_mask[start : start + texts_per_forward]
-            n_texts = len(chunk)
-            texts = chunk.repeat_interleave(n_videos, 0), chunk_mask.repeat_interleave(n_videos, 0)
-            videos = frame_feats.repeat(n_texts, 1, 1), frame_mask.repeat(n_texts, 1)
-            rows.append(self.pair_scores(*texts, *videos).view(n_texts, n_videos))
-        return torch.cat(rows)
+            chunk = (text[start : start + texts_per_forward], text_mask[start : start + texts_per_forward])
+            if checkpointed:
+                rows.append(
+                    torch.utils.checkpoint.checkpoint(
+                        self.chunk_scores, *chunk, frame_feats, frame_mask, use_reentrant=False
+                    )
+                )
+            else:
+                rows.append(self.chunk_scores(*chunk, frame_feats, frame_mask))
+        return torch.cat(rows) if rows else frame_feats.new_zeros((0, n_videos))
+
+    def chunk_scores(self, text, text_mask, frame_feats, frame_mask):
+        """Every text of a chunk against every video, in one forward."""
+        n_texts, n_videos = len(text), len(frame_feats)
+        texts = text.repeat_interleave(n_videos, 0), text_mask.repeat_interleave(n_videos, 0)
+        videos = frame_feats.repeat(n_texts, 1, 1), frame_mask.repeat(n_texts, 1)
+        return self.pair_scores(*texts, *videos).view(n_texts, n_videos)
 
 
 HEADS = {"meanP": MeanP, "seqTransf": SeqTransf, "tightTransf": TightTransf, "mlpScore": MlpScore}
 
 
 def head_positions(name: str, frames: int, text_input: str, context_length: int) -> int:
-    """Position-table rows: frames, plus the text side's tokens for the cross-encoder."""
-    if name != "tightTransf":
-        return frames
-    return frames + (1 if text_input == "pooled" else context_length)
+    """Position-table rows: CLIP's `context_length` (77), as CLIP4Clip sizes them, unless the
+    positions used (frames, after the text side's tokens for the cross-encoder) need more."""
+    text_tokens = 0 if name != "tightTransf" else (1 if text_input == "pooled" else context_length)
+    return max(context_length, text_tokens + frames)
 
 
 def build_head(
@@ -223,8 +243,8 @@ def build_head(
 ) -> nn.Module:
     """An untrained head of `name` for videos of `frames` frames and `width`-wide features; for
     training, seqTransf and tightTransf then start from CLIP's text tower (`init_from_clip_text`).
-    tightTransf reads `text_input` (pooled, or tokens of `context_length`) and scores `pair_batch`
-    pairs per forward."""
+    `context_length` is CLIP's text positions, the size of the position tables. tightTransf reads
+    `text_input` (pooled, or the cached tokens) and scores `pair_batch` pairs per forward."""
     if name not in HEADS:
         raise ValueError(f"unknown head {name!r}: choose one of {', '.join(sorted(HEADS))}")
     if name == "meanP":
@@ -272,5 +292,30 @@ def init_from_clip_text(head: nn.Module, clip_state: dict[str, torch.Tensor]) ->
 
 
 def clip_logit_scale(learnable: bool) -> nn.Parameter:
-    """CLIP's temperature: fixed at 100, or learnable from ln 100 and clamped to at most ln 100."""
-    return nn.Parameter(torch.tensor(math.log(MAX_LOGIT_SCALE)), requires_grad=learnable)
+    """ln of CLIP's temperature: fixed at ln 100, or learnable from there (see `clamp_log_scale_`)."""
+    return nn.Parameter(torch.tensor(LOG_SCALE_MAX), requires_grad=learnable)
+
+
+@torch.no_grad()
+def clamp_log_scale_(log_scale: nn.Parameter) -> None:
+    log_scale.clamp_(LOG_SCALE_MIN, LOG_SCALE_MAX)
+
+
+def load_head_weights(head: nn.Module, state_dict: dict[str, torch.Tensor], source: str) -> None:
+    """Load `head`'s weights from `state_dict`: a checkpoint's "head" dict, or a whole CLIP4Clip
+    model's state dict (its other keys, clip.* and the rest, are not read). A missing key or a
+    shape that differs is refused, naming it: the weights belong to another kind or width of head."""
+    wanted = head.state_dict()
+    missing = [key for key in wanted if key not in state_dict]
+    if missing:
+        raise ValueError(
+            f"{source} holds no {missing[0]!r} ({len(missing)} of {len(wanted)} keys missing): "
+            f"not weights of a {type(head).__name__} head"
+        )
+    for key, value in wanted.items():
+        if state_dict[key].shape != value.shape:
+            raise ValueError(
+                f"{source}: {key} has shape {tuple(state_dict[key].shape)}, this head needs "
+                f"{tuple(value.shape)} (another width or position count)"
+            )
+    head.load_state_dict({key: state_dict[key].float() for key in wanted}, strict=True)

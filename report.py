@@ -2,28 +2,43 @@
 
     python report.py --results results/ --out report/
 
-Methods are grouped by the `method` each result file names; several files of one method are its
-seeds. Table cells are the tie-aware expected metrics: mean ± std over seeds, then a 95%
-query-level bootstrap CI of the seed-averaged per-query values. Writes OUT/report.md, the PNG plots,
-and OUT/report_numbers.json with every number in the tables.
+Results are grouped by dataset (the cache folder and split they were evaluated on; one section
+each) and, within a dataset, by the `method` each result file names; several files of one method
+are its seeds. Table cells are the tie-aware expected metrics: mean ± std over seeds, then a 95%
+query-level bootstrap CI of the seed-averaged per-query values. A methods table states how each
+method was trained (what all share goes in one note). Writes OUT/report.md, the PNG plots, and
+OUT/report_numbers.json with every number in the tables. Reads nothing but the result files.
 """
 
 import argparse
-import io
 import itertools
 import json
 import os
 from pathlib import Path
 
-import matplotlib
 import numpy as np
-from matplotlib.figure import Figure  # figures straight to files: no pyplot, no display backend
 
 from file_io import atomic_write_bytes, atomic_write_json
+from report_plots import dataset_plots, seed_averaged, training_curves
 from retrieval_stats import CONFIDENCE, METRICS, N_RESAMPLES, bootstrap_ci, holm_adjust, paired_difference
 
-SETTING_TITLES = {"origin": "Table A: RTime-Origin", "hard": "Table B: RTime-Hard", "all": "Retrieval"}
+SETTING_TITLES = {"origin": "Table A: RTime-Origin", "hard": "Table B: RTime-Hard", "all": "Retrieval, all captions"}
 DIRECTION_TITLES = {"t2v": "text→video", "v2t": "video→text"}
+# How a method was trained, as the methods table shows it: (column, reader of the training settings)
+TRAINING_COLUMNS = (
+    ("trained on", lambda s: Path(s["cache"]).name),
+    ("frames", lambda s: s["frames"]),
+    ("epochs", lambda s: s["epochs"]),
+    ("batch", lambda s: s["batch_size"]),
+    ("lr", lambda s: s["lr"]),
+    ("weight decay", lambda s: s["weight_decay"]),
+    ("warm-up", lambda s: s["warmup"]),
+    ("reverse negatives", lambda s: "yes" if s["reverse_negatives"] else "no"),
+    ("temperature", lambda s: "learned, ln in [0.1, ln 100]" if s["learn_temp"] else "fixed at 100"),
+    ("text input", lambda s: s["text_input"]),
+    ("started from", lambda s: Path(s["init_from"]).name if s.get("init_from") else "CLIP text layers"),
+    ("selection", lambda s: s["selection_metric"]),
+)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -41,38 +56,28 @@ parser.add_argument("--seed", type=int, default=0, help="seed of the resampling"
 
 def main(argv=None):
     args = parser.parse_args(argv)
-    methods = load_results(args.results)
+    datasets = load_results(args.results)
     args.out.mkdir(parents=True, exist_ok=True)
-    first = next(iter(methods.values()))[0]
-    settings = [name for name in ("origin", "hard", "all") if name in first["result"]]
-    numbers = {
-        "tables": {},
-        "binary": {},
-        "pairwise": [],
-        "sources": {m: [r["file"] for r in runs] for m, runs in methods.items()},
-    }
-    lines = [f"# Retrieval report: {first['result']['provenance']['split']} split", ""]
-    for setting in settings:
-        for direction in ("t2v", "v2t"):
-            rows = {method: method_row(runs, setting, direction, args) for method, runs in methods.items()}
-            numbers["tables"][f"{setting}/{direction}"] = rows
-            lines += metric_table(f"{SETTING_TITLES[setting]}, {DIRECTION_TITLES[direction]}", rows)
-    if "hard" in settings:
-        numbers["binary"] = {method: binary_row(runs) for method, runs in methods.items()}
-        lines += binary_table(numbers["binary"])
-    numbers["pairwise"] = pairwise(methods, settings, args)
-    lines += pairwise_table(numbers["pairwise"])
-    plots = make_plots(methods, numbers, settings, args.out)
-    lines += [f"![{name}]({name})" for name in plots] + [""]
-    lines += footnotes(methods, args)
+    methods_table, method_numbers = methods_section(datasets)
+    numbers = {"methods": method_numbers, "datasets": {}}
+    lines = ["# Retrieval report", "", *methods_table]
+    for label, methods in datasets.items():
+        section, numbers["datasets"][label] = dataset_section(label, methods, args)
+        lines += section
+    trained = {method: info["trainings"] for method, info in method_numbers.items() if info["trainings"]}
+    if trained:
+        lines += [f"![training curves]({training_curves(trained, args.out)})", ""]
+    lines += general_notes(args)
+    for info in method_numbers.values():
+        del info["trainings"]  # histories are in the result files; the numbers file keeps the tables
     atomic_write_json(args.out / "report_numbers.json", numbers)
     atomic_write_bytes(args.out / "report.md", "\n".join(lines).encode("utf-8"))
     print(f"report: {args.out / 'report.md'}")
 
 
 def load_results(results_dir):
-    """{method: [{"file", "result", "per_query": {setting/direction: array}}]}, seeds in file order."""
-    methods = {}
+    """{dataset: {method: [{"file", "result", "per_query": {setting/direction: columns}}]}}, seeds in file order."""
+    datasets, cache_of = {}, {}
     files = sorted(results_dir.glob("*.json"))
     if not files:
         raise SystemExit(f"no result files (*.json) in {results_dir}: run evaluate.py first")
@@ -87,26 +92,100 @@ def load_results(results_dir):
                 per_query[key[: -len("_per_query")].replace("_", "/", 1)] = {
                     c: table[:, i] for i, c in enumerate(columns)
                 }
+        label = provenance["dataset"]
+        if cache_of.setdefault(label, provenance["cache_meta_sha256"]) != provenance["cache_meta_sha256"]:
+            raise SystemExit(
+                f"{results_dir} mixes caches for dataset {label!r} ({path.name} was evaluated on another "
+                "cache_meta.json): a section compares methods on the same queries"
+            )
+        methods = datasets.setdefault(label, {})
         methods.setdefault(provenance["method"], []).append(
             {"file": str(path), "result": result, "per_query": per_query}
         )
-    cache_hashes = {run["result"]["provenance"]["cache_meta_sha256"] for runs in methods.values() for run in runs}
-    splits = {run["result"]["provenance"]["split"] for runs in methods.values() for run in runs}
-    if len(cache_hashes) > 1 or len(splits) > 1:
-        raise SystemExit(
-            f"{results_dir} mixes caches or splits ({len(cache_hashes)} caches, splits {sorted(splits)}): "
-            "a report compares methods on the same queries"
-        )
-    return methods
+    return datasets
+
+
+def methods_section(datasets):
+    """The table of how each method was trained: settings that differ between methods as columns,
+    the ones all share in a note; the selected epoch of each seed always shown."""
+    info = {}
+    for methods in datasets.values():
+        for method, runs in methods.items():
+            entry = info.setdefault(method, {"head": runs[0]["result"]["provenance"]["head"], "trainings": {}})
+            for run in runs:
+                provenance = run["result"]["provenance"]
+                if provenance["training"]:  # one checkpoint evaluated on several datasets counts once
+                    entry["trainings"][provenance["ckpt_sha256"]] = provenance["training"]
+                else:
+                    entry["zero_shot_frames"] = provenance["frames"]
+    for entry in info.values():
+        entry["trainings"] = list(entry["trainings"].values())
+        entry["settings"] = method_settings(entry)
+        entry["selected_epochs"] = [training["selected_epoch"] for training in entry["trainings"]]
+    names = [name for name, _ in TRAINING_COLUMNS]
+    trained = [entry for entry in info.values() if entry["trainings"]]
+    shared = {
+        name: trained[0]["settings"][name]
+        for name in names
+        if trained and len({entry["settings"][name] for entry in trained}) == 1
+    }
+    differing = [name for name in names if name not in shared]
+    lines = [
+        "## Methods",
+        "",
+        "| Method | head | " + " | ".join(differing + ["selected epoch per seed"]) + " |",
+        "|---" * (3 + len(differing)) + "|",
+    ]
+    for method, entry in info.items():
+        cells = [str(entry["settings"][name]) for name in differing]
+        epochs = ", ".join(str(epoch) for epoch in entry["selected_epochs"]) or "— (zero-shot)"
+        lines.append(f"| {method} | {entry['head']} | " + " | ".join(cells + [epochs]) + " |")
+    shared_text = "; ".join(f"{name}: {value}" for name, value in shared.items())
+    lines += ["", f"Shared by every trained method: {shared_text or 'nothing'}.", ""]
+    return lines, {
+        method: {key: entry[key] for key in ("head", "settings", "selected_epochs", "trainings")}
+        for method, entry in info.items()
+    }
+
+
+def method_settings(entry):
+    """{column: value} of a method; values that differ between its seeds are joined with ' / '."""
+    if not entry["trainings"]:
+        zero_shot = {name: "—" for name, _ in TRAINING_COLUMNS}
+        return {**zero_shot, "trained on": "— (zero-shot)", "frames": entry["zero_shot_frames"]}
+    settings = {}
+    for name, read in TRAINING_COLUMNS:
+        values = list(dict.fromkeys(read(training["settings"]) for training in entry["trainings"]))
+        settings[name] = values[0] if len(values) == 1 else " / ".join(str(value) for value in values)
+    return settings
+
+
+def dataset_section(label, methods, args):
+    """One dataset's tables, plots and notes; returns (markdown lines, numbers)."""
+    first = next(iter(methods.values()))[0]["result"]
+    provenance = first["provenance"]
+    settings = [name for name in ("origin", "hard", "all") if name in first]
+    numbers = {"tables": {}, "binary": {}, "sources": {m: [r["file"] for r in runs] for m, runs in methods.items()}}
+    lines = [f"## Dataset {label}: {provenance['split']} split ({provenance['annotation_format']} annotations)", ""]
+    for setting in settings:
+        for direction in ("t2v", "v2t"):
+            rows = {method: method_row(runs, setting, direction, args) for method, runs in methods.items()}
+            numbers["tables"][f"{setting}/{direction}"] = rows
+            lines += metric_table(f"{SETTING_TITLES[setting]}, {DIRECTION_TITLES[direction]}", rows)
+    if "hard" in settings:
+        numbers["binary"] = {method: binary_row(runs) for method, runs in methods.items()}
+        lines += binary_table(numbers["binary"])
+    numbers["pairwise"] = pairwise(methods, settings, args)
+    lines += pairwise_table(numbers["pairwise"])
+    titles = {setting: SETTING_TITLES[setting].split(": ")[-1] for setting in settings}
+    plots = dataset_plots(methods, numbers["tables"], settings, titles, args.out, prefix=f"{label}_")
+    lines += [f"![{name}]({name})" for name in plots] + [""]
+    return lines + dataset_notes(methods), numbers
 
 
 def mean_std(per_seed):
     """Mean and sample standard deviation (ddof 1) over seeds; 0 for a single seed."""
     return {"mean": float(np.mean(per_seed)), "std": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0}
-
-
-def seed_averaged(runs, key, column):
-    return np.mean([run["per_query"][key][column] for run in runs], axis=0)
 
 
 def method_row(runs, setting, direction, args):
@@ -129,7 +208,7 @@ def cell(value):
 
 def metric_table(title, rows):
     lines = [
-        f"## {title}",
+        f"### {title}",
         "",
         "| Method | R@1 | R@5 | R@10 | MdR | MnR | tied queries | seeds |",
         "|---|---|---|---|---|---|---|---|",
@@ -154,7 +233,7 @@ def binary_row(runs):
 
 def binary_table(rows):
     lines = [
-        "## Binary: original vs its reversal",
+        "### Binary: original vs its reversal",
         "",
         "| Method | text→video accuracy | tied | video→text accuracy | tied |",
         "|---|---|---|---|---|",
@@ -200,7 +279,7 @@ def pairwise(methods, settings, args):
 
 def pairwise_table(comparisons):
     lines = [
-        "## Pairwise comparisons (text→video R@1, expected)",
+        "### Pairwise comparisons (text→video R@1, expected)",
         "",
         "| Setting | A | B | A − B | 95% CI | p | p (Holm) |",
         "|---|---|---|---|---|---|---|",
@@ -213,118 +292,45 @@ def pairwise_table(comparisons):
     return lines + [""]
 
 
-def subplots(n_columns, figsize):
-    figure = Figure(figsize=figsize)
-    return figure, figure.subplots(1, n_columns, squeeze=False)[0]
-
-
-def save_figure(figure, path):
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    atomic_write_bytes(path, buffer.getvalue())
-    return path.name
-
-
-def make_plots(methods, numbers, settings, out_dir):
-    names = list(methods)
-    plots = []
-    figure, axes = subplots(len(settings), (5 * len(settings), 3.5))
-    for ax, setting in zip(axes, settings, strict=True):
-        rows = numbers["tables"][f"{setting}/t2v"]
-        for offset, metric in enumerate(("R@1", "R@5", "R@10")):
-            means = [rows[m][metric]["mean"] for m in names]
-            errors = np.array(
-                [
-                    [rows[m][metric]["mean"] - rows[m][metric]["ci"][0] for m in names],
-                    [rows[m][metric]["ci"][1] - rows[m][metric]["mean"] for m in names],
-                ]
-            )
-            ax.bar(
-                np.arange(len(names)) + 0.27 * (offset - 1),
-                means,
-                0.27,
-                yerr=np.clip(errors, 0, None),
-                capsize=3,
-                label=metric,
-            )
-        ax.set_xticks(np.arange(len(names)), names, rotation=20)
-        ax.set_title(f"{setting}: text→video (95% CI)")
-        ax.set_ylabel("recall (%)")
-        ax.legend()
-    plots.append(save_figure(figure, out_dir / "recall_at_k.png"))
-
-    figure, axes = subplots(len(settings), (5 * len(settings), 3.5))
-    for ax, setting in zip(axes, settings, strict=True):
-        for method in names:
-            ranks = np.sort(seed_averaged(methods[method], f"{setting}/t2v", "expected_rank"))
-            ax.step(ranks, np.arange(1, len(ranks) + 1) / len(ranks), where="post", label=method)
-        ax.set_xscale("log")
-        ax.set_title(f"{setting}: CDF of expected text→video rank")
-        ax.set_xlabel("rank")
-        ax.legend()
-    plots.append(save_figure(figure, out_dir / "rank_cdf.png"))
-
-    if {"origin", "hard"} <= set(settings):
-        figure, (ax,) = subplots(1, (5, 3.5))
-        for method in names:
-            values = [numbers["tables"][f"{s}/t2v"][method]["R@1"]["mean"] for s in ("origin", "hard")]
-            ax.plot(["Origin", "Hard"], values, marker="o", label=method)
-        ax.set_title("Origin → Hard: text→video R@1")
-        ax.set_ylabel("R@1 (%)")
-        ax.legend()
-        plots.append(save_figure(figure, out_dir / "origin_to_hard.png"))
-
-    figure, (ax,) = subplots(1, (6, 3.5))
-    colours = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
-    for index, method in enumerate(names):
-        for seed_index, run in enumerate(methods[method]):  # one colour per method, one line per seed
-            training = run["result"]["provenance"].get("training")
-            if training:
-                history = training["history"]
-                ax.plot(
-                    [r["epoch"] for r in history],
-                    [r["selection"] for r in history],
-                    alpha=0.7,
-                    color=colours[index % len(colours)],
-                    label=method if seed_index == 0 else None,
-                )
-    ax.set_title("Training: valid Hard text→video R@1 (expected), one line per seed")
-    ax.set_xlabel("epoch")
-    if ax.lines:
-        ax.legend(fontsize=7)
-    plots.append(save_figure(figure, out_dir / "training_curves.png"))
-    return plots
-
-
-def footnotes(methods, args):
+def dataset_notes(methods):
     first = next(iter(methods.values()))[0]["result"]["provenance"]
     sampling, clip = first["sampling"], first["clip"]
     frames = sorted({run["result"]["provenance"]["frames"] for runs in methods.values() for run in runs})
     seeds = {m: [run["result"]["provenance"]["seed"] for run in runs] for m, runs in methods.items()}
+    sources = "; ".join(
+        f"{m}: " + ", ".join(f"`{os.path.relpath(run['file'])}`" for run in runs) for m, runs in methods.items()
+    )
+    return [
+        f"- CLIP checkpoint: `{clip['file']}`, sha256 `{clip['sha256']}`, config {json.dumps(clip['config'])}; "
+        f"compute {first['compute']}.",
+        f"- Preprocessing: {json.dumps(first['preprocessing'])}.",
+        f"- Frame sampling: fps {sampling['fps']}, t_max {sampling['t_max']}, rule: {sampling['rule']}. "
+        f"Frames used by the heads: {frames} (evenly spaced, mirror-symmetric subset).",
+        f"- Cache dtype: {first['storage_dtype']}; cache `{first['cache']}`, "
+        f"meta sha256 `{first['cache_meta_sha256']}`.",
+        f"- Seeds: {json.dumps(seeds)}. Sources: {sources}.",
+        "",
+    ]
+
+
+def general_notes(args):
     return [
         "## Notes",
         "",
-        f"1. CLIP checkpoint: `{clip['file']}`, sha256 `{clip['sha256']}`, config "
-        f"{json.dumps(clip['config'])}; compute {first['compute']}.",
-        f"2. Preprocessing: {json.dumps(first['preprocessing'])}.",
-        f"3. Frame sampling: fps {sampling['fps']}, t_max {sampling['t_max']}, rule: {sampling['rule']}. "
-        f"Frames used by the heads: {frames} (evenly spaced, mirror-symmetric subset).",
-        f"4. Cache dtype: {first['storage_dtype']}; cache meta sha256 `{first['cache_meta_sha256']}`.",
-        "5. Cells are the tie-aware expected metrics (the mean over all orders of tied items); R@K in %, "
-        "MdR the median of expected ranks. Stable-sort, optimistic and pessimistic values are in the result "
-        f"files. Stable-sort tie order: {first['tie_order']}. "
-        "'tied queries': queries whose target ties another candidate.",
-        f"6. Seeds: {json.dumps(seeds)}; mean ± std over seeds (std with ddof 1; 0 for one seed).",
-        f"7. CIs: {CONFIDENCE:.0%} percentile bootstrap over queries of the seed-averaged per-query values, "
-        f"{args.n_resamples} resamples, seed {args.seed} (scipy.stats.bootstrap). Pairwise: paired bootstrap CI "
-        "of the difference; two-sided p from a paired sign-flip permutation test "
-        f"(scipy.stats.permutation_test, {args.n_resamples} resamples); "
-        "Holm–Bonferroni over all comparisons in the table.",
-        "8. Sources: "
-        + "; ".join(
-            f"{m}: " + ", ".join(f"`{os.path.relpath(run['file'])}`" for run in runs) for m, runs in methods.items()
-        )
-        + ". All numbers: `report_numbers.json`.",
+        "1. The CLIP backbone is frozen: its features were extracted once into the cache, and only the heads "
+        "(and a learned temperature) were trained, on those features.",
+        "2. Cells are the tie-aware expected metrics (the mean over all orders of tied items); R@K in %, MdR the "
+        "median of expected ranks. Stable-sort, optimistic and pessimistic values are in the result files, with the "
+        "stable-sort tie order. 'tied queries': queries whose target ties another candidate. Mean ± std over seeds "
+        "(std with ddof 1; 0 for one seed).",
+        "3. Video→text follows CLIP4Clip: each candidate's caption set is scored by its best caption, and a video's "
+        "query is right when its own set ranks first (the result files also hold `v2t_per_caption`, which ranks "
+        "single captions).",
+        f"4. CIs: {CONFIDENCE:.0%} percentile bootstrap over queries of the seed-averaged per-query values, "
+        f"{args.n_resamples} resamples, seed {args.seed} (scipy.stats.bootstrap). Pairwise: paired bootstrap CI of "
+        "the difference; two-sided p from a paired sign-flip permutation test (scipy.stats.permutation_test, "
+        f"{args.n_resamples} resamples); Holm–Bonferroni over the comparisons of each dataset.",
+        "5. All numbers: `report_numbers.json`.",
         "",
     ]
 

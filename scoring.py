@@ -3,6 +3,11 @@
 Candidates are (video_row, reversed) items in this order: originals by video row, then reversed
 videos by video row; queries are captions in caption-row order. These orders are the stable-sort
 tie order of the metrics. Shared by training (validation) and evaluation.
+
+Video->text follows CLIP4Clip (`tensor_video_to_text_sim`): a video's query ranks the candidates'
+caption sets, each scored by its best caption, and is right when its own set ranks first. With
+one caption per video this is the transposed score matrix; with several it differs from ranking
+single captions (which would let a video's other captions count as wrong answers ranked above).
 """
 
 import contextlib
@@ -25,16 +30,39 @@ class Setting:
     caption_rows: np.ndarray  # [n_queries]
     candidates: list  # [(video_row, reversed)]
     gold: np.ndarray  # [n_queries, n_candidates] bool: caption -> its video item
+    caption_ids: list  # [n_queries], the rows of a score matrix
+    candidate_ids: list  # [n_candidates] {"video_id", "reversed"}, its columns
 
 
 def setting_from_pairs(pairs: list[dict]) -> Setting:
     candidates = sorted({(p["video_row"], p["reversed"]) for p in pairs}, key=lambda item: (item[1], item[0]))
     column_of = {item: column for column, item in enumerate(candidates)}
+    video_id_of = {p["video_row"]: p["video_id"] for p in pairs}
     pairs = sorted(pairs, key=lambda p: p["caption_row"])
     gold = np.zeros((len(pairs), len(candidates)), dtype=bool)
     for query, pair in enumerate(pairs):
         gold[query, column_of[(pair["video_row"], pair["reversed"])]] = True
-    return Setting(np.array([p["caption_row"] for p in pairs], dtype=np.int64), candidates, gold)
+    return Setting(
+        np.array([p["caption_row"] for p in pairs], dtype=np.int64),
+        candidates,
+        gold,
+        [p["caption_id"] for p in pairs],
+        [{"video_id": video_id_of[row], "reversed": flag} for row, flag in candidates],
+    )
+
+
+def caption_set_scores(scores: np.ndarray, gold: np.ndarray) -> np.ndarray:
+    """[n_candidates, n_candidates]: entry (v, g) is candidate g's best caption scored against
+    video v (CLIP4Clip's video->text similarity); video v's own caption set is column v."""
+    set_scores = np.empty((gold.shape[1], gold.shape[1]), dtype=np.float64)
+    for column in range(gold.shape[1]):
+        set_scores[:, column] = scores[gold[:, column]].max(axis=0)
+    return set_scores
+
+
+def directions(scores: np.ndarray, gold: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{direction: (query x candidate scores, gold)}: text->video, and video->text over caption sets."""
+    return {"t2v": (scores, gold), "v2t": (caption_set_scores(scores, gold), np.eye(gold.shape[1], dtype=bool))}
 
 
 def read_setting(cache_dir: Path, split: str, setting: str) -> Setting:

@@ -50,9 +50,10 @@ def random_split(n, args, device):
 
 
 def all_pairs_seconds(head, data, n, args, device):
-    setting = Setting(np.arange(n), [(row, 0) for row in range(n)], np.eye(n, dtype=bool))
+    ids = [{"video_id": str(row), "reversed": 0} for row in range(n)]
+    setting = Setting(np.arange(n), [(row, 0) for row in range(n)], np.eye(n, dtype=bool), list(range(n)), ids)
     with autocast_for(device):
-        score_matrix(head, data, Setting(np.arange(8), setting.candidates[:8], setting.gold[:8, :8]))
+        score_matrix(head, data, Setting(np.arange(8), setting.candidates[:8], setting.gold[:8, :8], ids[:8], ids[:8]))
         synchronize(device)
         start = time.perf_counter()
         score_matrix(head, data, setting)

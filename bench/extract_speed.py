@@ -23,7 +23,8 @@ import torch
 
 import clip_vendor
 import extract
-from clip_vendor.model import CLIP, ClipConfig
+from clip_vendor.model import ClipConfig
+from fixtures.synthetic_cache import write_random_clip
 from video_frames import DecodeSpec, decode_and_crop, init_decode_worker
 
 SHAPES = {
@@ -98,7 +99,7 @@ def main(argv=None):
         annotations = write_videos(tmp / "videos", args)
         (tmp / "annotations" / "test.json").write_text(json.dumps(annotations))
         checkpoint = tmp / "clip.pt"
-        torch.save(CLIP(SHAPES[args.shape]).state_dict(), checkpoint)
+        write_random_clip(checkpoint, SHAPES[args.shape])
         size = SHAPES[args.shape].image_resolution
 
         decoded_frames, decode_seconds = decode_only(tmp / "videos", args, size)

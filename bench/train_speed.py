@@ -1,16 +1,22 @@
-"""Training time per epoch of each head on an RTime-sized synthetic cache, and tightTransf pairs/s.
+"""Training time per epoch and peak memory of each head on an RTime-sized synthetic cache.
 
-    python -m bench.train_speed --device cuda                  # 18k videos x 24 frames x 512, 180k captions
+    python -m bench.train_speed --device cuda             # 10k train videos x 24 frames x 512, 10 captions each
+    python -m bench.train_speed --device cpu --videos 128 --valid-videos 8 --heads tightTransf --epochs 1
     python -m bench.train_speed --device cpu --videos 512 --dim 64 --heads seqTransf --epochs 1
 
-For each head: seconds per epoch (training + validation on 500 valid videos, Hard: 1000 x 1000),
-measured over --epochs epochs of train_head.py, and the projection for 3 seeds x 5 epochs. For
-tightTransf also the all-pairs scoring rate of validation. Target (issue 4): seqTransf and
-tightTransf x 3 seeds x 5 epochs in under 10 minutes on one H100.
+For each head, trained with reverse negatives in its own process (so each peak is its own): seconds
+per epoch (training + validation on --valid-videos videos, Hard), the peak memory (GPU: the most
+torch allocated; CPU: the process's peak resident set) and the projection for 3 seeds x 5 epochs.
+For tightTransf also the all-pairs scoring rate of validation. Targets: seqTransf and tightTransf
+x 3 seeds x 5 epochs under 10 minutes on one H100; tightTransf's peak at batch 128 + reversals
+within 24 GB with the default --pair-batch. Weights are random: speed and memory only.
 """
 
 import argparse
 import json
+import multiprocessing
+import resource
+import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -19,15 +25,15 @@ from pathlib import Path
 import torch
 
 import train_head
-from clip_vendor.model import CLIP, ClipConfig
-from fixtures.synthetic_cache import write_order_only_cache
+from clip_vendor.model import ClipConfig
+from fixtures.synthetic_cache import write_order_only_cache, write_random_clip
 from heads import build_head, init_from_clip_text
 from scoring import autocast_for, read_setting, score_matrix
 from split_tensors import load_split_tensors
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--device", default="cuda", help="cuda or cpu")
-parser.add_argument("--videos", type=int, default=18000, help="train videos (RTime: about 18k)")
+parser.add_argument("--videos", type=int, default=10000, help="train videos (RTime: about 10k)")
 parser.add_argument("--valid-videos", type=int, default=500, help="valid videos (RTime: 500)")
 parser.add_argument("--frames", type=int, default=24, help="frames per video")
 parser.add_argument("--dim", type=int, default=512, help="embedding width (ViT-B: 512)")
@@ -37,6 +43,16 @@ parser.add_argument(
 )
 parser.add_argument("--epochs", type=int, default=2, help="epochs timed per head")
 parser.add_argument("--batch-size", type=int, default=128, help="train_head.py --batch-size")
+parser.add_argument("--pair-batch", type=int, default=None, help="train_head.py --pair-batch (default: its own)")
+
+
+def train_and_measure(arguments, device):
+    """Child process: train, then report this process's peak memory in bytes."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    train_head.main(arguments)
+    gpu_peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, gpu_peak  # ru_maxrss is in KiB on Linux
 
 
 def main(argv=None):
@@ -45,8 +61,7 @@ def main(argv=None):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        clip_path = tmp / "clip.pt"
-        torch.save(CLIP(config).state_dict(), clip_path)
+        clip_path = write_random_clip(tmp / "clip.pt", config)
         start = time.perf_counter()
         write_order_only_cache(
             tmp / "cache",
@@ -57,47 +72,54 @@ def main(argv=None):
             n_test=2,
             n_frames=args.frames,
             train_captions_per_direction=args.captions_per_direction,
+            non_reversible_every=10,
         )
         print(f"synthetic cache written in {time.perf_counter() - start:.0f} s", flush=True)
+        context = multiprocessing.get_context("spawn")
         for head in args.heads:
             out = tmp / f"run_{head}"
-            train_head.main(
-                [
-                    "--cache",
-                    str(tmp / "cache"),
-                    "--head",
-                    head,
-                    "--out",
-                    str(out),
-                    "--clip",
-                    str(clip_path),
-                    "--device",
-                    args.device,
-                    "--epochs",
-                    str(args.epochs),
-                    "--batch-size",
-                    str(args.batch_size),
-                    "--reverse-negatives",
-                    "--learn-temp",
-                ]
-            )
+            arguments = [
+                "--cache",
+                str(tmp / "cache"),
+                "--head",
+                head,
+                "--out",
+                str(out),
+                "--clip",
+                str(clip_path),
+                "--device",
+                args.device,
+                "--epochs",
+                str(args.epochs),
+                "--batch-size",
+                str(args.batch_size),
+                "--reverse-negatives",
+                "--learn-temp",
+            ]
+            if args.pair_batch:
+                arguments += ["--pair-batch", str(args.pair_batch)]
+            with context.Pool(1) as pool:
+                rss_peak, gpu_peak = pool.apply(train_and_measure, (arguments, args.device))
             log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
             seconds = sum(record["seconds"] for record in log) / len(log)
-            rows.append((head, seconds, 15 * seconds))
+            rows.append((head, seconds, 15 * seconds, rss_peak, gpu_peak))
         pairs_rate = tight_pairs_per_second(tmp / "cache", clip_path, args) if "tightTransf" in args.heads else None
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     print(
-        f"device: {device_name}; {args.videos} train videos x {args.frames} frames x {args.dim}, "
-        f"{args.videos * 2 * args.captions_per_direction} captions, batch {args.batch_size} videos + reversals"
+        f"device: {device_name}, torch {torch.__version__}; {args.videos} train videos x {args.frames} frames x "
+        f"{args.dim}, {args.videos * 2 * args.captions_per_direction} captions (every 10th video without "
+        f"reversal), batch {args.batch_size} videos + reversals, --pair-batch {args.pair_batch or 'default'}"
     )
-    print("| head | s/epoch (train + valid) | 3 seeds x 5 epochs |")
-    print("|---|---|---|")
-    for head, seconds, projected in rows:
-        print(f"| {head} | {seconds:.1f} | {projected / 60:.1f} min |")
-    both = sum(projected for head, _, projected in rows if head in ("seqTransf", "tightTransf"))
+    print("| head | s/epoch (train + valid) | 3 seeds x 5 epochs | peak host memory | peak GPU memory |")
+    print("|---|---|---|---|---|")
+    for head, seconds, projected, rss_peak, gpu_peak in rows:
+        gpu = f"{gpu_peak / 2**30:.2f} GiB" if gpu_peak is not None else "—"
+        print(f"| {head} | {seconds:.1f} | {projected / 60:.1f} min | {rss_peak / 2**30:.2f} GiB | {gpu} |")
+    both = sum(projected for head, _, projected, _, _ in rows if head in ("seqTransf", "tightTransf"))
     print(f"seqTransf + tightTransf, 3 seeds x 5 epochs: {both / 60:.1f} min (target < 10 min)")
     if pairs_rate:
         print(f"tightTransf all-pairs scoring: {pairs_rate:,.0f} pairs/s")
+    sys.stdout.flush()
 
 
 def tight_pairs_per_second(cache, clip_path, args):

@@ -69,15 +69,15 @@ class Attention(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-    def __init__(self, width, heads):
+    def __init__(self, width, heads, layer_norm_eps=1e-5):
         super().__init__()
         self.attn = Attention(width, heads)
-        self.ln_1 = LayerNorm(width)
+        self.ln_1 = LayerNorm(width, eps=layer_norm_eps)
         self.mlp = nn.Sequential()
         self.mlp.add_module("c_fc", nn.Linear(width, 4 * width))
         self.mlp.add_module("gelu", QuickGELU())
         self.mlp.add_module("c_proj", nn.Linear(4 * width, width))
-        self.ln_2 = LayerNorm(width)
+        self.ln_2 = LayerNorm(width, eps=layer_norm_eps)
 
     def forward(self, x, attn_mask=None, is_causal=False):
         x = x + self.attn(self.ln_1(x), attn_mask=attn_mask, is_causal=is_causal)
@@ -86,12 +86,13 @@ class ResidualAttentionBlock(nn.Module):
 
 class Transformer(nn.Module):
     """A stack of pre-LN residual blocks. `attn_mask` is a bool mask broadcastable to
-    [batch, heads, queries, keys] with True where attention is allowed."""
+    [batch, heads, queries, keys] with True where attention is allowed. CLIP's LayerNorms use
+    eps 1e-5; other models built from these blocks may state their own (`layer_norm_eps`)."""
 
-    def __init__(self, width, layers, heads):
+    def __init__(self, width, layers, heads, layer_norm_eps=1e-5):
         super().__init__()
         self.width = width
-        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads) for _ in range(layers))
+        self.resblocks = nn.ModuleList(ResidualAttentionBlock(width, heads, layer_norm_eps) for _ in range(layers))
 
     def forward(self, x, attn_mask=None, is_causal=False):
         for block in self.resblocks:

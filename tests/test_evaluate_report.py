@@ -105,8 +105,15 @@ def test_every_statistic_recomputes_from_the_saved_arrays(evaluated):
     for setting in ("origin", "hard"):
         scores, gold = np.load(arrays / f"{setting}_scores.npy"), np.load(arrays / f"{setting}_gold.npy")
         t2v, _ = retrieval_metrics(scores, gold)
-        v2t, _ = retrieval_metrics(scores.T, gold.T)
+        # video->text ranks the candidates' caption sets, each scored by its best caption
+        set_scores = np.array(
+            [[scores[gold[:, g], v].max() for g in range(gold.shape[1])] for v in range(gold.shape[1])]
+        )
+        v2t, _ = retrieval_metrics(set_scores, np.eye(gold.shape[1], dtype=bool))
         assert t2v == result[setting]["t2v"] and v2t == result[setting]["v2t"]
+        assert result[setting]["v2t_per_caption"] == retrieval_metrics(scores.T, gold.T)[0]
+        ids = json.loads((arrays / f"{setting}_ids.json").read_text())
+        assert len(ids["rows"]) == scores.shape[0] and len(ids["columns"]) == scores.shape[1]
         per_query = np.load(arrays / f"{setting}_t2v_per_query.npy")
         assert per_query.shape == (len(scores), 7)
         assert 100 * per_query[:, 4].mean() == pytest.approx(result[setting]["t2v"]["expected"]["R@1"])
@@ -118,7 +125,10 @@ def test_every_statistic_recomputes_from_the_saved_arrays(evaluated):
 def test_binary_margins_compare_each_caption_and_video_with_the_reversal():
     from scoring import setting_from_pairs
 
-    pairs = [{"caption_row": 0, "video_row": 0, "reversed": 0}, {"caption_row": 1, "video_row": 0, "reversed": 1}]
+    pairs = [
+        {"caption_row": 0, "caption_id": "v#forward#human#0", "video_row": 0, "video_id": "v", "reversed": 0},
+        {"caption_row": 1, "caption_id": "v#reverse#human#0", "video_row": 0, "video_id": "v", "reversed": 1},
+    ]
     setting = setting_from_pairs(pairs)  # candidates: (0, 0), (0, 1)
     scores = np.array(
         [
@@ -131,16 +141,55 @@ def test_binary_margins_compare_each_caption_and_video_with_the_reversal():
     np.testing.assert_allclose(margins["v2t"], [0.9 - 0.7, 0.2 - 0.4])
 
 
-def test_checkpoint_from_another_cache_is_refused(evaluated, tmp_path):
+def copy_cache(cache, destination, **contract_changes):
+    """A copy of `cache` whose contract has the given {section: {field: value}} changes."""
+    shutil.copytree(cache, destination)
+    meta = json.loads((destination / "cache_meta.json").read_text())
+    meta["git_commit"] = "another commit"
+    for section, fields in contract_changes.items():
+        meta["contract"][section].update(fields)
+    (destination / "cache_meta.json").write_text(json.dumps(meta))
+    return destination
+
+
+def test_checkpoint_is_refused_on_a_cache_with_other_features_naming_the_field(evaluated, tmp_path):
     cache, results = evaluated
-    other = tmp_path / "other_cache"
-    shutil.copytree(cache, other)
-    meta = json.loads((other / "cache_meta.json").read_text())
-    meta["git_commit"] = "something else"
-    (other / "cache_meta.json").write_text(json.dumps(meta))
+    other = copy_cache(cache, tmp_path / "other_cache", sampling={"fps": 2.0})
     ckpt = load(results, "seqTransf_seed0")["provenance"]["ckpt"]
-    with pytest.raises(SystemExit, match="evaluate on the cache it was trained on"):
+    with pytest.raises(SystemExit, match=r"features differ in sampling\.fps: the checkpoint's training cache has 1\.0"):
         evaluate.main(["--cache", str(other), "--ckpt", ckpt, "--out", str(tmp_path / "x.json")])
+
+
+def test_one_command_evaluates_a_checkpoint_on_several_datasets_and_reports_each(evaluated, tmp_path):
+    cache, results = evaluated
+    # same features, another cache (as another dataset extracted with the same CLIP and sampling)
+    other = copy_cache(cache, tmp_path / "other_dataset", compute={"batch_videos": 7})
+    ckpt = load(results, "seqTransf_seed0")["provenance"]["ckpt"]
+    out = tmp_path / "multi" / "seqTransf.json"
+    evaluate.main(["--ckpt", ckpt, "--cache", f"{cache}:test", "--cache", f"{other}:valid", "--out", str(out)])
+    first = json.loads((tmp_path / "multi" / "seqTransf.cache-test.json").read_text())
+    second = json.loads((tmp_path / "multi" / "seqTransf.other_dataset-valid.json").read_text())
+    assert first["provenance"]["dataset"] == "cache-test" and second["provenance"]["dataset"] == "other_dataset-valid"
+    assert first["hard"] == load(results, "seqTransf_seed0")["hard"]  # the same split scores as before
+    assert second["hard"]["t2v"]["n_queries"] == 32  # the valid split: 16 videos x 2 directions
+    assert second["provenance"]["training"]["selected_epoch"] == first["provenance"]["training"]["selected_epoch"]
+    evaluate.main(
+        [
+            "--head",
+            "meanP",
+            "--cache",
+            f"{cache}:test",
+            "--cache",
+            f"{other}:valid",
+            "--out",
+            str(tmp_path / "multi" / "meanP.json"),
+        ]
+    )
+    report.main(["--results", str(tmp_path / "multi"), "--out", str(tmp_path / "report")])
+    numbers = json.loads((tmp_path / "report" / "report_numbers.json").read_text())
+    assert sorted(numbers["datasets"]) == ["cache-test", "other_dataset-valid"]
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "## Dataset cache-test: test split" in markdown and "## Dataset other_dataset-valid: valid split" in markdown
 
 
 def test_parametric_head_needs_a_checkpoint(evaluated, tmp_path):
@@ -168,8 +217,8 @@ def test_generic_dataset_has_one_setting_and_no_binary(evaluated, tmp_path):
 
 
 def table_cells(markdown, title):
-    """{method: [cell text, ...]} of the markdown table under `## title`."""
-    table = markdown.split(f"## {title}\n", 1)[1].strip().split("\n\n", 1)[0]
+    """{method: [cell text, ...]} of the markdown table under the heading `title`."""
+    table = markdown.split(f" {title}\n", 1)[1].strip().split("\n\n", 1)[0]
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()[2:]]
     return {row[0]: row[1:] for row in rows}
 
@@ -198,10 +247,16 @@ def test_report_numbers_equal_the_result_files(evaluated, tmp_path):
             assert cells[method][5].startswith(f"{runs[0][setting]['t2v']['n_tied']:.1f} / ")
     binary = table_cells(markdown, "Binary: original vs its reversal")
     assert binary["meanP"][0] == f"{load(results, 'meanP')['binary']['t2v']['accuracy']:.2f} ± 0.00"
-    for plot in ("recall_at_k.png", "rank_cdf.png", "origin_to_hard.png", "training_curves.png"):
+    for plot in (
+        "cache-test_recall_at_k.png",
+        "cache-test_rank_cdf.png",
+        "cache-test_origin_to_hard.png",
+        "training_curves.png",
+    ):
         assert (tmp_path / "report" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert re.search(r"sha256 `[0-9a-f]{64}`", markdown)
-    pairwise = json.loads((tmp_path / "report" / "report_numbers.json").read_text())["pairwise"]
+    numbers = json.loads((tmp_path / "report" / "report_numbers.json").read_text())
+    pairwise = numbers["datasets"]["cache-test"]["pairwise"]
     assert [(c["setting"], c["a"], c["b"]) for c in pairwise] == [
         ("origin", "meanP", "seqTransf"),
         ("hard", "meanP", "seqTransf"),
@@ -216,7 +271,7 @@ def test_report_refuses_results_of_different_caches(evaluated, tmp_path):
     result = load(mixed, "meanP")
     result["provenance"]["cache_meta_sha256"] = "0" * 64
     (mixed / "meanP.json").write_text(json.dumps(result))
-    with pytest.raises(SystemExit, match="mixes caches or splits"):
+    with pytest.raises(SystemExit, match="mixes caches for dataset .cache-test."):
         report.main(["--results", str(mixed), "--out", str(tmp_path / "report")])
 
 
@@ -233,8 +288,64 @@ def test_demo_run_shows_order_aware_heads_above_meanp_on_hard(tmp_path):
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert f"Report: {work}/report/report.md" in completed.stdout
     numbers = json.loads((work / "report" / "report_numbers.json").read_text())
-    hard = numbers["tables"]["hard/t2v"]
+    hard = numbers["datasets"]["cache-test"]["tables"]["hard/t2v"]
     assert hard["meanP"]["n_tied"] == hard["meanP"]["n_queries"]
     for head in ("seqTransf", "tightTransf"):
         assert hard[head]["R@1"]["mean"] > hard["meanP"]["R@1"]["mean"] + 5.0, hard
         assert hard[head]["n_tied"] == 0
+
+
+def test_report_states_how_each_method_was_trained(evaluated, tmp_path):
+    cache, results = evaluated
+    # a third method trained differently: the differences become columns, the rest one note
+    run = tmp_path / "seqTransf_lr"
+    train_head.main(
+        [
+            "--cache",
+            str(cache),
+            "--head",
+            "seqTransf",
+            "--out",
+            str(run),
+            "--clip",
+            str(cache.parent / "clip.pt"),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--lr",
+            "3e-4",
+        ]
+    )
+    mixed = tmp_path / "results"
+    shutil.copytree(results, mixed)
+    evaluate.main(
+        [
+            "--cache",
+            str(cache),
+            "--ckpt",
+            str(run / "best.pt"),
+            "--method",
+            "seqTransf-lr3e-4",
+            "--out",
+            str(mixed / "seqTransf_lr.json"),
+        ]
+    )
+    report.main(["--results", str(mixed), "--out", str(tmp_path / "report")])
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    methods = table_cells(markdown, "Methods")
+    header = markdown.split("## Methods\n", 1)[1].strip().splitlines()[0]
+    columns = [cell.strip() for cell in header.strip("|").split("|")][1:]
+    trained = {name: load(results, name)["provenance"]["training"] for name in ("seqTransf_seed0", "seqTransf_seed1")}
+    assert methods["seqTransf"][columns.index("selected epoch per seed")] == ", ".join(
+        str(trained[name]["selected_epoch"]) for name in ("seqTransf_seed0", "seqTransf_seed1")
+    )
+    for column, expected in (("epochs", ("3", "2", "—")), ("lr", ("0.0001", "0.0003", "—"))):
+        assert [methods[m][columns.index(column)] for m in ("seqTransf", "seqTransf-lr3e-4", "meanP")] == list(expected)
+    assert methods["meanP"][columns.index("selected epoch per seed")] == "— (zero-shot)"
+    note = markdown.split("Shared by every trained method: ", 1)[1].split("\n", 1)[0]
+    shared = dict(item.split(": ", 1) for item in note.rstrip(".").split("; "))
+    assert shared["text input"] == "pooled" and shared["batch"] == "16"
+    assert "lr" not in shared and "epochs" not in shared
+    assert "The CLIP backbone is frozen" in markdown
+    assert "valid hard text->video R@1" in markdown  # the selection metric names its setting

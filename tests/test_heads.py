@@ -166,3 +166,27 @@ def test_frame_subset_is_even_and_mirror_symmetric(n_cached, n_wanted):
     keep = frame_subset(n_cached, n_wanted)
     assert len(keep) == min(n_cached, n_wanted)
     assert [n_cached - 1 - i for i in reversed(keep)] == keep
+
+
+def test_tighttransf_chunked_checkpointed_scores_equal_the_unchunked_ones_with_gradients(clip_state):
+    """Bounded memory must not change the numbers: the loss and every gradient of a batch scored in
+    checkpointed chunks of 7 pairs equal those of one forward over all 25 pairs (dropout off)."""
+    frames, mask = random_videos()
+    generator = torch.Generator().manual_seed(1)
+    text = torch.randn(len(frames), 1, WIDTH, generator=generator)
+    text_mask = torch.ones(len(frames), 1, dtype=torch.bool)
+    results = []
+    for pair_batch in (10_000, 7):
+        head = make_head("tightTransf", clip_state)  # eval mode: no dropout
+        head.pair_batch = pair_batch
+        logits = head.score_matrix(text, text_mask, *head.video_index(frames, mask))
+        targets = torch.arange(len(logits))
+        loss = (
+            torch.nn.functional.cross_entropy(logits, targets) + torch.nn.functional.cross_entropy(logits.T, targets)
+        ) / 2
+        loss.backward()
+        results.append((loss.detach(), {name: p.grad.clone() for name, p in head.named_parameters()}))
+    (whole_loss, whole_grads), (chunked_loss, chunked_grads) = results
+    torch.testing.assert_close(chunked_loss, whole_loss, atol=1e-6, rtol=1e-6)
+    for name, grad in whole_grads.items():
+        torch.testing.assert_close(chunked_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)

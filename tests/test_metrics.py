@@ -5,6 +5,7 @@ import pytest
 
 from retrieval_metrics import binary_accuracy, retrieval_metrics
 from retrieval_stats import METRICS, bootstrap_ci, holm_adjust, paired_difference
+from scoring import directions
 
 
 def brute_force(scores, gold, ks=(1, 5, 10)):
@@ -177,3 +178,51 @@ def holm_reference(p_values):
 )
 def test_holm_bonferroni_matches_the_step_down_rule(p_values):
     np.testing.assert_allclose(holm_adjust(p_values), holm_reference(p_values))
+
+
+def clip4clip_video_to_text(scores, caption_video):
+    """CLIP4Clip's multi-caption video->text, restated: the [captions, videos] matrix is cut per
+    video into [n_videos, max_captions, n_videos] padded with -inf (main_task_retrieval), then
+    tensor_video_to_text_sim takes the max over each video's captions and transposes."""
+    n_videos = scores.shape[1]
+    per_video = [scores[caption_video == v] for v in range(n_videos)]
+    longest = max(len(block) for block in per_video)
+    padded = np.stack(
+        [np.concatenate([block, np.full((longest - len(block), n_videos), -np.inf)]) for block in per_video]
+    )
+    return padded.max(axis=1).T  # [video query, caption set]
+
+
+def multi_caption_case(seed, integer_scores):
+    rng = np.random.default_rng(seed)
+    caption_video = np.concatenate([[v] * int(rng.integers(1, 5)) for v in range(6)])
+    if integer_scores:
+        scores = rng.integers(0, 3, size=(len(caption_video), 6)).astype(float)  # many ties
+    else:
+        scores = rng.standard_normal((len(caption_video), 6))
+    return scores, caption_video[:, None] == np.arange(6)[None, :]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_video_to_text_ranks_caption_sets_as_clip4clip_does(seed):
+    scores, gold = multi_caption_case(seed, integer_scores=False)
+    video_scores, video_gold = directions(scores, gold)["v2t"]
+    np.testing.assert_array_equal(video_scores, clip4clip_video_to_text(scores, gold.argmax(axis=1)))
+    ours, _ = retrieval_metrics(video_scores, video_gold)
+    theirs = clip4clip_compute_metrics(clip4clip_video_to_text(scores, gold.argmax(axis=1)))
+    for key, value in theirs.items():
+        assert ours[key] == pytest.approx(value)
+        assert ours["expected"][key] == pytest.approx(value)  # no ties here: every convention agrees
+    per_caption, _ = retrieval_metrics(scores.T, gold.T)
+    assert ours["R@1"] == per_caption["R@1"]  # R@1 is the same either way; R@5 and beyond are not in general
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_video_to_text_with_ties_matches_a_brute_force_over_caption_sets(seed):
+    scores, gold = multi_caption_case(seed, integer_scores=True)
+    set_scores = np.array(
+        [[max(scores[c, v] for c in range(len(scores)) if gold[c, g]) for g in range(6)] for v in range(6)]
+    )
+    video_scores, video_gold = directions(scores, gold)["v2t"]
+    np.testing.assert_array_equal(video_scores, set_scores)
+    check_against_brute_force(video_scores, video_gold)
