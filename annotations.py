@@ -4,7 +4,12 @@ Two formats, told apart by their records:
 - RTime: `{video_id: {"forward_captions": [..], "reverse_captions": [..], "forward_rewrites": [..],
   "reverse_rewrites": [..], "reverse": bool, "temporal": ..., "url": ...}}`. The reversed video has
   no file and no id: it is the original's frames in reverse order.
-- generic (MSR-VTT / ActivityNet / DiDeMo style): `{video_name: {"sentences": [..]}}`.
+- generic (MSR-VTT / ActivityNet / DiDeMo style): `{video_name: {"sentences": [..]}}`, optionally
+  with ActivityNet's "timestamps" and "duration" (read past, not used).
+
+A field outside its format's known fields is refused, not ignored: a typo such as
+`reverse_rewrite` would otherwise drop captions silently. A video id in two splits is refused
+too: it would leak between training and evaluation.
 
 A pair links a caption to a video row; `reversed=1` means "the flipped frames of that row".
 """
@@ -19,6 +24,10 @@ RTIME_CAPTION_FIELDS = {  # field -> (direction, kind)
     "reverse_captions": ("reverse", "human"),
     "forward_rewrites": ("forward", "rewrite"),
     "reverse_rewrites": ("reverse", "rewrite"),
+}
+KNOWN_FIELDS = {
+    "rtime": {*RTIME_CAPTION_FIELDS, "reverse", "temporal", "url"},
+    "generic": {"sentences", "timestamps", "duration"},
 }
 
 
@@ -95,6 +104,16 @@ def string_list(path, video_id, record, field, required, allow_empty):
     return value
 
 
+def check_no_unknown_fields(path, video_id, record, annotation_format):
+    known = KNOWN_FIELDS[annotation_format]
+    unknown = sorted(set(record) - known)
+    if unknown:
+        raise AnnotationError(
+            f"{path}: record {video_id!r} has an unknown field {unknown[0]!r} ({annotation_format} "
+            f"records know {', '.join(sorted(known))}); a misspelt field would drop its captions"
+        )
+
+
 def parse_rtime_record(path, video_id, record):
     if not isinstance(record, dict):
         raise AnnotationError(f"{path}: record {video_id!r} must be an object")
@@ -113,6 +132,7 @@ def parse_rtime_record(path, video_id, record):
             Caption(f"{video_id}#{direction}#{kind}#{i}", video_id, direction, kind, text)
             for i, text in enumerate(texts)
         ]
+    check_no_unknown_fields(path, video_id, record, "rtime")
     return VideoRecord(video_id, has_reverse, tuple(captions))
 
 
@@ -120,6 +140,7 @@ def parse_generic_record(path, video_id, record):
     if not isinstance(record, dict):
         raise AnnotationError(f"{path}: record {video_id!r} must be an object")
     texts = string_list(path, video_id, record, "sentences", required=True, allow_empty=False)
+    check_no_unknown_fields(path, video_id, record, "generic")
     captions = tuple(
         Caption(f"{video_id}#forward#human#{i}", video_id, "forward", "human", text) for i, text in enumerate(texts)
     )
@@ -133,6 +154,19 @@ def load_split(path: Path, annotation_format: str = "auto") -> tuple[str, list[V
         annotation_format = detect_format(path, data)
     parse = {"rtime": parse_rtime_record, "generic": parse_generic_record}[annotation_format]
     return annotation_format, [parse(path, video_id, record) for video_id, record in data.items()]
+
+
+def check_disjoint_splits(splits: dict[str, tuple[Path, list[VideoRecord]]]) -> None:
+    """Refuse a video id that appears in two splits' files (a train/test leak), naming both files."""
+    first_file = {}
+    for path, records in splits.values():
+        for record in records:
+            if record.video_id in first_file:
+                raise AnnotationError(
+                    f"video id {record.video_id!r} is in both {first_file[record.video_id]} and "
+                    f"{path}: a video must belong to one split"
+                )
+            first_file[record.video_id] = path
 
 
 def split_captions(records: list[VideoRecord]) -> list[Caption]:

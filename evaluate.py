@@ -42,6 +42,7 @@ from checkpoints import CheckpointError, head_from_checkpoint, load_checkpoint
 from feature_cache import (
     META_NAME,
     CacheError,
+    content_digest,
     contract_mismatch,
     feature_contract,
     read_meta,
@@ -51,7 +52,7 @@ from feature_cache import (
 from file_io import atomic_write_json, atomic_write_npy, file_sha256
 from heads import HEADS, build_head, parameter_free_heads
 from retrieval_metrics import binary_accuracy, retrieval_metrics
-from runtime import resolve_device
+from runtime import HelpFormatter, resolve_device
 from scoring import TIE_ORDER, autocast_for, binary_margins, directions, score_matrix, setting_from_pairs
 from split_tensors import load_split_tensors
 
@@ -64,10 +65,6 @@ PER_QUERY_COLUMNS = (
     "expected_recall@5",
     "expected_recall@10",
 )
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help keeps the docstring's layout and shows every default."""
 
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
@@ -161,7 +158,10 @@ def evaluate_one(args, checkpoint, cache_dir, split, out_path, device):
     cache_sha = file_sha256(cache_dir / META_NAME)
     head, config, training = load_head(args, checkpoint, meta, cache_dir)
     head = head.to(device).eval()
-    data = load_split_tensors(cache_dir, split, config["frames"], device, config["text_input"] == "tokens")
+    try:
+        data = load_split_tensors(cache_dir, split, config["frames"], device, config["text_input"] == "tokens")
+    except CacheError as err:
+        sys.exit(str(err))
     autocast = autocast_for(device)
 
     array_dir = out_path.with_suffix("").resolve()
@@ -171,6 +171,13 @@ def evaluate_one(args, checkpoint, cache_dir, split, out_path, device):
         setting = setting_from_pairs(read_pairs(cache_dir, split, name))
         with autocast:
             scores = score_matrix(head, data, setting).numpy()
+        non_finite = ~np.isfinite(scores).all(axis=1)
+        if non_finite.any():
+            sys.exit(
+                f"{args.ckpt or args.head} on {cache_dir} ({split}, {name}): {int(non_finite.sum())} of "
+                f"{len(scores)} queries have NaN or Inf scores (a diverged head or a damaged cache: run "
+                "verify.py); no result was written"
+            )
         files[f"{name}_scores"] = save(array_dir / f"{name}_scores.npy", scores)
         files[f"{name}_ids"] = str(array_dir / f"{name}_ids.json")
         atomic_write_json(
@@ -200,6 +207,7 @@ def evaluate_one(args, checkpoint, cache_dir, split, out_path, device):
         "annotation_format": annotation_format,
         "cache": str(cache_dir.resolve()),
         "cache_meta_sha256": cache_sha,
+        "cache_content_sha256": content_digest(meta),
         "split": split,
         "frames": config["frames"],
         "text_input": config["text_input"],
@@ -207,7 +215,7 @@ def evaluate_one(args, checkpoint, cache_dir, split, out_path, device):
         "per_query_columns": list(PER_QUERY_COLUMNS),
         "arrays": files,
         "device": device,
-        "clip": contract["clip"],
+        "clip": {"file": meta.get("clip_file"), **contract["clip"]},
         "preprocessing": contract["preprocessing"],
         "sampling": contract["sampling"],
         "storage_dtype": contract["storage_dtype"],

@@ -5,13 +5,17 @@
 
 Work is cut into fixed chunks (--batch-videos videos, --text-batch captions) that do not depend on
 the number of processes; chunk c goes to rank c % world_size, each rank writes finished chunks to
-OUT/{split}/parts/, and rank 0 merges them in chunk order. A killed run, rerun with the same
-arguments, keeps its finished chunks. The README's "Cache layout" describes the output.
+OUT/{split}/parts/, and rank 0 merges them in chunk order. A killed or interrupted run, rerun with
+the same arguments, keeps its finished chunks. A rerun checks every video file against the
+fingerprint recorded at extraction, and every finished split against its recorded counts, so a
+changed input is never mistaken for a finished cache. The README's "Cache layout" describes the output.
 """
 
 import argparse
 import collections
+import contextlib
 import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -25,88 +29,67 @@ import numpy as np
 import torch
 
 import clip_vendor
-from annotations import AnnotationError, load_split, pair_lists, split_captions
+from annotations import AnnotationError, check_disjoint_splits, load_split, split_captions
 from clip_vendor.tokenizer import VOCAB_PATH
 from feature_cache import (
-    CAPTIONS,
-    FAILED_VIDEOS_NAME,
     META_NAME,
-    PAIR_COLUMNS,
     PARTS_DIR,
-    TEXT_FEATS,
-    TEXT_TOKEN_FEATS,
-    TEXT_TOKEN_OFFSETS,
-    VIDEO_FEATS,
-    VIDEO_IDS,
-    VIDEO_OFFSETS,
-    contract_mismatch,
-    pair_file,
+    VIDEO_FILES,
+    CacheError,
+    check_split_counts,
+    content_digest,
+    merge_split,
+    open_cache_meta,
+    text_part_path,
+    video_part_path,
+    write_text_part,
+    write_video_part,
 )
-from file_io import (
-    atomic_write_csv,
-    atomic_write_json,
-    atomic_write_lines,
-    atomic_write_npy,
-    atomic_write_npy_blocks,
-    atomic_write_npz,
-    file_sha256,
-    remove_stale_temporaries,
-)
-from runtime import Progress, setup_runtime
+from file_io import atomic_write_json, exclusive_folder, file_sha256
+from runtime import HelpFormatter, Progress, setup_runtime
 from sampling import SAMPLING_RULE
-from video_frames import DecodeSpec, decode_and_crop, index_video_files, init_decode_worker
+from video_frames import (
+    DecodeSpec,
+    decode_and_crop,
+    fingerprint_difference,
+    fingerprint_videos,
+    index_video_files,
+    init_decode_worker,
+)
 
-CACHE_FORMAT_VERSION = 1
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help keeps the docstring's layout and shows every default."""
+CACHE_FORMAT_VERSION = 2
+SPLITS = ("train", "valid", "test")
 
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-parser.add_argument("--annotations", required=True, type=Path, help="folder with {split}.json annotation files")
-parser.add_argument("--videos", required=True, type=Path, help="folder with one file per video, named {video_id}.{ext}")
-parser.add_argument(
-    "--clip", required=True, type=Path, help="OpenAI CLIP checkpoint (TorchScript archive or state dict)"
-)
-parser.add_argument("--out", required=True, type=Path, help="cache folder to create or resume")
-parser.add_argument(
-    "--splits",
-    nargs="+",
-    default=None,
-    help="splits to extract (default: each of train, valid, test that has a {split}.json)",
-)
-parser.add_argument("--format", default="auto", choices=["auto", "rtime", "generic"], help="annotation format")
-parser.add_argument("--fps", type=float, default=1.0, help="frame candidates per second of video")
-parser.add_argument("--t-max", type=int, default=24, help="most frames kept per video (at least 2)")
-parser.add_argument(
-    "--device",
-    default="auto",
-    help="where CLIP runs: auto (cuda if available), cuda or cpu; under torchrun each rank takes cuda:LOCAL_RANK",
-)
-parser.add_argument(
+add = parser.add_argument
+add("--annotations", required=True, type=Path, help="folder with {split}.json annotation files")
+add("--videos", required=True, type=Path, help="folder with one file per video, named {video_id}.{ext}")
+add("--clip", required=True, type=Path, help="OpenAI CLIP checkpoint (TorchScript archive or state dict)")
+add("--out", required=True, type=Path, help="cache folder to create or resume")
+add("--splits", nargs="+", choices=SPLITS, help="splits to extract (default: each that has a {split}.json)")
+add("--format", default="auto", choices=["auto", "rtime", "generic"], help="annotation format")
+add("--fps", type=float, default=1.0, help="frame candidates per second of video")
+add("--t-max", type=int, default=24, help="most frames kept per video (at least 2)")
+add("--device", default="auto", help="auto (cuda if available), cuda or cpu; under torchrun cuda:LOCAL_RANK")
+add(
     "--dtype",
     default="auto",
     choices=["auto", *clip_vendor.DTYPES],
-    help="CLIP's compute precision; auto = fp16 on cuda, fp32 on cpu (printed and recorded in the meta)",
+    help="CLIP's precision; auto: fp16 on cuda, fp32 on cpu",
 )
-parser.add_argument(
-    "--batch-videos", type=int, default=32, help="videos per CLIP forward (fixed chunks: part of the contract)"
-)
-parser.add_argument("--text-batch", type=int, default=512, help="captions per CLIP forward (part of the contract)")
-parser.add_argument("--context-length", type=int, default=77, help="text positions; longer captions are truncated")
-parser.add_argument(
-    "--workers",
+add("--batch-videos", type=int, default=32, help="videos per CLIP forward (fixed chunks: part of the contract)")
+add("--text-batch", type=int, default=512, help="captions per CLIP forward (part of the contract)")
+add(
+    "--context-length",
     type=int,
-    default=None,
-    help="decode processes per rank (default: cores / local ranks - 1; 0 decodes in this process)",
+    default=77,
+    help="text positions (at most the model's); longer captions are cut, counted",
 )
-parser.add_argument("--decode-ahead", type=int, default=4, help="chunks decoded ahead of the one CLIP is encoding")
-parser.add_argument(
-    "--on-error",
-    default="fail",
-    choices=["fail", "skip"],
-    help="a bad video stops the run (fail) or is recorded in failed_videos.json and dropped (skip)",
+add("--workers", type=int, default=None, help="decode processes per rank (default: cores / local ranks - 1; 0: none)")
+add("--decode-ahead", type=int, default=4, help="chunks decoded ahead of the one CLIP is encoding")
+add(
+    "--on-error", default="fail", choices=["fail", "skip"], help="a bad video stops the run, or is recorded and dropped"
 )
 
 
@@ -126,19 +109,19 @@ class Plan:
 
 def main(argv=None):
     args = parser.parse_args(argv)
-    if args.t_max < 2:
-        parser.error("--t-max must be at least 2 (mirror-symmetric sampling may need two middle frames)")
+    check_arguments(args)
     runtime = setup_runtime(args.device)
     dtype_name = args.dtype if args.dtype != "auto" else ("fp16" if runtime.device.startswith("cuda") else "fp32")
-
-    splits = args.splits or [s for s in ("train", "valid", "test") if (args.annotations / f"{s}.json").exists()]
-    if not splits:
-        sys.exit(f"no train.json, valid.json or test.json in {args.annotations}")
     try:
-        annotations = {split: load_split(args.annotations / f"{split}.json", args.format) for split in splits}
+        annotations = read_annotations(args)
     except AnnotationError as err:
         sys.exit(str(err))
     model, preprocess = clip_vendor.load(args.clip, device=runtime.device, dtype=clip_vendor.DTYPES[dtype_name])
+    if not 2 <= args.context_length <= model.config.context_length:
+        parser.error(
+            f"--context-length {args.context_length}: {args.clip.name} has {model.config.context_length} "
+            "text positions; use 2 to that"
+        )
     plan = Plan(
         args.out,
         args.videos,
@@ -149,49 +132,106 @@ def main(argv=None):
         args.decode_ahead,
         args.on_error,
     )
-    contract = build_contract(args, splits, annotations, model, preprocess, runtime.device, dtype_name)
-    meta = open_cache(args.out, contract, runtime.master)
-    runtime.log(
-        f"extracting {', '.join(splits)} with {args.clip.name} on {runtime.device} in {dtype_name}, "
-        f"{runtime.world_size} process(es), {args.fps} fps, t_max {args.t_max}"
-    )
+    contract = build_contract(args, annotations, model, preprocess, runtime.device, dtype_name)
+    with exclusive_folder(args.out) if runtime.master else contextlib.nullcontext():
+        runtime.barrier()  # no rank writes before rank 0 holds the folder
+        try:
+            extract(args, plan, annotations, contract, model, runtime)
+        except KeyboardInterrupt:
+            print("interrupted; finished chunks kept; rerun the same command to resume", file=sys.stderr)
+            raise SystemExit(130) from None
+        except CacheError as err:
+            sys.exit(str(err))
+    runtime.finish()
 
-    for split in splits:
-        if split in meta["counts"]:
-            runtime.log(f"[{split}] already complete: {meta['counts'][split]}")
-    todo = [split for split in splits if split not in meta["counts"]]
+
+def check_arguments(args):
+    """Refuse values that would run on nonsense, before any work, naming the flag."""
+    if not (math.isfinite(args.fps) and args.fps > 0):
+        parser.error(f"--fps {args.fps}: frame candidates per second must be a positive number")
+    if args.t_max < 2:
+        parser.error("--t-max must be at least 2 (mirror-symmetric sampling may need two middle frames)")
+    for flag, value, least in (
+        ("--batch-videos", args.batch_videos, 1),
+        ("--text-batch", args.text_batch, 1),
+        ("--decode-ahead", args.decode_ahead, 0),
+        ("--workers", args.workers or 0, 0),
+    ):
+        if value < least:
+            parser.error(f"{flag} {value}: must be at least {least}")
+
+
+def read_annotations(args):
+    """{split: (format, records)} of the splits to extract; every split file present is read, so
+    that a video id in two splits is refused even when only one is extracted."""
+    present = [split for split in SPLITS if (args.annotations / f"{split}.json").exists()]
+    splits = args.splits or present
+    if not splits:
+        sys.exit(f"no train.json, valid.json or test.json in {args.annotations}")
+    loaded = {
+        split: load_split(args.annotations / f"{split}.json", args.format)
+        for split in SPLITS
+        if split in present or split in splits
+    }
+    check_disjoint_splits(
+        {split: (args.annotations / f"{split}.json", records) for split, (_, records) in loaded.items()}
+    )
+    return {split: loaded[split] for split in splits}
+
+
+def extract(args, plan, annotations, contract, model, runtime):
+    recorded = {
+        "git_commit": git_commit(),
+        "clip_file": args.clip.name,
+        "environment": {"torch": torch.__version__, "opencv": cv2.__version__, "numpy": np.__version__},
+    }
+    meta = open_cache_meta(args.out, contract, recorded, write=runtime.master)
+    runtime.log(
+        f"extracting {', '.join(annotations)} with {args.clip.name} on {runtime.device} in "
+        f"{contract['compute']['dtype']}, {runtime.world_size} process(es), {args.fps} fps, t_max {args.t_max}"
+    )
     video_files = index_video_files(args.videos)
+    if runtime.master:
+        for split, (_, records) in annotations.items():
+            check_video_files(args, split, records, video_files, meta)
+    runtime.barrier()
+    todo = [split for split in annotations if split not in meta["counts"]]
     workers = (
         args.workers if args.workers is not None else max(1, (os.cpu_count() or 1) // runtime.local_world_size - 1)
     )
     pool = multiprocessing.get_context("spawn").Pool(workers, init_decode_worker) if workers > 0 and todo else None
-    try:
+    with pool or contextlib.nullcontext():  # leaving the block (an error, Ctrl-C) stops the workers
         for split in todo:
-            (args.out / split / PARTS_DIR).mkdir(parents=True, exist_ok=True)
             format_name, records = annotations[split]
             captions = split_captions(records)
             extract_videos(plan, split, records, video_files, model, pool, runtime)
             extract_texts(plan, split, captions, model, runtime)
             runtime.barrier()
             if runtime.master:
-                meta = merge_split(args.out, split, format_name, records, captions, meta, runtime.log)
+                meta = merge_split(args.out, split, format_name, records, captions, meta)
+                counts = meta["counts"][split]
+                runtime.log(
+                    f"[{split}] merged: {counts}"
+                    + (f"; {counts['failed_videos']} failed, see failed_videos.json" if counts["failed_videos"] else "")
+                )
+                if counts["truncated_captions"]:
+                    runtime.log(
+                        f"[{split}] {counts['truncated_captions']} captions were longer than "
+                        f"{args.context_length} tokens and were cut (counted in the meta)"
+                    )
             runtime.barrier()
-    finally:
-        if pool is not None:
-            pool.close()
-            pool.join()
     if runtime.master:
         meta["complete"] = True
+        meta["content_sha256"] = content_digest(meta)
         atomic_write_json(args.out / META_NAME, meta)
-        runtime.log(f"cache complete: {args.out}")
-    runtime.finish()
+        runtime.log(f"cache complete: {args.out} (content sha256 {meta['content_sha256'][:12]})")
 
 
-def build_contract(args, splits, annotations, model, preprocess, device, dtype_name):
+def build_contract(args, annotations, model, preprocess, device, dtype_name):
     """Everything the cached numbers depend on; a resumed run must match it field for field."""
     return {
         "format_version": CACHE_FORMAT_VERSION,
-        "clip": {"file": args.clip.name, "sha256": file_sha256(args.clip), "config": asdict(model.config)},
+        "clip": {"sha256": file_sha256(args.clip), "config": asdict(model.config)},
         "tokenizer": {"vocab_sha256": file_sha256(VOCAB_PATH), "context_length": args.context_length, "truncate": True},
         "preprocessing": preprocess.describe(),
         "sampling": {"fps": args.fps, "t_max": args.t_max, "rule": SAMPLING_RULE, "decoder": "OpenCV, sequential"},
@@ -206,37 +246,35 @@ def build_contract(args, splits, annotations, model, preprocess, device, dtype_n
         "annotations": {
             split: {
                 "file": f"{split}.json",
-                "format": annotations[split][0],
+                "format": annotation_format,
                 "sha256": file_sha256(args.annotations / f"{split}.json"),
             }
-            for split in splits
+            for split, (annotation_format, _) in annotations.items()
         },
     }
 
 
-def open_cache(out_dir, contract, master):
-    """Create the cache's meta, or check a resumed one against this run's contract."""
-    meta_path = out_dir / META_NAME
-    if meta_path.exists():
-        meta = json.loads(meta_path.read_text())
-        mismatch = contract_mismatch(meta["contract"], contract)
-        if mismatch:
+def check_video_files(args, split, records, video_files, meta):
+    """Rank 0: the video files must be those the split was extracted from (recorded on its first
+    run), and a split the meta calls complete must still have all its files with their counts."""
+    current = fingerprint_videos([record.video_id for record in records], video_files, args.videos)
+    recorded_path = args.out / split / VIDEO_FILES
+    if recorded_path.exists():
+        difference = fingerprint_difference(json.loads(recorded_path.read_text()), current)
+        if difference:
             sys.exit(
-                f"refusing to write into {out_dir}: its {META_NAME} differs in {mismatch}. "
-                "Use a new --out, or delete the old cache."
+                f"refusing to reuse {args.out / split}: {difference} (in {args.videos}). The cache was extracted "
+                "from other video files: use a new --out, or restore the files."
             )
-        return meta
-    meta = {
-        "contract": contract,
-        "counts": {},
-        "complete": False,
-        "git_commit": git_commit(),
-        "environment": {"torch": torch.__version__, "opencv": cv2.__version__, "numpy": np.__version__},
-    }
-    if master:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(meta_path, meta)
-    return meta
+    else:
+        recorded_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(recorded_path, current)
+    if split in meta["counts"]:
+        check_split_counts(args.out, split, meta["counts"][split])
+        shutil.rmtree(args.out / split / PARTS_DIR, ignore_errors=True)  # left if a kill came just after the merge
+        print(f"[{split}] already complete: {meta['counts'][split]}", flush=True)
+    else:
+        (args.out / split / PARTS_DIR).mkdir(exist_ok=True)
 
 
 def git_commit():
@@ -270,11 +308,10 @@ def progress_label(split, what, runtime):
 
 
 def extract_videos(plan, split, records, video_files, model, pool, runtime):
-    parts_dir = plan.out / split / PARTS_DIR
     chunks = [
         chunk
         for chunk in my_chunks(len(records), plan.batch_videos, runtime)
-        if not (parts_dir / f"video_{chunk[0]:06d}.npz").exists()
+        if not video_part_path(plan.out, split, chunk[0]).exists()
     ]
     progress = Progress(
         progress_label(split, "videos", runtime), sum(stop - start for _, start, stop in chunks), runtime.log
@@ -291,7 +328,7 @@ def extract_videos(plan, split, records, video_files, model, pool, runtime):
 
     def finish(chunk_index, decoded):
         decoded = decoded if pool is None else decoded.get()
-        n_frames = encode_video_chunk(parts_dir / f"video_{chunk_index:06d}.npz", decoded, model, plan.on_error)
+        n_frames = encode_video_chunk(video_part_path(plan.out, split, chunk_index), decoded, model, plan.on_error)
         progress.update(len(decoded), frames=n_frames)
 
     pending = collections.deque()  # chunks the pool decodes while CLIP runs on the oldest
@@ -308,129 +345,63 @@ def encode_video_chunk(part_path, decoded, model, on_error):
     failures = [(video_id, reason) for video_id, _, reason in decoded if reason is not None]
     if failures and on_error == "fail":
         video_id, reason = failures[0]
-        sys.exit(f"video {video_id!r} failed ({reason}); rerun with --on-error skip to record and drop bad videos")
+        sys.exit(
+            f"video {video_id!r} failed ({reason}); to record bad videos in failed_videos.json and leave them "
+            "out, rerun with --on-error skip and a new --out (the setting is part of the cache's contract)"
+        )
     crops = [crop for _, crop, reason in decoded if reason is None]
-    frame_counts = np.array([0 if reason else len(crop) for _, crop, reason in decoded], dtype=np.int64)
+    frame_counts = [0 if reason else len(crop) for _, crop, reason in decoded]
     frame_feats = clip_vendor.encode_crops(model, crops)
-    atomic_write_npz(
+    bad_rows = ~np.isfinite(frame_feats).all(axis=1)
+    if bad_rows.any():
+        owner = np.repeat([video_id for video_id, _, _ in decoded], frame_counts)
+        bad = sorted(set(owner[bad_rows].tolist()))
+        sys.exit(
+            f"CLIP gave NaN or Inf features for video(s) {', '.join(bad)}; nothing of their chunk was written "
+            "(a broken checkpoint, or a dtype that overflows: try --dtype fp32)"
+        )
+    write_video_part(
         part_path,
-        frame_feats=frame_feats,
-        frame_counts=frame_counts,
-        video_ids=np.array([video_id for video_id, _, _ in decoded]),
-        failures=np.array([reason or "" for _, _, reason in decoded]),
+        [video_id for video_id, _, _ in decoded],
+        frame_counts,
+        [reason or "" for _, _, reason in decoded],
+        frame_feats,
     )
     return len(frame_feats)
 
 
 def extract_texts(plan, split, captions, model, runtime):
-    parts_dir = plan.out / split / PARTS_DIR
     chunks = [
         chunk
         for chunk in my_chunks(len(captions), plan.text_batch, runtime)
-        if not (parts_dir / f"text_{chunk[0]:06d}.npz").exists()
+        if not text_part_path(plan.out, split, chunk[0]).exists()
     ]
     progress = Progress(
         progress_label(split, "captions", runtime), sum(stop - start for _, start, stop in chunks), runtime.log
     )
     for chunk_index, start, stop in chunks:
-        tokens = clip_vendor.tokenize([caption.text for caption in captions[start:stop]], plan.context_length)
+        texts = [caption.text for caption in captions[start:stop]]
+        tokens = clip_vendor.tokenize(texts, plan.context_length)
         with torch.no_grad():
             token_feats, token_mask = model.encode_text_tokens(tokens.to(runtime.device))
         rows = torch.arange(len(tokens), device=token_feats.device)
         pooled = token_feats[rows, token_mask.sum(dim=1) - 1]  # the mask ends at the end-of-text token
-        atomic_write_npz(
-            parts_dir / f"text_{chunk_index:06d}.npz",
-            text_feats=pooled.to(torch.float16).cpu().numpy(),
-            token_feats=token_feats[token_mask].to(torch.float16).cpu().numpy(),
-            token_counts=token_mask.sum(dim=1).cpu().numpy().astype(np.int64),
+        finite = torch.isfinite(token_feats).all(dim=2).all(dim=1).cpu().numpy()
+        if not finite.all():
+            bad = [caption.caption_id for caption, ok in zip(captions[start:stop], finite, strict=True) if not ok]
+            sys.exit(
+                f"CLIP gave NaN or Inf features for caption(s) {', '.join(bad[:5])}"
+                f"{' ...' if len(bad) > 5 else ''}; nothing of their chunk was written"
+            )
+        truncated = np.array(clip_vendor.token_lengths(texts)) > plan.context_length
+        write_text_part(
+            text_part_path(plan.out, split, chunk_index),
+            pooled.to(torch.float16).cpu().numpy(),
+            token_feats[token_mask].to(torch.float16).cpu().numpy(),
+            token_mask.sum(dim=1).cpu().numpy(),
+            truncated,
         )
         progress.update(stop - start)
-
-
-def merge_split(out_dir, split, format_name, records, captions, meta, log):
-    """Rank 0: concatenate the parts in chunk order into the split's final files."""
-    split_dir = out_dir / split
-    parts_dir = split_dir / PARTS_DIR
-    remove_stale_temporaries(split_dir)  # a killed merge's half-written files
-    video_parts = sorted(parts_dir.glob("video_*.npz"))
-    text_parts = sorted(parts_dir.glob("text_*.npz"))
-    video_ids, frame_counts, failed = [], [], []
-    for part in video_parts:
-        with np.load(part) as data:
-            for video_id, count, reason in zip(data["video_ids"], data["frame_counts"], data["failures"], strict=True):
-                if reason:
-                    failed.append({"video_id": str(video_id), "reason": str(reason)})
-                else:
-                    video_ids.append(str(video_id))
-                    frame_counts.append(int(count))
-    expected = [record.video_id for record in records]
-    if sorted(video_ids + [f["video_id"] for f in failed]) != sorted(expected):
-        sys.exit(
-            f"{parts_dir}: the parts do not cover the split's {len(expected)} videos; delete {parts_dir} and rerun"
-        )
-    video_offsets = np.concatenate([[0], np.cumsum(frame_counts)]).astype(np.int64)
-    concat_parts(video_parts, "frame_feats", split_dir / VIDEO_FEATS, int(video_offsets[-1]))
-    atomic_write_npy(split_dir / VIDEO_OFFSETS, video_offsets)
-    atomic_write_json(split_dir / VIDEO_IDS, video_ids)
-
-    token_counts = np.concatenate(list(part_arrays(text_parts, "token_counts"))).astype(np.int64)
-    if len(token_counts) != len(captions):
-        sys.exit(f"{parts_dir}: text parts hold {len(token_counts)} captions, the split has {len(captions)}")
-    token_offsets = np.concatenate([[0], np.cumsum(token_counts)]).astype(np.int64)
-    concat_parts(text_parts, "text_feats", split_dir / TEXT_FEATS, len(captions))
-    concat_parts(text_parts, "token_feats", split_dir / TEXT_TOKEN_FEATS, int(token_offsets[-1]))
-    atomic_write_npy(split_dir / TEXT_TOKEN_OFFSETS, token_offsets)
-    atomic_write_lines(
-        split_dir / CAPTIONS,
-        [
-            json.dumps(
-                {
-                    "caption_id": c.caption_id,
-                    "video_id": c.video_id,
-                    "direction": c.direction,
-                    "kind": c.kind,
-                    "text": c.text,
-                    "row": row,
-                },
-                ensure_ascii=False,
-                sort_keys=True,
-            )
-            for row, c in enumerate(captions)
-        ],
-    )
-    video_row_of = {video_id: row for row, video_id in enumerate(video_ids)}
-    for setting, rows in pair_lists(split, format_name, captions, video_row_of).items():
-        atomic_write_csv(split_dir / pair_file(split, setting), PAIR_COLUMNS, rows)
-
-    failed_path = out_dir / FAILED_VIDEOS_NAME
-    all_failed = json.loads(failed_path.read_text()) if failed_path.exists() else {}
-    all_failed[split] = failed
-    atomic_write_json(failed_path, all_failed)
-    meta["counts"][split] = {
-        "videos": len(video_ids),
-        "failed_videos": len(failed),
-        "frames": int(video_offsets[-1]),
-        "captions": len(captions),
-        "tokens": int(token_offsets[-1]),
-    }
-    atomic_write_json(out_dir / META_NAME, meta)
-    shutil.rmtree(parts_dir)  # the parts, and any half-written chunk a killed run left among them
-    log(f"[{split}] merged: {meta['counts'][split]}" + (f"; {len(failed)} failed, see {failed_path}" if failed else ""))
-    return meta
-
-
-def concat_parts(parts, key, path, n_rows):
-    """Stack array `key` of each part file, in order, into one fp16 .npy of n_rows rows."""
-    with np.load(parts[0]) as first:
-        dim = first[key].shape[1]
-    atomic_write_npy_blocks(path, part_arrays(parts, key), (n_rows, dim), np.float16)
-
-
-def part_arrays(parts, key):
-    """Array `key` of each part file in order, each file closed once read."""
-    for part in parts:
-        with np.load(part) as data:
-            yield data[key]
 
 
 if __name__ == "__main__":

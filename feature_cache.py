@@ -1,18 +1,35 @@
-"""The feature cache on disk: its file names, the metadata contract, and memory-mapped reading.
+"""The feature cache on disk: its file names, the metadata contract, writing and memory-mapped reading.
 
 Layout (README "Cache layout"): OUT/cache_meta.json, OUT/failed_videos.json, and per split
 OUT/{split}/ with video_feats.npy [total_frames, D] fp16, video_offsets.npy [n_videos+1] int64,
 video_ids.json, text_feats.npy [n_captions, D] fp16, text_token_feats.npy [total_tokens, D] fp16,
 text_token_offsets.npy [n_captions+1] int64, captions.jsonl and the pair lists (*_pairs.csv).
-This module is the only place those names are spelled.
+This module is the only place those names are spelled. When a split is complete, the meta
+records the sha256 of each of its files; `content_digest` over them names the exact bytes every
+later number comes from. A missing, cut or unreadable file is a CacheError naming it.
 """
 
 import csv
+import hashlib
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from annotations import pair_lists
+from file_io import (
+    atomic_write_csv,
+    atomic_write_json,
+    atomic_write_lines,
+    atomic_write_npy,
+    atomic_write_npy_blocks,
+    atomic_write_npz,
+    check_free_space,
+    file_sha256,
+    remove_stale_temporaries,
+)
 
 META_NAME = "cache_meta.json"
 FAILED_VIDEOS_NAME = "failed_videos.json"
@@ -24,6 +41,8 @@ TEXT_FEATS = "text_feats.npy"
 TEXT_TOKEN_FEATS = "text_token_feats.npy"
 TEXT_TOKEN_OFFSETS = "text_token_offsets.npy"
 CAPTIONS = "captions.jsonl"
+VIDEO_FILES = "video_files.json"  # fingerprints of the video files the split was extracted from
+SPLIT_FILES = (VIDEO_FEATS, VIDEO_OFFSETS, VIDEO_IDS, TEXT_FEATS, TEXT_TOKEN_FEATS, TEXT_TOKEN_OFFSETS, CAPTIONS)
 PAIR_COLUMNS = ("caption_row", "caption_id", "video_row", "video_id", "reversed")
 
 
@@ -39,11 +58,8 @@ FEATURE_FIELDS = ("clip", "tokenizer", "preprocessing", "sampling", "storage_dty
 
 
 def feature_contract(meta: dict) -> dict:
-    """The FEATURE_FIELDS of a cache's contract; the CLIP file is known by its sha256, not its name."""
-    contract = meta["contract"]
-    fields = {field: contract.get(field) for field in FEATURE_FIELDS}
-    fields["clip"] = {key: value for key, value in contract["clip"].items() if key != "file"}
-    return fields
+    """The FEATURE_FIELDS of a cache's contract (the CLIP file is known by its sha256, not its name)."""
+    return {field: meta["contract"].get(field) for field in FEATURE_FIELDS}
 
 
 def contract_mismatch(
@@ -66,11 +82,57 @@ class CacheError(Exception):
     """A cache that is missing, incomplete or unreadable; the message names the file and what to run."""
 
 
+REBUILD = "extract the cache again into a new --out (or run verify.py to see what else is wrong)"
+
+
 def read_meta(cache_dir: Path) -> dict:
     path = Path(cache_dir) / META_NAME
     if not path.exists():
         raise CacheError(f"{path} not found: is {cache_dir} a feature cache written by extract.py?")
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CacheError(f"{path} is not valid JSON ({err}); {REBUILD}") from None
+    if not (
+        isinstance(meta, dict)
+        and isinstance(meta.get("contract"), dict)
+        and "counts" in meta
+        and "annotations" in meta["contract"]
+    ):
+        raise CacheError(f"{path} lacks the contract and counts extract.py writes; {REBUILD}")
+    return meta
+
+
+def open_cache_meta(cache_dir: Path, contract: dict, recorded: dict, write: bool) -> dict:
+    """The meta of a cache to write: a new one (written when `write`) holding `contract` and the
+    `recorded` facts (git commit, CLIP file name, library versions: recorded, never compared), or
+    the existing one, which must hold the same contract field for field (else CacheError naming it)."""
+    if (Path(cache_dir) / META_NAME).exists():
+        meta = read_meta(cache_dir)
+        mismatch = contract_mismatch(meta["contract"], contract)
+        if mismatch:
+            raise CacheError(
+                f"refusing to write into {cache_dir}: its {META_NAME} differs in {mismatch}. "
+                "Use a new --out, or delete the old cache."
+            )
+        return meta
+    meta = {"contract": contract, "counts": {}, "complete": False, **recorded}
+    if write:
+        atomic_write_json(Path(cache_dir) / META_NAME, meta)
+    return meta
+
+
+def split_file_digests(cache_dir: Path, split: str) -> dict[str, str]:
+    """{file name: sha256} of every file of a finished split (features, ids, captions, pair lists)."""
+    split_dir = Path(cache_dir) / split
+    names = [*SPLIT_FILES, VIDEO_FILES, *sorted(path.name for path in split_dir.glob("*_pairs.csv"))]
+    return {name: file_sha256(split_dir / name) for name in names}
+
+
+def content_digest(meta: dict) -> str:
+    """One sha256 over the contract and every file digest of every finished split: the exact bytes."""
+    content = {"contract": meta["contract"], "files": meta.get("files", {})}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
 
 
 def split_format(meta: dict, split: str) -> str:
@@ -101,22 +163,73 @@ class CacheSplit:
 
 
 def open_split(cache_dir: Path, split: str) -> CacheSplit:
+    """Memory-map a finished split; every file must be there, readable, and consistent with the rest."""
     split_dir = Path(cache_dir) / split
-    if not (split_dir / VIDEO_FEATS).exists():
-        raise CacheError(f"{split_dir} holds no finished split (no {VIDEO_FEATS}): run extract.py")
 
     def load(name):
-        return np.load(split_dir / name, mmap_mode="r")
+        path = split_dir / name
+        try:
+            if name.endswith(".npy"):
+                return np.load(path, mmap_mode="r")
+            text = path.read_text(encoding="utf-8")
+            return json.loads(text) if name.endswith(".json") else [json.loads(line) for line in text.splitlines()]
+        except FileNotFoundError:
+            raise CacheError(f"{path} is missing; {REBUILD}") from None
+        except (ValueError, OSError) as err:  # a cut .npy, bad JSON, a memory map past the end
+            raise CacheError(f"{path} is unreadable ({type(err).__name__}: {err}); {REBUILD}") from None
 
-    return CacheSplit(
-        video_feats=load(VIDEO_FEATS),
-        video_offsets=load(VIDEO_OFFSETS),
-        video_ids=json.loads((split_dir / VIDEO_IDS).read_text()),
-        text_feats=load(TEXT_FEATS),
-        text_token_feats=load(TEXT_TOKEN_FEATS),
-        text_token_offsets=load(TEXT_TOKEN_OFFSETS),
-        captions=[json.loads(line) for line in (split_dir / CAPTIONS).read_text().splitlines()],
+    cache = CacheSplit(*(load(name) for name in SPLIT_FILES))
+    problem = inconsistency(cache)
+    if problem:
+        raise CacheError(f"{split_dir}: {problem}; {REBUILD}")
+    return cache
+
+
+def inconsistency(cache: CacheSplit) -> str | None:
+    """What does not fit together in a split's files, or None."""
+    n_videos, n_captions = len(cache.video_ids), len(cache.captions)
+    checks = (
+        (
+            len(cache.video_offsets) == n_videos + 1,
+            f"{VIDEO_OFFSETS} has {len(cache.video_offsets)} rows for {n_videos} videos",
+        ),
+        (
+            n_videos == 0 or cache.video_offsets[-1] == len(cache.video_feats),
+            f"{VIDEO_OFFSETS} ends at row {cache.video_offsets[-1]}, {VIDEO_FEATS} has {len(cache.video_feats)}",
+        ),
+        (
+            len(cache.text_feats) == n_captions,
+            f"{TEXT_FEATS} has {len(cache.text_feats)} rows for {n_captions} captions",
+        ),
+        (
+            len(cache.text_token_offsets) == n_captions + 1,
+            f"{TEXT_TOKEN_OFFSETS} has {len(cache.text_token_offsets)} rows for {n_captions} captions",
+        ),
+        (
+            cache.text_token_offsets[-1] == len(cache.text_token_feats),
+            f"{TEXT_TOKEN_OFFSETS} ends at row {cache.text_token_offsets[-1]}, {TEXT_TOKEN_FEATS} has "
+            f"{len(cache.text_token_feats)}",
+        ),
     )
+    return next((message for ok, message in checks if not ok), None)
+
+
+def check_split_counts(cache_dir: Path, split: str, counts: dict) -> None:
+    """A split the meta calls complete must open, with the video, frame, caption and token counts
+    the meta recorded; raises CacheError naming the first file that does not."""
+    cache = open_split(cache_dir, split)
+    found = {
+        "videos": len(cache.video_ids),
+        "frames": len(cache.video_feats),
+        "captions": len(cache.captions),
+        "tokens": len(cache.text_token_feats),
+    }
+    for key, value in found.items():
+        if counts.get(key) != value:
+            raise CacheError(
+                f"{Path(cache_dir) / split}: the meta records {counts.get(key)} {key}, the files hold "
+                f"{value}; {REBUILD}"
+            )
 
 
 def pairs_path(cache_dir: Path, split: str, setting: str) -> Path:
@@ -131,3 +244,132 @@ def read_pairs(cache_dir: Path, split: str, setting: str) -> list[dict]:
         for column in ("caption_row", "video_row", "reversed"):
             row[column] = int(row[column])
     return rows
+
+
+# Writing: each extraction chunk is a part file under OUT/{split}/parts/; rank 0 merges them.
+
+
+def video_part_path(cache_dir: Path, split: str, chunk: int) -> Path:
+    return Path(cache_dir) / split / PARTS_DIR / f"video_{chunk:06d}.npz"
+
+
+def text_part_path(cache_dir: Path, split: str, chunk: int) -> Path:
+    return Path(cache_dir) / split / PARTS_DIR / f"text_{chunk:06d}.npz"
+
+
+def write_video_part(
+    path: Path, video_ids: list[str], frame_counts: list[int], failures: list[str], frame_feats: np.ndarray
+) -> None:
+    """One chunk's videos: their frame features in order, frame counts (0 for a failed video) and
+    failure reasons ("" for a good one)."""
+    atomic_write_npz(
+        path,
+        frame_feats=frame_feats,
+        frame_counts=np.array(frame_counts, dtype=np.int64),
+        video_ids=np.array(video_ids),
+        failures=np.array(failures),
+    )
+
+
+def write_text_part(
+    path: Path, text_feats: np.ndarray, token_feats: np.ndarray, token_counts: np.ndarray, truncated: np.ndarray
+) -> None:
+    """One chunk's captions: pooled features, every token's features, tokens per caption, and
+    which captions were cut at the context length."""
+    atomic_write_npz(
+        path,
+        text_feats=text_feats,
+        token_feats=token_feats,
+        token_counts=token_counts.astype(np.int64),
+        truncated=truncated.astype(bool),
+    )
+
+
+def merge_split(cache_dir: Path, split: str, annotation_format: str, records: list, captions: list, meta: dict) -> dict:
+    """Concatenate a split's parts in chunk order into its final files, record its counts and the
+    sha256 of every file in the meta, and remove the parts. Returns the updated meta."""
+    cache_dir = Path(cache_dir)
+    split_dir = cache_dir / split
+    parts_dir = split_dir / PARTS_DIR
+    remove_stale_temporaries(split_dir)  # a killed merge's half-written files
+    video_parts, text_parts = sorted(parts_dir.glob("video_*.npz")), sorted(parts_dir.glob("text_*.npz"))
+    check_free_space(split_dir, sum(part.stat().st_size for part in video_parts + text_parts))
+    video_ids, frame_counts, failed = [], [], []
+    for part in video_parts:
+        with np.load(part) as data:
+            for video_id, count, reason in zip(data["video_ids"], data["frame_counts"], data["failures"], strict=True):
+                if reason:
+                    failed.append({"video_id": str(video_id), "reason": str(reason)})
+                else:
+                    video_ids.append(str(video_id))
+                    frame_counts.append(int(count))
+    expected = [record.video_id for record in records]
+    if sorted(video_ids + [f["video_id"] for f in failed]) != sorted(expected):
+        raise CacheError(
+            f"{parts_dir}: the parts do not cover the split's {len(expected)} videos; delete {parts_dir} and rerun"
+        )
+    video_offsets = np.concatenate([[0], np.cumsum(frame_counts)]).astype(np.int64)
+    concat_parts(video_parts, "frame_feats", split_dir / VIDEO_FEATS, int(video_offsets[-1]))
+    atomic_write_npy(split_dir / VIDEO_OFFSETS, video_offsets)
+    atomic_write_json(split_dir / VIDEO_IDS, video_ids)
+
+    token_counts = np.concatenate(list(part_arrays(text_parts, "token_counts"))).astype(np.int64)
+    if len(token_counts) != len(captions):
+        raise CacheError(f"{parts_dir}: text parts hold {len(token_counts)} captions, the split has {len(captions)}")
+    truncated = int(sum(part.sum() for part in part_arrays(text_parts, "truncated")))
+    token_offsets = np.concatenate([[0], np.cumsum(token_counts)]).astype(np.int64)
+    concat_parts(text_parts, "text_feats", split_dir / TEXT_FEATS, len(captions))
+    concat_parts(text_parts, "token_feats", split_dir / TEXT_TOKEN_FEATS, int(token_offsets[-1]))
+    atomic_write_npy(split_dir / TEXT_TOKEN_OFFSETS, token_offsets)
+    atomic_write_lines(
+        split_dir / CAPTIONS,
+        [
+            json.dumps(
+                {
+                    "caption_id": c.caption_id,
+                    "video_id": c.video_id,
+                    "direction": c.direction,
+                    "kind": c.kind,
+                    "text": c.text,
+                    "row": row,
+                },
+                ensure_ascii=False,
+                sort_keys=True,
+            )
+            for row, c in enumerate(captions)
+        ],
+    )
+    video_row_of = {video_id: row for row, video_id in enumerate(video_ids)}
+    for setting, rows in pair_lists(split, annotation_format, captions, video_row_of).items():
+        atomic_write_csv(split_dir / pair_file(split, setting), PAIR_COLUMNS, rows)
+
+    failed_path = cache_dir / FAILED_VIDEOS_NAME
+    all_failed = json.loads(failed_path.read_text()) if failed_path.exists() else {}
+    all_failed[split] = failed
+    atomic_write_json(failed_path, all_failed)
+    meta["counts"][split] = {
+        "videos": len(video_ids),
+        "failed_videos": len(failed),
+        "frames": int(video_offsets[-1]),
+        "captions": len(captions),
+        "tokens": int(token_offsets[-1]),
+        "truncated_captions": truncated,
+    }
+    meta.setdefault("files", {})[split] = split_file_digests(cache_dir, split)
+    atomic_write_json(cache_dir / META_NAME, meta)
+    shutil.rmtree(parts_dir)  # the parts, and any half-written chunk a killed run left among them
+    return meta
+
+
+def concat_parts(parts: list[Path], key: str, path: Path, n_rows: int) -> None:
+    """Stack array `key` of each part file, in order, into one fp16 .npy of n_rows rows."""
+    with np.load(parts[0]) as first:
+        dim = first[key].shape[1]
+    atomic_write_npy_blocks(path, part_arrays(parts, key), (n_rows, dim), np.float16)
+
+
+def part_arrays(parts: list[Path], key: str):
+    """Array `key` of each part file in order, each file closed once read."""
+    for part in parts:
+        with np.load(part) as data:
+            yield data[key]

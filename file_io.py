@@ -1,12 +1,15 @@
-"""Files on disk: every result is written under a temporary name and renamed into place, and
-files are identified by their sha256.
+"""Files on disk: every result is written under a temporary name and renamed into place, an
+output folder has one writer at a time, and files are identified by their sha256.
 
 A temporary name is `.{stem}.tmp{pid}{suffix}` beside the target: hidden, owned by the writing
-process, and keeping the suffix for writers that choose a format by it (OpenCV, np.save).
+process, and keeping the suffix for writers that choose a format by it (OpenCV, np.save). A full
+disk ends the run with a message naming the path, and the temporary file is removed.
 """
 
 import contextlib
 import csv
+import errno
+import fcntl
 import hashlib
 import io
 import json
@@ -17,6 +20,60 @@ from pathlib import Path
 import numpy as np
 
 STALE_TEMPORARY_GLOB = ".*.tmp*"
+LOCK_NAME = ".lock"
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class OutOfSpace(SystemExit):
+    """No room left for a write. It ends the run with its message (the path, the bytes needed where
+    known, what to do), not a traceback: a stage can do nothing better than stop cleanly."""
+
+    def __init__(self, path: Path, needed: int | None = None):
+        needed_text = f" ({needed:,} bytes needed)" if needed else ""
+        super().__init__(
+            f"no space left on the device writing {path}{needed_text}; nothing half-written was "
+            "kept: free some space and rerun, finished work is reused"
+        )
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    """Refuse to start a write of `needed` bytes into `folder` that cannot fit."""
+    stats = os.statvfs(folder)
+    if stats.f_bavail * stats.f_frsize < needed:
+        raise OutOfSpace(folder, needed)
+
+
+class FolderLocked(SystemExit):
+    """Another run is writing into the same output folder."""
+
+
+@contextlib.contextmanager
+def exclusive_folder(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (created if needed) while writing into it. A second run
+    on the same folder stops at once, naming the folder and the holder's pid. The kernel releases
+    the lock when its holder dies, even by kill -9; the lock file goes when the holder finishes."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock_path = folder / LOCK_NAME
+    handle = open(lock_path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise FolderLocked(
+            f"{folder} is in use by another run (pid {holder}); wait for it to finish, or use another output folder"
+        ) from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)
+        handle.close()
 
 
 def temporary_path(path: Path) -> Path:
@@ -46,6 +103,11 @@ def atomic_output(path: Path) -> Iterator[Path]:
         yield tmp_path
         fsync_file(tmp_path)
         os.replace(tmp_path, path)
+    except OSError as err:
+        tmp_path.unlink(missing_ok=True)
+        if err.errno in NO_SPACE:
+            raise OutOfSpace(path) from None
+        raise
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
@@ -77,6 +139,16 @@ def atomic_write_npy_blocks(path: Path, blocks: Iterable[np.ndarray], shape: tup
     through a memmap, so a large array never has to sit in memory whole."""
     with atomic_output(path) as tmp_path:
         out = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=dtype, shape=tuple(shape))
+        # reserve the blocks now: writing into a memory map on a full disk is a bus error, not an OSError
+        with open(tmp_path, "r+b") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            except OSError as err:
+                if err.errno in NO_SPACE:
+                    del out
+                    raise OutOfSpace(path, os.fstat(f.fileno()).st_size) from None
+                if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve
+                    raise
         row = 0
         for block in blocks:
             out[row : row + len(block)] = block
@@ -100,3 +172,21 @@ def atomic_write_npz(path: Path, **arrays: np.ndarray) -> None:
 def file_sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+FINGERPRINT_BYTES = 1 << 20  # a video is known by its size and the hash of its first and last MiB
+
+
+def file_fingerprint(path: Path) -> dict:
+    """{"size", "head_tail_sha256"}: the file's size and the sha256 of its first and last MiB (the
+    whole file when it is under 2 MiB). Cheap for large videos, and any change to a file's length,
+    header, index or ending shows; a same-size change confined to the middle of a large file does not."""
+    path = Path(path)
+    size = path.stat().st_size
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        digest.update(f.read(FINGERPRINT_BYTES))
+        if size > FINGERPRINT_BYTES:
+            f.seek(max(FINGERPRINT_BYTES, size - FINGERPRINT_BYTES))
+            digest.update(f.read())
+    return {"size": size, "head_tail_sha256": digest.hexdigest()}

@@ -24,6 +24,7 @@ import torch
 
 import clip_vendor.model as clip_model
 from file_io import atomic_output, atomic_write_bytes, atomic_write_json
+from runtime import HelpFormatter
 
 COLOURS = {"red": (40, 40, 220), "green": (60, 190, 60), "blue": (220, 90, 40), "yellow": (40, 220, 230)}  # BGR
 SHAPES = ("circle", "square")
@@ -55,10 +56,6 @@ SPLIT_SIZES = {"train": 144, "valid": 24, "test": 24}
 FRAME_SIZE = (64, 48)  # width, height: not square, so the centre crop matters
 N_FRAMES, NATIVE_FPS = 24, 8
 MATRIX_STD = 0.15
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help keeps the docstring's layout and shows every default."""
 
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)

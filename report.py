@@ -21,6 +21,7 @@ import numpy as np
 from file_io import atomic_write_bytes, atomic_write_json
 from report_plots import dataset_plots, seed_averaged, training_curves
 from retrieval_stats import CONFIDENCE, METRICS, N_RESAMPLES, bootstrap_ci, holm_adjust, paired_difference
+from runtime import HelpFormatter
 
 SETTING_TITLES = {"origin": "Table A: RTime-Origin", "hard": "Table B: RTime-Hard", "all": "Retrieval, all captions"}
 DIRECTION_TITLES = {"t2v": "text→video", "v2t": "video→text"}
@@ -39,10 +40,6 @@ TRAINING_COLUMNS = (
     ("started from", lambda s: Path(s["init_from"]).name if s.get("init_from") else "CLIP text layers"),
     ("selection", lambda s: s["selection_metric"]),
 )
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help keeps the docstring's layout and shows every default."""
 
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
@@ -76,33 +73,69 @@ def main(argv=None):
 
 
 def load_results(results_dir):
-    """{dataset: {method: [{"file", "result", "per_query": {setting/direction: columns}}]}}, seeds in file order."""
-    datasets, cache_of = {}, {}
+    """{dataset: {method: [{"file", "result", "per_query": {setting/direction: columns}}]}}, seeds in
+    file order. Refuses, naming the file: a JSON that is not a result, a non-finite number, two
+    caches under one dataset name, a method name given to two heads, and a seed given twice."""
+    datasets, cache_of, head_of, seen = {}, {}, {}, {}
     files = sorted(results_dir.glob("*.json"))
     if not files:
         raise SystemExit(f"no result files (*.json) in {results_dir}: run evaluate.py first")
     for path in files:
-        result = json.loads(path.read_text())
+        result, per_query = read_result(path)
         provenance = result["provenance"]
-        columns = provenance["per_query_columns"]
-        per_query = {}
-        for key, array_path in provenance["arrays"].items():
-            if key.endswith("_per_query"):
-                table = np.load(array_path)
-                per_query[key[: -len("_per_query")].replace("_", "/", 1)] = {
-                    c: table[:, i] for i, c in enumerate(columns)
-                }
-        label = provenance["dataset"]
+        label, method = provenance["dataset"], provenance["method"]
         if cache_of.setdefault(label, provenance["cache_meta_sha256"]) != provenance["cache_meta_sha256"]:
             raise SystemExit(
                 f"{results_dir} mixes caches for dataset {label!r} ({path.name} was evaluated on another "
                 "cache_meta.json): a section compares methods on the same queries"
             )
+        if head_of.setdefault(method, provenance["head"]) != provenance["head"]:
+            raise SystemExit(
+                f"{path}: method {method!r} is a {provenance['head']} here and a {head_of[method]} in "
+                "another result; give each head its own --method name"
+            )
+        run = (label, method, provenance["seed"])
+        if run in seen:
+            raise SystemExit(
+                f"{path} and {seen[run]} are both {method!r} seed {provenance['seed']} on {label}: "
+                "one result per seed (they would be averaged as two seeds)"
+            )
+        seen[run] = path.name
         methods = datasets.setdefault(label, {})
-        methods.setdefault(provenance["method"], []).append(
-            {"file": str(path), "result": result, "per_query": per_query}
-        )
+        methods.setdefault(method, []).append({"file": str(path), "result": result, "per_query": per_query})
     return datasets
+
+
+def read_result(path):
+    """A result file and its per-query arrays, or a refusal naming the file and what is wrong."""
+    try:
+        result = json.loads(path.read_text())
+        provenance = result["provenance"]
+        columns, arrays = provenance["per_query_columns"], provenance["arrays"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        raise SystemExit(
+            f"{path} is not an evaluate.py result (no provenance with per-query arrays); "
+            "keep only result files in the results folder"
+        ) from None
+    bad = first_non_finite(result)
+    if bad:
+        raise SystemExit(f"{path}: {bad} is not a finite number; no table is made from it")
+    per_query = {}
+    for key, array_path in arrays.items():
+        if key.endswith("_per_query"):
+            table = np.load(array_path)
+            if not np.isfinite(table).all():
+                raise SystemExit(f"{path}: its per-query array {array_path} holds NaN or Inf")
+            per_query[key[: -len("_per_query")].replace("_", "/", 1)] = {c: table[:, i] for i, c in enumerate(columns)}
+    return result, per_query
+
+
+def first_non_finite(value, where="result"):
+    """The path of the first NaN or infinite number in a JSON value, or None."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return where
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return next((found for key, child in children if (found := first_non_finite(child, f"{where}.{key}"))), None)
 
 
 def methods_section(datasets):

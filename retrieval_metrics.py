@@ -29,6 +29,13 @@ def rank_counts(scores: np.ndarray, gold: np.ndarray) -> dict[str, np.ndarray]:
     gold = np.asarray(gold, dtype=bool)
     if scores.shape != gold.shape:
         raise ValueError(f"scores {scores.shape} and gold {gold.shape} differ in shape")
+    # NaN compares false with everything, so a NaN target would tie nothing and rank first: refuse
+    non_finite = ~np.isfinite(scores).all(axis=1)
+    if non_finite.any():
+        raise ValueError(
+            f"{int(non_finite.sum())} of {len(scores)} queries have non-finite scores (NaN or Inf), "
+            f"the first is query {int(np.argmax(non_finite))}: no metric is computed from them"
+        )
     if not gold.any(axis=1).all():
         raise ValueError(f"query {int(np.argmin(gold.any(axis=1)))} has no correct candidate")
     best_gold = np.where(gold, scores, -np.inf).max(axis=1, keepdims=True)
@@ -99,5 +106,7 @@ def retrieval_metrics(scores: np.ndarray, gold: np.ndarray) -> tuple[dict, dict[
 def binary_accuracy(margins: np.ndarray) -> dict:
     """margins: per-comparison score(correct) - score(wrong). Correct when > 0, half when == 0."""
     margins = np.asarray(margins, dtype=np.float64)
+    if not np.isfinite(margins).all():
+        raise ValueError(f"{int((~np.isfinite(margins)).sum())} of {len(margins)} binary margins are not finite")
     credit = np.where(margins > 0, 1.0, np.where(margins == 0, 0.5, 0.0))
     return {"accuracy": float(100.0 * credit.mean()), "n_pairs": int(len(margins)), "n_tied": int((margins == 0).sum())}

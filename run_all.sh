@@ -31,6 +31,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+case "$GPUS" in
+  ''|*[!0-9]*|0) echo "run_all.sh: --gpus '$GPUS': give a whole number of GPUs, at least 1" >&2; exit 2 ;;
+esac
+if [ -n "$EPOCHS" ] && ! [ "$EPOCHS" -ge 1 ] 2>/dev/null; then
+  echo "run_all.sh: --epochs '$EPOCHS': give a whole number of epochs, at least 1" >&2; exit 2
+fi
+
 STAGE="set-up"
 trap 'echo "run_all.sh: stage \"$STAGE\" failed; the messages above say why." >&2' ERR
 bash setup_env.sh

@@ -5,6 +5,7 @@ LOCAL_RANK from the environment torchrun sets, binds the GPU before `init_proces
 GPU, gloo on CPU), and only rank 0 prints. With one process every collective is the identity.
 """
 
+import argparse
 import os
 import time
 from collections.abc import Callable
@@ -142,3 +143,13 @@ class Progress:
         share = 100 * self.done / max(self.total, 1)
         line = f"{self.label} {self.done}/{self.total} ({share:.0f}%), {rate:,.2f}/s{rates}, ETA {eta:,.0f} s"
         self.log(line + (f", {detail()}" if detail else ""))
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Every stage's --help: the module docstring's layout kept, and each flag's default shown
+    (not for flags without one)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is argparse.SUPPRESS or action.required:
+            return action.help
+        return super()._get_help_string(action)

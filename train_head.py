@@ -16,8 +16,8 @@ log.jsonl, config.json.
 """
 
 import argparse
+import contextlib
 import json
-import math
 import random
 import sys
 import time
@@ -26,25 +26,30 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import clip_vendor
 from annotations import SELECTION_SETTING
 from checkpoints import CheckpointError, head_checkpoint, init_from, load_checkpoint, save_checkpoint
 from clip_vendor.model import CLIP, ClipConfig
-from feature_cache import META_NAME, CacheError, feature_contract, pairs_path, read_meta, read_pairs, split_format
-from file_io import atomic_write_bytes, atomic_write_json, file_sha256
+from contrastive import average_gradients, batch_loss, epoch_batches, lr_scale, param_groups, set_lr, train_items
+from feature_cache import (
+    META_NAME,
+    CacheError,
+    content_digest,
+    feature_contract,
+    pairs_path,
+    read_meta,
+    read_pairs,
+    split_format,
+)
+from file_io import atomic_write_bytes, atomic_write_json, exclusive_folder, file_sha256
 from heads import HEADS, build_head, clamp_log_scale_, clip_logit_scale, init_from_clip_text
 from retrieval_metrics import retrieval_metrics
-from runtime import Progress, setup_runtime
+from runtime import HelpFormatter, Progress, setup_runtime
 from scoring import autocast_for, directions, read_setting, score_matrix
 from split_tensors import load_split_tensors
 
 PROGRESS_SECONDS = 10  # in-epoch progress lines at most this often
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help keeps the docstring's layout and shows every default."""
 
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
@@ -117,9 +122,24 @@ def main(argv=None):
     args = parser.parse_args(argv)
     check_arguments(args)
     runtime = setup_runtime(args.device)
+    with exclusive_folder(args.out) if runtime.master else contextlib.nullcontext():
+        runtime.barrier()  # no rank starts before rank 0 holds the run folder
+        try:
+            train(args, runtime)
+        except KeyboardInterrupt:
+            print(
+                "interrupted; the epochs finished so far are kept in last.pt; rerun the same command to resume",
+                file=sys.stderr,
+            )
+            raise SystemExit(130) from None
+        except CacheError as err:
+            sys.exit(str(err))
+    runtime.finish()
+
+
+def train(args, runtime):
     device = runtime.device
     seed_everything(args.seed, deterministic=not device.startswith("cuda"))
-
     meta, valid_setting_name = open_cache(args.cache)
     config = run_config(args, meta, valid_setting_name)
     head = make_head(args, meta, config, runtime.log).to(device)
@@ -207,7 +227,6 @@ def main(argv=None):
         f"done: best {config['selection_metric']} = {best['selection']:.2f} at epoch {best['epoch']} "
         f"-> {args.out / 'best.pt'}"
     )
-    runtime.finish()
 
 
 def check_arguments(args):
@@ -262,6 +281,7 @@ def run_config(args, meta, valid_setting_name):
     config.update(
         frames=args.frames or meta["contract"]["sampling"]["t_max"],
         cache_meta_sha256=file_sha256(args.cache / META_NAME),
+        cache_content_sha256=content_digest(meta),
         feature_contract=feature_contract(meta),
         embed_dim=meta["contract"]["clip"]["config"]["embed_dim"],
         context_length=meta["contract"]["clip"]["config"]["context_length"],
@@ -287,7 +307,7 @@ def make_head(args, meta, config, log):
         if file_sha256(args.clip) != meta["contract"]["clip"]["sha256"]:
             sys.exit(
                 f"{args.clip} is not the checkpoint the cache was extracted with "
-                f"({meta['contract']['clip']['file']}, sha256 {meta['contract']['clip']['sha256'][:12]})"
+                f"({meta.get('clip_file')}, sha256 {meta['contract']['clip']['sha256'][:12]})"
             )
         init_from_clip_text(head, clip_vendor.read_state_dict(args.clip))
     return head
@@ -298,88 +318,14 @@ def frozen_clip_parameters(meta):
         return sum(p.numel() for p in CLIP(ClipConfig(**meta["contract"]["clip"]["config"])).parameters())
 
 
-def param_groups(head, log_scale, weight_decay):
-    """Decay weight matrices only, not biases, LayerNorm gains, embeddings or the temperature."""
-    decay, no_decay = [], []
-    for name, param in head.named_parameters():
-        (decay if param.ndim >= 2 and "embeddings" not in name else no_decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if log_scale.requires_grad:
-        groups[1]["params"].append(log_scale)
-    return [group for group in groups if group["params"]]
-
-
-def lr_scale(step, total_steps, warmup_share):
-    """Linear warm-up over the first `warmup_share` of steps, then cosine decay to zero."""
-    warmup_steps = max(1, int(warmup_share * total_steps))
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
-
-
-def set_lr(optimizer, lr):
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-
-
-def train_items(pairs, reverse_negatives):
-    """{video_row: {reversed flag: [caption rows]}} of the train pairs used."""
-    items = {}
-    for pair in pairs:
-        if pair["reversed"] and not reverse_negatives:
-            continue
-        items.setdefault(pair["video_row"], {}).setdefault(pair["reversed"], []).append(pair["caption_row"])
-    return {video: captions for video, captions in items.items() if 0 in captions}
-
-
-def epoch_batches(items, batch_size, steps, seed, epoch, my_videos):
-    """This rank's share of each batch: (video_rows, reversed_flags, caption_rows) int64 arrays,
-    one caption per item. The batches and caption draws are a function of (seed, epoch) alone,
-    the same for any number of ranks; a rank keeps the items of its own videos, so shares differ
-    in size (some videos bring a reversal, some do not). The shuffled remainder is left out."""
-    rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(sorted(items))
-    mine = set(my_videos)
-    for step in range(steps):
-        videos = order[step * batch_size : (step + 1) * batch_size]
-        batch = [
-            (video, flag, captions[int(rng.integers(len(captions)))])
-            for video in videos
-            for flag, captions in sorted(items[video].items())
-        ]
-        local = np.array([item for item in batch if item[0] in mine], dtype=np.int64).reshape(-1, 3)
-        yield local[:, 0], local[:, 1], local[:, 2]
-
-
-def batch_loss(head, log_scale, data, batch, runtime):
-    """Symmetric InfoNCE over the (gathered) batch; item i's caption is item i's positive. Each
-    rank scores its own captions against every video of the gathered batch."""
-    video_rows, reversed_flags, caption_rows = (torch.from_numpy(column).to(data.frames.device) for column in batch)
-    video_index = [
-        runtime.gather_with_grad(part) for part in head.video_index(*data.video_batch(video_rows, reversed_flags))
-    ]
-    text, text_mask = data.text_input(caption_rows, head.text_input)
-    logits = runtime.gather_with_grad(head.score_matrix(text, text_mask, *video_index, logit_scale=log_scale.exp()))
-    targets = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
-
-
-def average_gradients(params, runtime):
-    """Every rank computes the same full-batch loss, and the gather's backward sums each rank's
-    share, so the summed gradients are world_size times dL/dθ: sum, then divide."""
-    if runtime.world_size == 1:
-        return
-    for param in params:
-        if param.grad is not None:
-            runtime.all_reduce_sum_(param.grad)
-            param.grad /= runtime.world_size
-
-
 def validate(head, data, setting, autocast):
     head.eval()
     with autocast:
         scores = score_matrix(head, data, setting).numpy()
-    return {direction: retrieval_metrics(*pair)[0] for direction, pair in directions(scores, setting.gold).items()}
+    try:
+        return {direction: retrieval_metrics(*pair)[0] for direction, pair in directions(scores, setting.gold).items()}
+    except ValueError as err:  # non-finite scores: the head has diverged
+        sys.exit(f"validation: {err}; the head has diverged, and this epoch was not saved (try a lower --lr)")
 
 
 def resume_or_start(run, log):

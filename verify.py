@@ -9,6 +9,7 @@ extraction matches flip(cached features) (exact when decoding is lossless).
 """
 
 import argparse
+import json
 import random
 import sys
 from pathlib import Path
@@ -18,15 +19,10 @@ import numpy as np
 import clip_vendor
 from annotations import pair_settings
 from clip_vendor.tokenizer import VOCAB_PATH
-from feature_cache import CacheError, open_split, pairs_path, read_meta, read_pairs
+from feature_cache import VIDEO_FILES, CacheError, open_split, pairs_path, read_meta, read_pairs
 from file_io import file_sha256
-from runtime import resolve_device
-from video_frames import DecodeSpec, decode_and_crop, index_video_files
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """--help keeps the docstring's layout and shows every default."""
-
+from runtime import HelpFormatter, resolve_device
+from video_frames import DecodeSpec, decode_and_crop, fingerprint_difference, fingerprint_videos, index_video_files
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
 parser.add_argument("--cache", required=True, type=Path, help="cache folder written by extract.py")
@@ -73,14 +69,21 @@ def main(argv=None):
     device = resolve_device(args.device)
     try:
         meta = read_meta(args.cache)
-        splits = {split: open_split(args.cache, split) for split in meta["counts"]}
     except CacheError as err:
         sys.exit(str(err))
     contract, report = meta["contract"], Report()
     report.check("cache complete", meta.get("complete", False), f"splits {sorted(meta['counts'])}")
     check_hashes(args, contract, report)
-    for split, cache in splits.items():
-        check_split_files(args.cache, split, cache, contract["annotations"][split]["format"], report)
+    check_file_digests(args.cache, meta, report)
+    check_video_fingerprints(args, meta, report)
+    splits = {}
+    for split in meta["counts"]:
+        try:
+            splits[split] = open_split(args.cache, split)
+        except CacheError as err:
+            report.check(f"{split} files readable", False, str(err))
+            continue
+        check_split_files(args.cache, split, splits[split], contract["annotations"][split]["format"], report)
     model, preprocess = clip_vendor.load(args.clip, device, clip_vendor.DTYPES[contract["compute"]["dtype"]])
     spec = DecodeSpec(contract["sampling"]["fps"], contract["sampling"]["t_max"], preprocess.size)
     check_reextraction(args, spec, splits, model, report)
@@ -103,6 +106,39 @@ def check_hashes(args, contract, report):
         path = args.annotations / entry["file"]
         actual = file_sha256(path) if path.exists() else "missing"
         report.check(f"{split} annotations sha256", actual == entry["sha256"], f"{path} {actual[:12]}")
+
+
+def check_file_digests(cache_dir, meta, report):
+    """Every file of every finished split against the sha256 the meta recorded when it was written:
+    a changed value anywhere fails, not only in the videos re-extracted below."""
+    for split in meta["counts"]:
+        recorded = meta.get("files", {}).get(split)
+        if not recorded:
+            report.check(f"{split} file sha256", False, "the meta records no file digests for this split")
+            continue
+        changed = [
+            name
+            for name, digest in recorded.items()
+            if not (cache_dir / split / name).exists() or file_sha256(cache_dir / split / name) != digest
+        ]
+        report.check(
+            f"{split} file sha256",
+            not changed,
+            f"{len(recorded)} files" + (f"; changed or missing: {', '.join(changed)}" if changed else ""),
+        )
+
+
+def check_video_fingerprints(args, meta, report):
+    """The video files must be the ones each split was extracted from (size, first and last MiB)."""
+    video_files = index_video_files(args.videos)
+    for split in meta["counts"]:
+        recorded_path = args.cache / split / VIDEO_FILES
+        if not recorded_path.exists():
+            report.check(f"{split} video files unchanged", False, f"{recorded_path} missing")
+            continue
+        recorded = json.loads(recorded_path.read_text())
+        difference = fingerprint_difference(recorded, fingerprint_videos(list(recorded), video_files, args.videos))
+        report.check(f"{split} video files unchanged", difference is None, difference or f"{len(recorded)} videos")
 
 
 def check_split_files(cache_dir, split, cache, annotation_format, report):
@@ -179,6 +215,8 @@ def compare(fresh, cached):
         return fresh
     if fresh.shape != cached.shape:
         return f"shape {fresh.shape} vs cached {cached.shape}"
+    if not (np.isfinite(fresh).all() and np.isfinite(cached).all()):
+        return "NaN or Inf in the " + ("cached" if np.isfinite(fresh).all() else "fresh") + " features"
     max_diff = float(np.abs(fresh - cached).max())
     cosine = (fresh * cached).sum(1) / (np.linalg.norm(fresh, axis=1) * np.linalg.norm(cached, axis=1) + 1e-12)
     return max_diff, max_diff / max(float(np.abs(cached).max()), 1e-12), float(cosine.min())
@@ -192,10 +230,10 @@ def summarise(report, name, results, args):
     if errors:
         report.check(name, False, f"video {errors[0][0]}: {errors[0][1]}")
         return
-    max_diff = max(result[0] for _, result in results)
-    max_rel = max(result[1] for _, result in results)
-    min_cos = min(result[2] for _, result in results)
-    ok = max_rel <= args.rel_tol and min_cos >= args.min_cosine
+    max_diff = np.max([result[0] for _, result in results])  # numpy's max and min keep a NaN; Python's skip it
+    max_rel = np.max([result[1] for _, result in results])
+    min_cos = np.min([result[2] for _, result in results])
+    ok = bool(max_rel <= args.rel_tol and min_cos >= args.min_cosine)  # False for NaN
     report.check(
         name,
         ok,

@@ -4,6 +4,8 @@ A video whose decode yields far fewer frames than its header promises is truncat
 opens but yields none, or fails mid-stream, is unreadable. Each is a VideoError naming the file.
 """
 
+import signal
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import cv2
 import numpy as np
 
 from clip_vendor.preprocess import resize_crop
+from file_io import file_fingerprint
 from sampling import sample_frame_indices
 
 # Containers report their frame count in a header; a decode that yields fewer than this share of
@@ -99,8 +102,36 @@ def index_video_files(videos_dir: Path) -> dict[str, Path]:
     return files
 
 
+def fingerprint_videos(video_ids: list[str], video_files: dict[str, Path], videos_dir: Path) -> dict[str, dict]:
+    """{video_id: {"file": path relative to videos_dir, "size", "head_tail_sha256"}}, or {"file": None}
+    for a video with no file. Reads 2 MiB per video, several files at a time."""
+
+    def fingerprint(video_id):
+        path = video_files.get(video_id)
+        if path is None:
+            return {"file": None}
+        return {"file": str(Path(path).relative_to(videos_dir)), **file_fingerprint(path)}
+
+    with ThreadPoolExecutor(8) as pool:  # hashing and reading release the GIL
+        return dict(zip(video_ids, pool.map(fingerprint, video_ids), strict=True))
+
+
+def fingerprint_difference(recorded: dict, current: dict) -> str | None:
+    """The first video whose file is not the one the cache was extracted from, described, or None."""
+    for video_id, was in recorded.items():
+        now = current.get(video_id, {})
+        for key in ("file", "size", "head_tail_sha256"):
+            if was.get(key) != now.get(key):
+                return f"video {video_id!r}: {key} was {was.get(key)!r} at extraction, is {now.get(key)!r} now"
+    extra = sorted(set(current) - set(recorded))
+    return f"video {extra[0]!r} was not in the split at extraction" if extra else None
+
+
 def init_decode_worker() -> None:
-    """Each decode process decodes one video at a time: OpenCV's own threads would oversubscribe."""
+    """Each decode process decodes one video at a time: OpenCV's own threads would oversubscribe.
+    Ctrl-C goes to the main process only, which stops the pool: a worker dying of it mid-task
+    would leave the pool waiting for its result forever."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     cv2.setNumThreads(1)
     import torch
 

@@ -15,7 +15,7 @@ import torch
 
 from .model import CLIP, ClipConfig, LayerNorm, infer_config
 from .preprocess import Preprocess, normalize, preprocess_frames
-from .tokenizer import tokenize
+from .tokenizer import token_lengths, tokenize
 
 __all__ = [
     "load",
@@ -23,6 +23,7 @@ __all__ = [
     "build_model",
     "encode_crops",
     "tokenize",
+    "token_lengths",
     "preprocess_frames",
     "DTYPES",
     "CLIP",

@@ -128,3 +128,10 @@ def tokenize(texts: str | list[str], context_length: int = 77, truncate: bool = 
             ids = ids[: context_length - 1] + [tokenizer.eot_id]
         result[row, : len(ids)] = torch.tensor(ids)
     return result
+
+
+def token_lengths(texts: list[str]) -> list[int]:
+    """Tokens of each text with its start and end tokens, before any truncation: a text longer than
+    the context length is cut by `tokenize`, and this says by how much."""
+    tokenizer = default_tokenizer()
+    return [len(tokenizer.encode(text)) + 2 for text in texts]

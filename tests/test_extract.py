@@ -2,11 +2,8 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -15,38 +12,9 @@ import pytest
 import extract
 import verify
 from feature_cache import open_split, read_pairs
-from video_frames import decode_sampled_frames, sample_frame_indices
-
-PROJECT = Path(__file__).resolve().parents[1]
-
-
-def extract_args(demo, out, *extra, videos=None):
-    return [
-        "--annotations",
-        str(demo / "annotations"),
-        "--videos",
-        str(videos or demo / "videos"),
-        "--clip",
-        str(demo / "clip_tiny.pt"),
-        "--out",
-        str(out),
-        "--fps",
-        "4",
-        "--workers",
-        "0",
-        "--batch-videos",
-        "3",
-        "--text-batch",
-        "16",
-        *extra,
-    ]
-
-
-def cache_files(cache_dir):
-    """{relative path: bytes} of every file in a cache."""
-    return {
-        str(path.relative_to(cache_dir)): path.read_bytes() for path in sorted(cache_dir.rglob("*")) if path.is_file()
-    }
+from sampling import sample_frame_indices
+from tests.helpers import PROJECT, cache_files, extract_args
+from video_frames import decode_sampled_frames
 
 
 @pytest.fixture(scope="module")
@@ -140,21 +108,6 @@ def test_torchrun_two_ranks_equals_one_process(demo_data, demo_cache, tmp_path):
     assert cache_files(out) == cache_files(demo_cache)
 
 
-def test_resume_after_kill_equals_uninterrupted_run(demo_data, demo_cache, tmp_path):
-    out = tmp_path / "killed"
-    process = run_extract(demo_data, out, "--batch-videos", "1")
-    while not list(out.glob("train/parts/video_*.npz")) and process.poll() is None:
-        time.sleep(0.002)  # kill as soon as the first chunk is on disk
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert list(out.glob("train/parts/video_*.npz")), "the run was killed before finishing any chunk"
-    assert not (out / "test" / "video_feats.npy").exists(), "the run finished before it was killed"
-    extract.main(extract_args(demo_data, out, "--batch-videos", "1"))
-    uninterrupted = tmp_path / "uninterrupted"
-    extract.main(extract_args(demo_data, uninterrupted, "--batch-videos", "1"))
-    assert cache_files(out) == cache_files(uninterrupted)
-
-
 @pytest.fixture
 def broken_videos(demo_data, tmp_path):
     """The demo videos with one test video truncated, one emptied, one not a video, one missing."""
@@ -171,8 +124,9 @@ def broken_videos(demo_data, tmp_path):
 
 def test_bad_video_stops_the_run_naming_the_file(demo_data, broken_videos, tmp_path):
     videos, test_ids = broken_videos
-    with pytest.raises(SystemExit, match=f"video '{test_ids[0]}' failed .*{test_ids[0]}.avi"):
+    with pytest.raises(SystemExit, match=f"video '{test_ids[0]}' failed .*{test_ids[0]}.avi") as stop:
         extract.main(extract_args(demo_data, tmp_path / "cache", "--splits", "test", videos=videos))
+    assert "rerun with --on-error skip and a new --out" in str(stop.value)  # advice the contract accepts
 
 
 def test_bad_videos_skipped_are_recorded_and_dropped_consistently(demo_data, broken_videos, tmp_path):

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import clip_vendor
+import contrastive
 import evaluate
 import train_head
 from file_io import file_sha256
@@ -162,15 +163,15 @@ def test_wrong_checkpoint_is_refused(small_cache, clip_path, tmp_path):
 
 def test_batches_hold_one_caption_per_video_item():
     pairs = [{"video_row": v, "caption_row": 10 * v + c, "reversed": int(c >= 3)} for v in range(20) for c in range(5)]
-    items = train_head.train_items(pairs, reverse_negatives=True)
-    for video_rows, flags, caption_rows in train_head.epoch_batches(
+    items = contrastive.train_items(pairs, reverse_negatives=True)
+    for video_rows, flags, caption_rows in contrastive.epoch_batches(
         items, 8, 2, seed=0, epoch=1, my_videos=sorted(items)
     ):
         keys = list(zip(video_rows.tolist(), flags.tolist(), strict=True))
         assert len(keys) == len(set(keys)) == 16  # each video and its reversal, once each
         for (video, flag), caption in zip(keys, caption_rows.tolist(), strict=True):
             assert caption // 10 == video and int(caption % 10 >= 3) == flag
-    forward_only = train_head.train_items(pairs, reverse_negatives=False)
+    forward_only = contrastive.train_items(pairs, reverse_negatives=False)
     assert all(set(captions) == {0} for captions in forward_only.values())
 
 
@@ -182,11 +183,11 @@ def test_batches_do_not_depend_on_the_number_of_ranks():
         for c in range(5)
         if not (v % 4 == 0 and c >= 3)
     ]
-    items = train_head.train_items(pairs, reverse_negatives=True)
-    alone = list(train_head.epoch_batches(items, 8, 3, seed=1, epoch=2, my_videos=sorted(items)))
+    items = contrastive.train_items(pairs, reverse_negatives=True)
+    alone = list(contrastive.epoch_batches(items, 8, 3, seed=1, epoch=2, my_videos=sorted(items)))
     for world_size in (2, 3):
         shares = [
-            list(train_head.epoch_batches(items, 8, 3, seed=1, epoch=2, my_videos=sorted(items)[rank::world_size]))
+            list(contrastive.epoch_batches(items, 8, 3, seed=1, epoch=2, my_videos=sorted(items)[rank::world_size]))
             for rank in range(world_size)
         ]
         for step, whole in enumerate(alone):

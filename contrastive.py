@@ -1,0 +1,96 @@
+"""In-batch contrastive training of a head on cached features: which items a batch holds, the
+symmetric InfoNCE loss over a batch gathered across ranks, and the optimiser's groups and schedule.
+
+Batches hold one caption per video (two captions of one video are never each other's negatives)
+and, with reverse negatives, each reversible video's time reversal with one of its reverse
+captions. They are a function of (seed, epoch) alone, so any number of ranks computes the
+one-process loss: a rank holds the items of its own videos, and embeddings and scores are gathered.
+"""
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from runtime import Runtime
+from split_tensors import SplitTensors
+
+
+def param_groups(head: torch.nn.Module, log_scale: torch.nn.Parameter, weight_decay: float) -> list[dict]:
+    """Decay weight matrices only, not biases, LayerNorm gains, embeddings or the temperature."""
+    decay, no_decay = [], []
+    for name, param in head.named_parameters():
+        (decay if param.ndim >= 2 and "embeddings" not in name else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if log_scale.requires_grad:
+        groups[1]["params"].append(log_scale)
+    return [group for group in groups if group["params"]]
+
+
+def lr_scale(step: int, total_steps: int, warmup_share: float) -> float:
+    """Linear warm-up over the first `warmup_share` of steps, then cosine decay to zero."""
+    warmup_steps = max(1, int(warmup_share * total_steps))
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup_steps) / max(1, total_steps - warmup_steps)))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def train_items(pairs: list[dict], reverse_negatives: bool) -> dict[int, dict[int, list[int]]]:
+    """{video_row: {reversed flag: [caption rows]}} of the train pairs used."""
+    items = {}
+    for pair in pairs:
+        if pair["reversed"] and not reverse_negatives:
+            continue
+        items.setdefault(pair["video_row"], {}).setdefault(pair["reversed"], []).append(pair["caption_row"])
+    return {video: captions for video, captions in items.items() if 0 in captions}
+
+
+def epoch_batches(items: dict, batch_size: int, steps: int, seed: int, epoch: int, my_videos: list[int]):
+    """This rank's share of each batch: (video_rows, reversed_flags, caption_rows) int64 arrays,
+    one caption per item. The batches and caption draws are a function of (seed, epoch) alone,
+    the same for any number of ranks; a rank keeps the items of its own videos, so shares differ
+    in size (some videos bring a reversal, some do not). The shuffled remainder is left out."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(sorted(items))
+    mine = set(my_videos)
+    for step in range(steps):
+        videos = order[step * batch_size : (step + 1) * batch_size]
+        batch = [
+            (video, flag, captions[int(rng.integers(len(captions)))])
+            for video in videos
+            for flag, captions in sorted(items[video].items())
+        ]
+        local = np.array([item for item in batch if item[0] in mine], dtype=np.int64).reshape(-1, 3)
+        yield local[:, 0], local[:, 1], local[:, 2]
+
+
+def batch_loss(
+    head: torch.nn.Module, log_scale: torch.Tensor, data: SplitTensors, batch: tuple, runtime: Runtime
+) -> torch.Tensor:
+    """Symmetric InfoNCE over the (gathered) batch; item i's caption is item i's positive. Each
+    rank scores its own captions against every video of the gathered batch."""
+    video_rows, reversed_flags, caption_rows = (torch.from_numpy(column).to(data.frames.device) for column in batch)
+    video_index = [
+        runtime.gather_with_grad(part) for part in head.video_index(*data.video_batch(video_rows, reversed_flags))
+    ]
+    text, text_mask = data.text_input(caption_rows, head.text_input)
+    logits = runtime.gather_with_grad(head.score_matrix(text, text_mask, *video_index, logit_scale=log_scale.exp()))
+    targets = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
+def average_gradients(params: list[torch.nn.Parameter], runtime: Runtime) -> None:
+    """Every rank computes the same full-batch loss, and the gather's backward sums each rank's
+    share, so the summed gradients are world_size times dL/dθ: sum, then divide."""
+    if runtime.world_size == 1:
+        return
+    for param in params:
+        if param.grad is not None:
+            runtime.all_reduce_sum_(param.grad)
+            param.grad /= runtime.world_size

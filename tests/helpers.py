@@ -1,0 +1,59 @@
+"""What several test files share: the demo extraction's arguments, a cache's bytes, and stage
+scripts run as separate processes (for kill -9, Ctrl-C and concurrent runs)."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def extract_args(demo, out, *extra, videos=None):
+    return [
+        "--annotations",
+        str(demo / "annotations"),
+        "--videos",
+        str(videos or demo / "videos"),
+        "--clip",
+        str(demo / "clip_tiny.pt"),
+        "--out",
+        str(out),
+        "--fps",
+        "4",
+        "--workers",
+        "0",
+        "--batch-videos",
+        "3",
+        "--text-batch",
+        "16",
+        *extra,
+    ]
+
+
+def cache_files(cache_dir):
+    """{relative path: bytes} of every file in a cache."""
+    return {
+        str(path.relative_to(cache_dir)): path.read_bytes() for path in sorted(cache_dir.rglob("*")) if path.is_file()
+    }
+
+
+def start_script(script, arguments):
+    """A stage script in its own process, its output captured."""
+    return subprocess.Popen(
+        [sys.executable, str(PROJECT / script), *arguments],
+        cwd=PROJECT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_until(condition, process):
+    """Poll until `condition()` holds; fails if the process ends first (it finished too soon to be
+    interrupted at that moment)."""
+    while not condition():
+        assert process.poll() is None, "the process ended before the moment it was to be interrupted"
+        time.sleep(0.002)
