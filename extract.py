@@ -24,6 +24,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import torch
@@ -49,6 +50,7 @@ from file_io import atomic_write_json, exclusive_folder, file_sha256
 from runtime import HelpFormatter, Progress, setup_runtime
 from sampling import SAMPLING_RULE
 from video_frames import (
+    DECODERS,
     DecodeSpec,
     decode_and_crop,
     fingerprint_difference,
@@ -71,6 +73,12 @@ add("--splits", nargs="+", choices=SPLITS, help="splits to extract (default: eac
 add("--format", default="auto", choices=["auto", "rtime", "generic"], help="annotation format")
 add("--fps", type=float, default=1.0, help="frame candidates per second of video")
 add("--t-max", type=int, default=24, help="most frames kept per video (at least 2)")
+add(
+    "--decoder",
+    default="opencv",
+    choices=DECODERS,
+    help="opencv (PyAV for what it cannot decode, e.g. AV1), pyav, or pyav-seek (seek to kept frames)",
+)
 add("--device", default="auto", help="auto (cuda if available), cuda or cpu; under torchrun cuda:LOCAL_RANK")
 add(
     "--dtype",
@@ -125,7 +133,7 @@ def main(argv=None):
     plan = Plan(
         args.out,
         args.videos,
-        DecodeSpec(args.fps, args.t_max, preprocess.size),
+        DecodeSpec(args.fps, args.t_max, preprocess.size, args.decoder),
         args.batch_videos,
         args.text_batch,
         args.context_length,
@@ -234,7 +242,12 @@ def build_contract(args, annotations, model, preprocess, device, dtype_name):
         "clip": {"sha256": file_sha256(args.clip), "config": asdict(model.config)},
         "tokenizer": {"vocab_sha256": file_sha256(VOCAB_PATH), "context_length": args.context_length, "truncate": True},
         "preprocessing": preprocess.describe(),
-        "sampling": {"fps": args.fps, "t_max": args.t_max, "rule": SAMPLING_RULE, "decoder": "OpenCV, sequential"},
+        "sampling": {
+            "fps": args.fps,
+            "t_max": args.t_max,
+            "rule": SAMPLING_RULE,
+            "decoder": decoder_contract(args.decoder),
+        },
         "compute": {
             "device_type": torch.device(device).type,
             "dtype": dtype_name,
@@ -275,6 +288,17 @@ def check_video_files(args, split, records, video_files, meta):
         print(f"[{split}] already complete: {meta['counts'][split]}", flush=True)
     else:
         (args.out / split / PARTS_DIR).mkdir(exist_ok=True)
+
+
+def decoder_contract(decoder):
+    """The decoder and the library versions its pixels depend on (see video_frames.py)."""
+    return {
+        "name": decoder,
+        "fallback": "pyav" if decoder == "opencv" else None,
+        "opencv": cv2.__version__,
+        "pyav": av.__version__,
+        "libavcodec": ".".join(map(str, av.library_versions["libavcodec"])),
+    }
 
 
 def git_commit():

@@ -1,14 +1,38 @@
-"""Decoding exactly the sampled frames of a video file with OpenCV (sampling.py says which).
+"""Decoding exactly the sampled frames of a video file (sampling.py says which), with OpenCV or PyAV.
 
-A video whose decode yields far fewer frames than its header promises is truncated; one that
-opens but yields none, or fails mid-stream, is unreadable. Each is a VideoError naming the file.
+Decoders (`--decoder`, recorded in the cache contract):
+- `opencv`: OpenCV's FFmpeg, front to back; only the kept frames are converted (grab/retrieve). A
+  file OpenCV cannot decode (it does not open it, or decodes no frame: its bundled FFmpeg has no
+  software AV1 decoder) is decoded by PyAV instead; a file neither decodes is refused naming its codec.
+- `pyav`: PyAV (FFmpeg with dav1d for AV1), front to back, for every file.
+- `pyav-seek`: PyAV, seeking to the keyframe before each kept frame and decoding forward to it only:
+  frames are found by their timestamps, read from the container's packets first. A file without
+  a seek index (MPEG-TS) or whose packets carry no timestamps is decoded front to back.
+
+Colour: each decoder converts to BGR24 with FFmpeg's swscale; the two agree bit for bit on 8-bit
+video, but on 10-bit video OpenCV's conversion differs from PyAV's by up to 12 levels of 255. A
+video and its reversal are converted the same way when the same decoder decodes both (always, with
+`--decoder pyav`). Rotation: frames are turned upright by the file's display rotation, as a player
+shows them (OpenCV's auto-rotation; PyAV's display matrix), for a video and its reversal alike.
+
+Time: how many frames are kept follows the video's duration, measured from its decoded frames'
+timestamps ((last - first) x n / (n - 1), exact, rounded to the millisecond), not the header's rate,
+an average only for variable frame rate; which frames are kept follows the frame index
+(mirror-symmetric: a reversed file gives exactly flip(V)).
+
+Truncation rests on what the container records exactly, never on an estimate: a decode that yields
+fewer than 95% of the frames its index lists (MP4, MOV, AVI), or, without an index, frames spanning
+less than 95% of the video stream's own recorded duration (Matroska/WebM's DURATION tag), is
+truncated. A container recording neither (MPEG-TS) shows a cut only as a decoding error.
 """
 
 import signal
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 
@@ -16,9 +40,8 @@ from clip_vendor.preprocess import resize_crop
 from file_io import file_fingerprint
 from sampling import sample_frame_indices
 
-# Containers report their frame count in a header; a decode that yields fewer than this share of
-# it means the file is cut short, not that the header is off by a frame or two.
-MIN_DECODED_SHARE = 0.95
+MIN_DECODED_SHARE = 0.95  # below this share of the recorded frames or duration, a file is cut short
+DECODERS = ("opencv", "pyav", "pyav-seek")
 
 
 class VideoError(Exception):
@@ -27,55 +50,169 @@ class VideoError(Exception):
 
 @dataclass(frozen=True)
 class DecodeSpec:
-    """What a decode worker needs besides the file: the sampling settings and the crop size."""
+    """What a decode worker needs besides the file: sampling settings, crop size and decoder."""
 
     fps: float
     t_max: int
     size: int
+    decoder: str = "opencv"
 
 
-def decode_sampled_frames(path: Path, fps: float, t_max: int) -> np.ndarray:
-    """Decode `path` front to back; returns the sampled frames [n_kept, H, W, 3] uint8 BGR.
-    Raises VideoError."""
+@dataclass(frozen=True)
+class StreamInfo:
+    """What the container records about its first video stream, read without decoding."""
+
+    codec: str  # e.g. "h264", "av1"
+    index_frames: int | None  # the exact frame count of the container's index, when it has one
+    duration: Fraction | None  # the video stream's own recorded duration in seconds, when known
+    average_rate: Fraction | None  # frames per second, used only for one-frame videos
+
+
+@dataclass
+class Decoded:
+    kept: dict  # {frame index: BGR frame [H, W, 3] uint8}, upright
+    n_frames: int
+    first_time: Fraction | None  # timestamps of the first and last frame, in seconds
+    last_time: Fraction | None
+    decoder: str  # the decoder that decoded the file
+
+
+def decode_sampled_frames(path: Path, spec: DecodeSpec) -> tuple[np.ndarray, str]:
+    """The sampled frames of `path`, [n_kept, H, W, 3] uint8 BGR upright, and the decoder that
+    decoded them. Raises VideoError naming the file and the reason."""
     path = Path(path)
     if not path.is_file():
         raise VideoError(f"missing: {path}")
-    native_fps, header_frames = read_header(path)
-    guess = sample_frame_indices(header_frames, native_fps, fps, t_max) if header_frames > 0 else []
-    kept, n_frames = read_frames(path, set(guess))
-    if n_frames == 0:
-        raise VideoError(f"zero frames: {path} decodes to no frames")
-    if n_frames < MIN_DECODED_SHARE * header_frames:
-        raise VideoError(f"truncated: {path} header says {header_frames} frames, only {n_frames} decode")
-    indices = sample_frame_indices(n_frames, native_fps, fps, t_max)
-    if not set(indices) <= kept.keys():
-        # the header's frame count was off: sample from the true count, at the price of a second decode
-        kept, n_again = read_frames(path, set(indices))
-        if n_again != n_frames:
-            raise VideoError(f"unreadable: {path} decoded to {n_frames} frames, then to {n_again}")
-    return np.stack([kept[i] for i in indices])
+    info = probe(path)
+    if spec.decoder == "pyav-seek":
+        decoded = read_frames_seeking(path, info, spec)
+        if decoded is not None:
+            return finish(path, info, spec, decoded)
+    guess = set(guess_indices(info, spec))
+    decoded = read_frames(path, guess, "pyav" if spec.decoder == "pyav-seek" else spec.decoder, info)
+    indices = kept_indices(decoded, info, spec)
+    if not set(indices) <= decoded.kept.keys():
+        # the recorded length was off: sample from the true one, at the price of a second decode
+        again = read_frames(path, set(indices), decoded.decoder, info)
+        if again.n_frames != decoded.n_frames:
+            raise VideoError(f"unreadable: {path} decoded to {decoded.n_frames} frames, then to {again.n_frames}")
+        decoded = again
+    return finish(path, info, spec, decoded)
 
 
-def read_header(path: Path) -> tuple[float, int]:
-    capture = cv2.VideoCapture(str(path))
+def sampled_neighbourhood(path: Path, spec: DecodeSpec) -> dict[int, np.ndarray]:
+    """{-1, 0, 1: frames}: the sampled frames and the frames one before and one after each (clipped
+    at the ends), decoded front to back: what verify needs to tell an aligned reversal from one
+    a frame off."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoError(f"missing: {path}")
+    info = probe(path)
+    counted = read_frames(path, set(), "pyav" if spec.decoder == "pyav-seek" else spec.decoder, info)
+    n = counted.n_frames
+    positions = {
+        offset: [min(max(index + offset, 0), n - 1) for index in kept_indices(counted, info, spec)]
+        for offset in (-1, 0, 1)
+    }
+    decoded = read_frames(path, {index for at in positions.values() for index in at}, counted.decoder, info)
+    return {offset: np.stack([decoded.kept[index] for index in at]) for offset, at in positions.items()}
+
+
+def finish(path, info, spec, decoded):
+    check_not_truncated(path, info, decoded)
+    indices = kept_indices(decoded, info, spec)
+    return np.stack([decoded.kept[i] for i in indices]), decoded.decoder
+
+
+def probe(path: Path) -> StreamInfo:
     try:
-        if not capture.isOpened():
-            raise VideoError(f"unreadable: OpenCV cannot open {path}")
-        native_fps = capture.get(cv2.CAP_PROP_FPS)
-        if not native_fps > 0:
-            raise VideoError(f"unreadable: {path} reports no frame rate")
-        return native_fps, int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-    finally:
-        capture.release()
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoError(f"unreadable: {path} has no video stream")
+            stream = container.streams.video[0]
+            if stream.codec_context is None:
+                raise VideoError(f"unreadable: {path}: its video codec is unknown to FFmpeg (no decoder for it)")
+            duration = stream.duration * stream.time_base if stream.duration else parse_duration_tag(stream)
+            return StreamInfo(
+                stream.codec_context.codec.canonical_name,
+                stream.frames or None,
+                Fraction(duration) if duration else None,
+                Fraction(stream.average_rate) if stream.average_rate else None,
+            )
+    except av.error.FFmpegError as err:
+        raise VideoError(f"unreadable: {path} is not a video FFmpeg can open ({err.strerror})") from None
 
 
-def read_frames(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], int]:
-    """Decode every frame in order (seeking is not frame-exact for every codec); keep `wanted`.
-    Returns ({frame index: BGR frame}, number of frames decoded)."""
+def parse_duration_tag(stream) -> Fraction | None:
+    """Matroska/WebM store each track's duration as a tag, "HH:MM:SS.nnnnnnnnn"."""
+    tag = stream.metadata.get("DURATION")
+    if not tag:
+        return None
+    hours, minutes, seconds = tag.split(":")
+    return (int(hours) * 3600 + int(minutes) * 60) + Fraction(seconds)
+
+
+def video_duration(decoded: Decoded, info: StreamInfo) -> Fraction:
+    """Seconds the decoded frames span, counting the last frame's own interval, to the millisecond:
+    Matroska keeps timestamps in milliseconds, so a video and its reversal in another container
+    agree only to that."""
+    n = decoded.n_frames
+    if n >= 2 and decoded.last_time is not None and decoded.last_time > decoded.first_time:
+        seconds = (decoded.last_time - decoded.first_time) * n / (n - 1)
+    else:
+        seconds = n / info.average_rate if info.average_rate else Fraction(0)
+    return Fraction(round(seconds * 1000), 1000)
+
+
+def kept_indices(decoded: Decoded, info: StreamInfo, spec: DecodeSpec) -> list[int]:
+    return sample_frame_indices(decoded.n_frames, video_duration(decoded, info), spec.fps, spec.t_max)
+
+
+def guess_indices(info: StreamInfo, spec: DecodeSpec) -> list[int]:
+    """The frames to keep if the container's record is right (one decode instead of two)."""
+    if info.index_frames:
+        n = info.index_frames
+    elif info.duration and info.average_rate:
+        n = round(info.duration * info.average_rate)
+    else:
+        return []
+    duration = info.duration or n / info.average_rate
+    return sample_frame_indices(n, Fraction(duration), spec.fps, spec.t_max) if n > 0 else []
+
+
+def check_not_truncated(path: Path, info: StreamInfo, decoded: Decoded) -> None:
+    if info.index_frames and decoded.n_frames < MIN_DECODED_SHARE * info.index_frames:
+        raise VideoError(
+            f"truncated: {path} lists {info.index_frames} frames in its index, only {decoded.n_frames} decode"
+        )
+    if not info.index_frames and info.duration:
+        decoded_seconds = video_duration(decoded, info)
+        if decoded_seconds < MIN_DECODED_SHARE * info.duration:
+            raise VideoError(
+                f"truncated: {path} records a {float(info.duration):.2f} s video stream, its "
+                f"frames span only {float(decoded_seconds):.2f} s"
+            )
+
+
+def read_frames(path: Path, wanted: set[int], decoder: str, info: StreamInfo) -> Decoded:
+    """Decode every frame in order; keep `wanted`. OpenCV hands a file it cannot decode to PyAV."""
+    if decoder == "opencv":
+        decoded = read_frames_opencv(path, wanted)
+        if decoded.n_frames > 0:
+            return decoded
+    decoded = read_frames_pyav(path, wanted)
+    if decoded.n_frames == 0:
+        raise VideoError(f"zero frames: {path} (codec {info.codec}) decodes to no frame with OpenCV or PyAV")
+    return decoded
+
+
+def read_frames_opencv(path: Path, wanted: set[int]) -> Decoded:
     capture = cv2.VideoCapture(str(path))
-    kept, n_frames = {}, 0
+    kept, n_frames, first_time, last_time = {}, 0, None, None
     try:
         while capture.grab():
+            last_time = Fraction(round(capture.get(cv2.CAP_PROP_POS_MSEC) * 1000), 10**6)  # to the microsecond
+            first_time = last_time if first_time is None else first_time
             if n_frames in wanted:
                 ok, frame = capture.retrieve()
                 if not ok:
@@ -84,7 +221,74 @@ def read_frames(path: Path, wanted: set[int]) -> tuple[dict[int, np.ndarray], in
             n_frames += 1
     finally:
         capture.release()
-    return kept, n_frames
+    return Decoded(kept, n_frames, first_time, last_time, "opencv")
+
+
+def upright_bgr(frame: av.VideoFrame) -> np.ndarray:
+    """BGR24 pixels turned by the frame's display rotation (degrees counter-clockwise), as OpenCV does."""
+    return np.ascontiguousarray(np.rot90(frame.to_ndarray(format="bgr24"), (frame.rotation // 90) % 4))
+
+
+def read_frames_pyav(path: Path, wanted: set[int]) -> Decoded:
+    kept, n_frames, first_time, last_time = {}, 0, None, None
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_count = 1  # a worker decodes one video at a time; processes give the parallelism
+            for frame in container.decode(stream):
+                last_time = frame.pts * frame.time_base if frame.pts is not None else None
+                first_time = last_time if first_time is None else first_time
+                if n_frames in wanted:
+                    kept[n_frames] = upright_bgr(frame)
+                n_frames += 1
+    except av.error.FFmpegError as err:
+        raise VideoError(f"unreadable: frame {n_frames} of {path} failed to decode ({err.strerror})") from None
+    return Decoded(kept, n_frames, first_time, last_time, "pyav")
+
+
+def read_frames_seeking(path: Path, info: StreamInfo, spec: DecodeSpec) -> Decoded | None:
+    """The kept frames by seeking: packet timestamps give every frame's time and each keyframe;
+    each kept frame is decoded from the last keyframe at or before it (or, when that keyframe is
+    behind the decoder already, by decoding on). None, to decode front to back instead, when the
+    container has no index to seek by (MPEG-TS: a seek there lands near, not on, a keyframe) or its
+    packets carry no usable timestamps."""
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            if not stream.index_entries:
+                return None
+            packets = [(packet.pts, packet.is_keyframe) for packet in container.demux(stream) if packet.size]
+    except av.error.FFmpegError as err:
+        raise VideoError(f"unreadable: {path} failed to demux ({err.strerror})") from None
+    times = sorted(pts for pts, _ in packets if pts is not None)
+    if not times or len(times) < len(packets) or len(set(times)) < len(times):
+        return None  # no, missing or repeated timestamps: frames cannot be found by time
+    keyframes = sorted(pts for pts, keyframe in packets if keyframe)
+    time_base = stream.time_base
+    decoded = Decoded({}, len(times), times[0] * time_base, times[-1] * time_base, "pyav-seek")
+    targets = {times[index]: index for index in kept_indices(decoded, info, spec)}
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_count = 1
+            frames, position = None, None  # the decoding in progress, and the pts it has reached
+            for target in sorted(targets):
+                start = max((pts for pts in keyframes if pts <= target), default=keyframes[0])
+                if frames is None or start > position:  # the keyframe lies ahead: skip to it
+                    container.seek(start, stream=stream, backward=True)
+                    frames = container.decode(stream)
+                for frame in frames:  # one generator between seeks: no decoded frame is dropped
+                    position = frame.pts
+                    if frame.pts == target:
+                        decoded.kept[targets[target]] = upright_bgr(frame)
+                        break
+                    if frame.pts > target:
+                        raise VideoError(f"unreadable: {path}: no frame at time {float(target * time_base):.3f} s")
+    except av.error.FFmpegError as err:
+        raise VideoError(f"unreadable: {path} failed to decode after a seek ({err.strerror})") from None
+    if len(decoded.kept) < len(targets):
+        raise VideoError(f"unreadable: {path}: {len(targets) - len(decoded.kept)} kept frames never decoded")
+    return decoded
 
 
 def index_video_files(videos_dir: Path) -> dict[str, Path]:
@@ -144,7 +348,7 @@ def decode_and_crop(task: tuple[str, str, DecodeSpec]) -> tuple[str, np.ndarray 
     skipping and stopping."""
     video_id, path, spec = task
     try:
-        frames_bgr = decode_sampled_frames(path, spec.fps, spec.t_max)
+        frames_bgr, _ = decode_sampled_frames(path, spec)
         return video_id, resize_crop(frames_bgr, spec.size).numpy(), None
     except VideoError as err:
         return video_id, None, str(err)

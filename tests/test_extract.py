@@ -4,6 +4,7 @@ import re
 import shutil
 import subprocess
 import sys
+from fractions import Fraction
 
 import cv2
 import numpy as np
@@ -14,7 +15,7 @@ import verify
 from feature_cache import open_split, read_pairs
 from sampling import sample_frame_indices
 from tests.helpers import PROJECT, cache_files, extract_args
-from video_frames import decode_sampled_frames
+from video_frames import DecodeSpec, decode_sampled_frames
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +28,7 @@ def demo_cache(demo_data, tmp_path_factory):
 @pytest.mark.parametrize("n_frames", [1, 2, 7, 24, 25, 100, 301, 900, 901])
 @pytest.mark.parametrize("fps,t_max", [(1, 24), (4, 24), (2, 12), (30, 16), (0.5, 2)])
 def test_sampling_is_mirror_symmetric_and_bounded(n_frames, fps, t_max):
-    indices = sample_frame_indices(n_frames, 30.0, fps, t_max)
+    indices = sample_frame_indices(n_frames, Fraction(n_frames, 30), fps, t_max)  # 30 frames per second
     assert indices == sorted(set(indices))
     assert [n_frames - 1 - i for i in reversed(indices)] == indices
     assert 0 <= indices[0] and indices[-1] < n_frames
@@ -35,7 +36,7 @@ def test_sampling_is_mirror_symmetric_and_bounded(n_frames, fps, t_max):
 
 
 def test_sampling_spreads_evenly_over_long_videos():
-    indices = sample_frame_indices(900, 30.0, 1, 24)  # 30 s at 30 fps: 30 candidates, 24 kept
+    indices = sample_frame_indices(900, Fraction(30), 1, 24)  # 30 s at 30 fps: 30 candidates, 24 kept
     assert len(indices) == 24
     gaps = np.diff(indices)
     assert gaps.min() >= 37 and gaps.max() <= 38  # 900 / 24 = 37.5
@@ -174,7 +175,7 @@ def test_truncated_lossless_video_is_reported_truncated(tmp_path):
     from video_frames import VideoError
 
     with pytest.raises(VideoError, match=f"(truncated|unreadable).*{path}"):
-        decode_sampled_frames(path, 4, 24)
+        decode_sampled_frames(path, DecodeSpec(4, 24, 32))
 
 
 def test_verify_passes_on_good_cache_and_fails_on_tampered_one(demo_data, demo_cache, tmp_path, capsys):
@@ -237,7 +238,7 @@ def test_generic_annotations_extract_with_one_pair_list(demo_data, tmp_path):
 def test_unexpected_decode_error_is_a_named_bad_video(monkeypatch):
     import video_frames
 
-    def broken(path, fps, t_max):
+    def broken(path, spec):
         raise RuntimeError("frame size changed mid-stream")
 
     monkeypatch.setattr(video_frames, "decode_sampled_frames", broken)

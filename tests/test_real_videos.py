@@ -1,0 +1,245 @@
+"""Extraction on real footage in the codecs and containers users have (fixtures/real_videos.py):
+every variant decodes to the frames the sampling rule names, lossless reversals give exactly
+flip(V), and verify tells a lossy reversal from one a frame off or of other footage."""
+
+import json
+import math
+from fractions import Fraction
+
+import av
+import cv2
+import numpy as np
+import pytest
+
+import extract
+import verify
+import video_frames
+from fixtures.real_videos import cached, ffmpeg, lossless_reversal, lossy_reversal, off_by_one_reversal, variants
+from make_demo_data import write_tiny_clip
+from sampling import segment_centres
+from video_frames import DECODERS, DecodeSpec, VideoError, decode_sampled_frames
+
+FPS, T_MAX = 4, 24
+
+
+@pytest.fixture(scope="module")
+def media():
+    return variants()
+
+
+def full_decode(path):
+    """Every frame, upright, with PyAV, and the first and last timestamps: the truth to check against."""
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+        pixels = np.stack([np.rot90(f.to_ndarray(format="bgr24"), (f.rotation // 90) % 4) for f in frames])
+        return pixels, frames[0].pts * frames[0].time_base, frames[-1].pts * frames[-1].time_base
+
+
+def rule_indices(n, first, last):
+    """The README's sampling rule, restated: duration from the timestamps, to the millisecond."""
+    duration = Fraction(round((last - first) * n / (n - 1) * 1000), 1000)
+    k = min(max(1, math.floor(duration * FPS)), T_MAX, n)
+    if n % 2 == 0 and k % 2 == 1:
+        k = k - 1 if k > 1 else 2
+    return segment_centres(n, k)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_every_variant_keeps_the_frames_the_rule_names_for_its_true_frame_count(media, decoder):
+    for name, path in media.items():
+        frames, used = decode_sampled_frames(path, DecodeSpec(FPS, T_MAX, 32, decoder))
+        truth, first, last = full_decode(path)
+        expected = truth[rule_indices(len(truth), first, last)]
+        assert frames.shape == expected.shape, name
+        if used != "opencv" or "10bit" not in name:  # OpenCV converts 10-bit video its own way (below)
+            assert np.array_equal(frames, expected), (name, used)
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_a_lossless_reversal_extracts_to_exactly_flip_v_for_every_codec(media, decoder):
+    spec = DecodeSpec(FPS, T_MAX, 32, decoder)
+    for name, path in media.items():
+        frames, _ = decode_sampled_frames(path, spec)
+        reversed_frames, _ = decode_sampled_frames(lossless_reversal(name, path), spec)
+        assert np.array_equal(reversed_frames, frames[::-1]), name
+
+
+def test_variable_frame_rate_keeps_the_same_frames_in_mp4_and_webm(media):
+    """Sampling counts from the timestamps: the same footage keeps 16 frames in either container
+    (counting from OpenCV's frame rate kept 16 as MP4 and 6 as WebM)."""
+    counts = {
+        name: len(decode_sampled_frames(media[name], DecodeSpec(FPS, T_MAX, 32))[0]) for name in ("vfr_mp4", "vfr_webm")
+    }
+    assert counts == {"vfr_mp4": 16, "vfr_webm": 16}
+    nominal = cv2.VideoCapture(str(media["vfr_webm"])).get(cv2.CAP_PROP_FPS)
+    assert abs(nominal - 44 / 4) > 1  # OpenCV's rate for this WebM is a nominal one, not the 11 its frames run at
+
+
+def test_a_rotated_phone_clip_is_turned_upright_by_every_decoder(media, tmp_path):
+    upright = tmp_path / "upright.mkv"  # the same frames with the rotation applied to the pixels, lossless
+    ffmpeg("-i", str(media["rotated_mp4"]), "-c:v", "ffv1", "-an", str(upright))
+    for decoder in DECODERS:
+        frames, _ = decode_sampled_frames(media["rotated_mp4"], DecodeSpec(FPS, T_MAX, 32, decoder))
+        assert frames.shape[1:] == (176, 144, 3)  # stored 176 x 144, shown 144 wide and 176 tall
+        assert np.array_equal(frames, decode_sampled_frames(upright, DecodeSpec(FPS, T_MAX, 32, decoder))[0])
+
+
+def test_matroska_whose_audio_runs_past_the_video_is_not_called_truncated(media):
+    path = media["vp9_audio_longer_webm"]
+    assert cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FRAME_COUNT) == 100  # OpenCV: 4 s (the audio) x 25 fps
+    frames, _ = decode_sampled_frames(path, DecodeSpec(FPS, T_MAX, 32))  # 75 frames decode; none are missing
+    assert len(frames) == 12
+
+
+def cut(path, destination, share=0.5):
+    destination.write_bytes(path.read_bytes()[: int(path.stat().st_size * share)])
+    return destination
+
+
+def test_truncation_is_found_from_what_the_container_records(media, tmp_path):
+    faststart = cached(
+        "h264_faststart",
+        ["faststart"],
+        ".mp4",
+        lambda path: ffmpeg("-i", str(media["h264_bframes_mp4"]), "-c", "copy", "-movflags", "+faststart", str(path)),
+    )
+    with pytest.raises(VideoError, match=r"truncated: .*cut.mp4 lists 75 frames in its index, only \d+ decode"):
+        decode_sampled_frames(cut(faststart, tmp_path / "cut.mp4"), DecodeSpec(FPS, T_MAX, 32))
+    with pytest.raises(VideoError, match=r"truncated: .*cut.webm records a 3.00 s video stream, its frames span only"):
+        decode_sampled_frames(cut(media["vp9_webm"], tmp_path / "cut.webm"), DecodeSpec(FPS, T_MAX, 32))
+
+
+def test_a_header_whose_frame_count_is_off_still_gives_the_streams_frames(media):
+    path = media["header_count_avi"]
+    assert cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FRAME_COUNT) < 75  # the header says fewer
+    frames, _ = decode_sampled_frames(path, DecodeSpec(FPS, T_MAX, 32))
+    assert np.array_equal(frames, decode_sampled_frames(media["mpeg4_avi"], DecodeSpec(FPS, T_MAX, 32))[0])
+
+
+def test_av1_decodes_through_pyav_where_opencv_cannot(media):
+    frames, used = decode_sampled_frames(media["av1_mkv"], DecodeSpec(FPS, T_MAX, 32, "opencv"))
+    assert used == "pyav" and len(frames) == 12
+
+
+def test_a_codec_no_decoder_handles_is_named(media, tmp_path, monkeypatch):
+    unknown = tmp_path / "unknown.avi"
+    unknown.write_bytes(media["mpeg4_avi"].read_bytes().replace(b"FMP4", b"QQQQ"))
+    with pytest.raises(VideoError, match="unknown.avi: its video codec is unknown to FFmpeg"):
+        decode_sampled_frames(unknown, DecodeSpec(FPS, T_MAX, 32))
+    # an FFmpeg built without an AV1 decoder (some are) would decode no frame: the codec is named
+    monkeypatch.setattr(
+        video_frames, "read_frames_pyav", lambda path, wanted: video_frames.Decoded({}, 0, None, None, "pyav")
+    )
+    with pytest.raises(
+        VideoError, match=r"zero frames: .*av1_mkv.*\(codec av1\) decodes to no frame with OpenCV or PyAV"
+    ):
+        decode_sampled_frames(media["av1_mkv"], DecodeSpec(FPS, T_MAX, 32))
+
+
+def test_ten_bit_video_is_converted_by_the_decoder_that_decodes_it(media):
+    """Measured: OpenCV and PyAV agree on 8-bit video and differ by up to 12 levels on 10-bit."""
+    for name, ten_bit in (
+        ("hevc_10bit_mp4", True),
+        ("h264_10bit_mp4", True),
+        ("hevc_mp4", False),
+        ("h264_bframes_mp4", False),
+    ):
+        by_opencv, _ = decode_sampled_frames(media[name], DecodeSpec(FPS, T_MAX, 32, "opencv"))
+        by_pyav, _ = decode_sampled_frames(media[name], DecodeSpec(FPS, T_MAX, 32, "pyav"))
+        most = int(np.abs(by_opencv.astype(int) - by_pyav.astype(int)).max())
+        assert (0 < most <= 12) if ten_bit else most == 0, (name, most)
+
+
+@pytest.fixture(scope="module")
+def real_cache(media, tmp_path_factory):
+    """The real files as a generic dataset, extracted with a tiny CLIP, and folders of their reversals."""
+    root = tmp_path_factory.mktemp("real")
+    names = [
+        "h264_bframes_mp4",
+        "h264_bframes_later_mp4",
+        "av1_mkv",
+        "hevc_10bit_mp4",
+        "mpeg4_avi",
+        "rotated_mp4",
+        "carphone_pristine",
+    ]
+    folders = {
+        "videos": lambda name: media[name],
+        "lossless": lambda name: lossless_reversal(name, media[name]),
+        "lossy": lambda name: lossy_reversal(name, media[name]),
+        "off_by_one": lambda name: off_by_one_reversal(name, media[name]),
+    }
+    for folder, source in folders.items():
+        (root / folder).mkdir()
+        for name in names:
+            (root / folder / f"{name}{source(name).suffix}").symlink_to(source(name))
+    (root / "annotations").mkdir()
+    (root / "annotations" / "test.json").write_text(json.dumps({name: {"sentences": [name]} for name in names}))
+    write_tiny_clip(root / "clip.pt", seed=0)
+    extract.main(
+        [
+            "--annotations",
+            str(root / "annotations"),
+            "--videos",
+            str(root / "videos"),
+            "--clip",
+            str(root / "clip.pt"),
+            "--out",
+            str(root / "cache"),
+            "--fps",
+            str(FPS),
+            "--workers",
+            "0",
+        ]
+    )
+    return root, names
+
+
+def run_verify(root, reversed_folder, capsys, *extra):
+    args = [
+        "--cache",
+        str(root / "cache"),
+        "--annotations",
+        str(root / "annotations"),
+        "--videos",
+        str(root / "videos"),
+        "--clip",
+        str(root / "clip.pt"),
+        "--reversed-videos",
+        str(reversed_folder),
+        "--n-videos",
+        "7",
+        *extra,
+    ]
+    try:
+        verify.main(args)
+        passed = True
+    except SystemExit:
+        passed = False
+    rows = {line.split("  ")[0].strip(): line for line in capsys.readouterr().out.splitlines()}
+    return passed, rows
+
+
+def test_verify_passes_lossless_reversals_of_real_files_exactly(real_cache, capsys):
+    root, _ = real_cache
+    passed, rows = run_verify(root, root / "lossless", capsys)
+    assert passed and "max abs diff 0 (0.00% of max value)" in rows["reversed file = flip(cache)"]
+
+
+def test_verify_aligns_a_lossy_reversal_and_catches_one_a_frame_off(real_cache, capsys):
+    root, _ = real_cache
+    # tiny 32-pixel CLIP: codec noise is far above ViT-B/32's (see README), so only alignment is asserted here
+    _, rows = run_verify(root, root / "lossy", capsys)
+    assert " ok " in rows["reversed file aligned"]
+    passed, rows = run_verify(root, root / "off_by_one", capsys, "--rel-tol", "1", "--min-cosine", "0")
+    assert not passed and " FAIL " in rows["reversed file aligned"]
+
+
+def test_verify_fails_a_reversal_of_other_footage(real_cache, capsys, tmp_path):
+    root, _ = real_cache
+    swapped = tmp_path / "swapped"  # each 3-second bikes clip given the other's reversal
+    swapped.mkdir()
+    for name, other in (("h264_bframes_mp4", "h264_bframes_later_mp4"), ("h264_bframes_later_mp4", "h264_bframes_mp4")):
+        (swapped / f"{name}.mkv").symlink_to(root / "lossless" / f"{other}.mkv")
+    passed, rows = run_verify(root, swapped, capsys)
+    assert not passed and " FAIL " in rows["reversed file = flip(cache)"]
