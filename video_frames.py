@@ -258,13 +258,13 @@ def read_frames_seeking(path: Path, info: StreamInfo, spec: DecodeSpec) -> Decod
             if not stream.index_entries:
                 return None
             packets = [(packet.pts, packet.is_keyframe) for packet in container.demux(stream) if packet.size]
+            time_base = Fraction(stream.time_base)  # read while the container is open: its memory goes with it
     except av.error.FFmpegError as err:
         raise VideoError(f"unreadable: {path} failed to demux ({err.strerror})") from None
     times = sorted(pts for pts, _ in packets if pts is not None)
     if not times or len(times) < len(packets) or len(set(times)) < len(times):
         return None  # no, missing or repeated timestamps: frames cannot be found by time
     keyframes = sorted(pts for pts, keyframe in packets if keyframe)
-    time_base = stream.time_base
     decoded = Decoded({}, len(times), times[0] * time_base, times[-1] * time_base, "pyav-seek")
     targets = {times[index]: index for index in kept_indices(decoded, info, spec)}
     try:
