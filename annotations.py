@@ -147,13 +147,24 @@ def parse_generic_record(path, video_id, record):
     return VideoRecord(video_id, False, captions)
 
 
-def load_split(path: Path, annotation_format: str = "auto") -> tuple[str, list[VideoRecord]]:
-    """Read an annotation file -> (format, [VideoRecord] in file order)."""
+def load_split(path: Path, annotation_format: str = "auto", paragraphs: bool = False) -> tuple[str, list[VideoRecord]]:
+    """Read an annotation file -> (format, [VideoRecord] in file order). With `paragraphs` (generic
+    files only: ActivityNet, DiDeMo), each video's sentences, joined with spaces in file order,
+    are its one caption: video-paragraph retrieval, as CLIP4Clip and AdaCLIP evaluate those sets."""
     data = read_annotation_file(path)
     if annotation_format == "auto":
         annotation_format = detect_format(path, data)
+    if paragraphs and annotation_format != "generic":
+        raise AnnotationError(f"{path}: paragraphs join a generic file's sentences; this file is {annotation_format}")
     parse = {"rtime": parse_rtime_record, "generic": parse_generic_record}[annotation_format]
-    return annotation_format, [parse(path, video_id, record) for video_id, record in data.items()]
+    records = [parse(path, video_id, record) for video_id, record in data.items()]
+    return annotation_format, [as_paragraph(record) for record in records] if paragraphs else records
+
+
+def as_paragraph(record: VideoRecord) -> VideoRecord:
+    text = " ".join(caption.text for caption in record.captions)
+    paragraph = Caption(f"{record.video_id}#forward#human#0", record.video_id, "forward", "human", text)
+    return VideoRecord(record.video_id, False, (paragraph,))
 
 
 def check_disjoint_splits(splits: dict[str, tuple[Path, list[VideoRecord]]]) -> None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from file_io import atomic_write_bytes
-from heads import build_head, load_head_weights
+from heads import base_head, build_head, load_head_weights
 
 
 class CheckpointError(Exception):
@@ -66,6 +66,7 @@ def head_from_checkpoint(checkpoint: dict, source: Path, pair_batch: int) -> nn.
         config["text_input"],
         config["context_length"],
         pair_batch,
+        config.get("select_frames", 0),
     )
     load_head_weights(head, checkpoint["head"], str(source))
     return head
@@ -83,7 +84,7 @@ def init_from(head: nn.Module, head_name: str, path: Path) -> str:
         return f"{trained} checkpoint trained on {Path(weights['config']['cache']).name}"
     if not isinstance(weights, dict):
         raise CheckpointError(f"--init-from {path} holds a {type(weights).__name__}, not weights")
-    load_head_weights(head, weights, str(path))
+    load_head_weights(base_head(head), weights, str(path))  # CLIP4Clip has no frame selector: it starts afresh
     return "state dict in CLIP4Clip's names"
 
 

@@ -92,7 +92,18 @@ add(
     "--context-length",
     type=int,
     default=77,
-    help="text positions (at most the model's); longer captions are cut, counted",
+    help="text positions (at most the model's); longer captions are cut (counted) or windowed, see --long-text",
+)
+add(
+    "--long-text",
+    default="truncate",
+    choices=clip_vendor.LONG_TEXT,
+    help="a caption over --context-length tokens: truncate (as CLIP4Clip) or windows (mean of its windows' embeddings)",
+)
+add(
+    "--paragraphs",
+    action="store_true",
+    help="generic files: one caption per video, its sentences joined (ActivityNet, DiDeMo paragraph retrieval)",
 )
 add("--workers", type=int, default=None, help="decode processes per rank (default: cores / local ranks - 1; 0: none)")
 add("--decode-ahead", type=int, default=4, help="chunks decoded ahead of the one CLIP is encoding")
@@ -111,6 +122,7 @@ class Plan:
     batch_videos: int
     text_batch: int
     context_length: int
+    long_text: str
     decode_ahead: int
     on_error: str
 
@@ -137,6 +149,7 @@ def main(argv=None):
         args.batch_videos,
         args.text_batch,
         args.context_length,
+        args.long_text,
         args.decode_ahead,
         args.on_error,
     )
@@ -177,7 +190,7 @@ def read_annotations(args):
     if not splits:
         sys.exit(f"no train.json, valid.json or test.json in {args.annotations}")
     loaded = {
-        split: load_split(args.annotations / f"{split}.json", args.format)
+        split: load_split(args.annotations / f"{split}.json", args.format, args.paragraphs)
         for split in SPLITS
         if split in present or split in splits
     }
@@ -225,7 +238,8 @@ def extract(args, plan, annotations, contract, model, runtime):
                 if counts["truncated_captions"]:
                     runtime.log(
                         f"[{split}] {counts['truncated_captions']} captions were longer than "
-                        f"{args.context_length} tokens and were cut (counted in the meta)"
+                        f"{args.context_length} tokens and were cut (counted in the meta; --long-text windows "
+                        "reads them whole)"
                     )
             runtime.barrier()
     if runtime.master:
@@ -240,7 +254,11 @@ def build_contract(args, annotations, model, preprocess, device, dtype_name):
     return {
         "format_version": CACHE_FORMAT_VERSION,
         "clip": {"sha256": file_sha256(args.clip), "config": asdict(model.config)},
-        "tokenizer": {"vocab_sha256": file_sha256(VOCAB_PATH), "context_length": args.context_length, "truncate": True},
+        "tokenizer": {
+            "vocab_sha256": file_sha256(VOCAB_PATH),
+            "context_length": args.context_length,
+            "long_text": args.long_text,
+        },
         "preprocessing": preprocess.describe(),
         "sampling": {
             "fps": args.fps,
@@ -260,6 +278,7 @@ def build_contract(args, annotations, model, preprocess, device, dtype_name):
             split: {
                 "file": f"{split}.json",
                 "format": annotation_format,
+                "paragraphs": args.paragraphs,
                 "sha256": file_sha256(args.annotations / f"{split}.json"),
             }
             for split, (annotation_format, _) in annotations.items()
@@ -405,24 +424,24 @@ def extract_texts(plan, split, captions, model, runtime):
     )
     for chunk_index, start, stop in chunks:
         texts = [caption.text for caption in captions[start:stop]]
-        tokens = clip_vendor.tokenize(texts, plan.context_length)
-        with torch.no_grad():
-            token_feats, token_mask = model.encode_text_tokens(tokens.to(runtime.device))
-        rows = torch.arange(len(tokens), device=token_feats.device)
-        pooled = token_feats[rows, token_mask.sum(dim=1) - 1]  # the mask ends at the end-of-text token
-        finite = torch.isfinite(token_feats).all(dim=2).all(dim=1).cpu().numpy()
-        if not finite.all():
+        pooled, token_feats = clip_vendor.encode_texts(model, texts, plan.context_length, plan.long_text)
+        finite = [
+            bool(torch.isfinite(row).all() and torch.isfinite(tokens).all())
+            for row, tokens in zip(pooled, token_feats, strict=True)
+        ]
+        if not all(finite):
             bad = [caption.caption_id for caption, ok in zip(captions[start:stop], finite, strict=True) if not ok]
             sys.exit(
                 f"CLIP gave NaN or Inf features for caption(s) {', '.join(bad[:5])}"
                 f"{' ...' if len(bad) > 5 else ''}; nothing of their chunk was written"
             )
-        truncated = np.array(clip_vendor.token_lengths(texts)) > plan.context_length
+        # Windows read a long caption whole; only truncation cuts one.
+        truncated = (np.array(clip_vendor.token_lengths(texts)) > plan.context_length) & (plan.long_text == "truncate")
         write_text_part(
             text_part_path(plan.out, split, chunk_index),
             pooled.to(torch.float16).cpu().numpy(),
-            token_feats[token_mask].to(torch.float16).cpu().numpy(),
-            token_mask.sum(dim=1).cpu().numpy(),
+            torch.cat(token_feats).to(torch.float16).cpu().numpy(),
+            np.array([len(tokens) for tokens in token_feats]),
             truncated,
         )
         progress.update(stop - start)

@@ -26,6 +26,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from clip_vendor.model import HEAD_WIDTH, LayerNorm, QuickGELU, Transformer
+from frame_selection import SelectFrames
 
 EPS = 1e-6  # masked (all-zero) frames must not divide by zero when normalised
 N_HEAD_LAYERS = 4  # CLIP4Clip's 4 layers, initialised from the first 4 of CLIP's text transformer
@@ -239,14 +240,25 @@ def head_positions(name: str, frames: int, text_input: str, context_length: int)
 
 
 def build_head(
-    name: str, width: int, frames: int, text_input: str = "pooled", context_length: int = 77, pair_batch: int = 8192
+    name: str,
+    width: int,
+    frames: int,
+    text_input: str = "pooled",
+    context_length: int = 77,
+    pair_batch: int = 8192,
+    select_frames: int = 0,
 ) -> nn.Module:
     """An untrained head of `name` for videos of `frames` frames and `width`-wide features; for
     training, seqTransf and tightTransf then start from CLIP's text tower (`init_from_clip_text`).
     `context_length` is CLIP's text positions, the size of the position tables. tightTransf reads
-    `text_input` (pooled, or the cached tokens) and scores `pair_batch` pairs per forward."""
+    `text_input` (pooled, or the cached tokens) and scores `pair_batch` pairs per forward. With
+    `select_frames` K > 0, the head sees only the K frames a learned scorer picks (frame_selection.py)."""
     if name not in HEADS:
         raise ValueError(f"unknown head {name!r}: choose one of {', '.join(sorted(HEADS))}")
+    if select_frames:
+        return SelectFrames(
+            build_head(name, width, select_frames, text_input, context_length, pair_batch), width, select_frames
+        )
     if name == "meanP":
         return MeanP()
     if name == "mlpScore":
@@ -255,6 +267,11 @@ def build_head(
     if name == "seqTransf":
         return SeqTransf(width, n_positions)
     return TightTransf(width, n_positions, text_input, pair_batch=pair_batch)
+
+
+def base_head(head: nn.Module) -> nn.Module:
+    """The head itself, without a frame selector in front (CLIP4Clip's weights are its weights)."""
+    return head.head if isinstance(head, SelectFrames) else head
 
 
 def parameter_free_heads() -> list[str]:
@@ -266,6 +283,7 @@ def parameter_free_heads() -> list[str]:
 def init_from_clip_text(head: nn.Module, clip_state: dict[str, torch.Tensor]) -> None:
     """Copy the checkpoint's first 4 text blocks and text positional embedding (OpenAI names)
     into a seqTransf or tightTransf head, as CLIP4Clip initialises them."""
+    head = base_head(head)
     text_width = clip_state["ln_final.weight"].shape[0]
     if isinstance(head, SeqTransf):
         blocks, positions = head.transformerClip, head.frame_position_embeddings
@@ -291,9 +309,14 @@ def init_from_clip_text(head: nn.Module, clip_state: dict[str, torch.Tensor]) ->
         positions.weight[:n_copied] = positional[:n_copied].float()
 
 
-def clip_logit_scale(learnable: bool) -> nn.Parameter:
-    """ln of CLIP's temperature: fixed at ln 100, or learnable from there (see `clamp_log_scale_`)."""
-    return nn.Parameter(torch.tensor(LOG_SCALE_MAX), requires_grad=learnable)
+def clip_logit_scale(learnable: bool, initial: float = 100.0) -> nn.Parameter:
+    """ln of the temperature: `initial` (CLIP's 100 by default), fixed or learnable from there; a
+    value outside TempMe's bounds (see `clamp_log_scale_`) is refused."""
+    if not LOG_SCALE_MIN <= math.log(initial) <= LOG_SCALE_MAX + 1e-9:
+        raise ValueError(
+            f"logit scale {initial}: must lie in [e^{LOG_SCALE_MIN}, 100] = [{math.exp(LOG_SCALE_MIN):.3f}, 100]"
+        )
+    return nn.Parameter(torch.tensor(min(math.log(initial), LOG_SCALE_MAX)), requires_grad=learnable)
 
 
 @torch.no_grad()

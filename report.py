@@ -35,10 +35,12 @@ TRAINING_COLUMNS = (
     ("weight decay", lambda s: s["weight_decay"]),
     ("warm-up", lambda s: s["warmup"]),
     ("reverse negatives", lambda s: "yes" if s["reverse_negatives"] else "no"),
-    ("temperature", lambda s: "learned, ln in [0.1, ln 100]" if s["learn_temp"] else "fixed at 100"),
+    ("temperature", lambda s: f"{'learned from' if s['learn_temp'] else 'fixed at'} {s.get('logit_scale', 100):.4g}"),
     ("text input", lambda s: s["text_input"]),
+    ("frames selected", lambda s: f"{s['select_frames']} learned" if s.get("select_frames") else "all"),
     ("started from", lambda s: Path(s["init_from"]).name if s.get("init_from") else "CLIP text layers"),
     ("selection", lambda s: s["selection_metric"]),
+    ("settings chosen by", lambda s: s.get("settings_note", "given on the command line")),
 )
 
 

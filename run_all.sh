@@ -4,6 +4,7 @@
 #   bash run_all.sh                 the built-in demo data (a few minutes on 2 CPU cores)
 #   bash run_all.sh --annotations DIR --videos DIR --clip CKPT [--gpus N] [--reversed-videos DIR] [--work DIR]
 #   options for either: --heads "seqTransf tightTransf"  --seeds "0 1"  --epochs N  --train-args "--lr 1e-4 ..."
+#                       --tune N   (first tune each head's settings on valid with tune.py, N trials per head)
 #
 # Everything goes under --work (default: work_demo/ or work/): cache/, runs/, results/, report/.
 # --train-args is appended to every train_head.py call (after the demo's per-head settings, so it
@@ -13,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 ANNOTATIONS="" VIDEOS="" CLIP="" REVERSED="" WORK="" GPUS=1
-HEADS="seqTransf tightTransf mlpScore" SEEDS="0 1 2" EPOCHS="" EXTRA_TRAIN_ARGS=""
+HEADS="seqTransf tightTransf mlpScore" SEEDS="0 1 2" EPOCHS="" EXTRA_TRAIN_ARGS="" TUNE_TRIALS=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --annotations) ANNOTATIONS="$2"; shift 2 ;;
@@ -26,7 +27,8 @@ while [ $# -gt 0 ]; do
     --seeds) SEEDS="$2"; shift 2 ;;
     --epochs) EPOCHS="$2"; shift 2 ;;
     --train-args) EXTRA_TRAIN_ARGS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    --tune) TUNE_TRIALS="$2"; shift 2 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -34,9 +36,11 @@ done
 case "$GPUS" in
   ''|*[!0-9]*|0) echo "run_all.sh: --gpus '$GPUS': give a whole number of GPUs, at least 1" >&2; exit 2 ;;
 esac
-if [ -n "$EPOCHS" ] && ! [ "$EPOCHS" -ge 1 ] 2>/dev/null; then
-  echo "run_all.sh: --epochs '$EPOCHS': give a whole number of epochs, at least 1" >&2; exit 2
-fi
+for FLAG in EPOCHS TUNE_TRIALS; do
+  if [ -n "${!FLAG}" ] && ! [ "${!FLAG}" -ge 1 ] 2>/dev/null; then
+    echo "run_all.sh: --$(echo "$FLAG" | tr 'A-Z_' 'a-z-' | sed 's/-trials//') '${!FLAG}': give a whole number, at least 1" >&2; exit 2
+  fi
+done
 
 STAGE="set-up"
 trap 'echo "run_all.sh: stage \"$STAGE\" failed; the messages above say why." >&2' ERR
@@ -88,12 +92,21 @@ $PY evaluate.py --cache "$CACHE" --split test --head meanP ${MEANP_FRAMES:+--fra
   --out "$WORK/results/meanP.json"
 
 for HEAD in $HEADS; do
+  SHARED_ARGS="--reverse-negatives ${TRAIN_ARGS[$HEAD]:-} ${EPOCHS:+--epochs $EPOCHS} $EXTRA_TRAIN_ARGS"
+  TUNED_ARGS=()
+  if [ -n "$TUNE_TRIALS" ]; then
+    STAGE="tune $HEAD"
+    $PY tune.py --cache "$CACHE" --clip "$CLIP" --heads "$HEAD" --trials "$TUNE_TRIALS" --out "$WORK/tuning" \
+      --train-args "$SHARED_ARGS"
+    mapfile -t TUNED_ARGS < <($PY -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["train_args"]))' \
+      "$WORK/tuning/best/$HEAD.json")
+  fi
   for SEED in $SEEDS; do
     RUN="$WORK/runs/${HEAD}_seed${SEED}"
     STAGE="train $HEAD seed $SEED"
     # shellcheck disable=SC2086  # the settings are word lists
-    $PY train_head.py --cache "$CACHE" --head "$HEAD" --seed "$SEED" --out "$RUN" --clip "$CLIP" \
-      --reverse-negatives ${TRAIN_ARGS[$HEAD]:-} ${EPOCHS:+--epochs $EPOCHS} $EXTRA_TRAIN_ARGS
+    $PY train_head.py --cache "$CACHE" --head "$HEAD" --seed "$SEED" --out "$RUN" --clip "$CLIP" $SHARED_ARGS \
+      "${TUNED_ARGS[@]}"
     STAGE="evaluate $HEAD seed $SEED"
     $PY evaluate.py --cache "$CACHE" --split test --ckpt "$RUN/best.pt" --method "$HEAD" \
       --out "$WORK/results/${HEAD}_seed${SEED}.json"

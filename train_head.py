@@ -18,6 +18,7 @@ log.jsonl, config.json.
 import argparse
 import contextlib
 import json
+import math
 import random
 import sys
 import time
@@ -43,7 +44,7 @@ from feature_cache import (
     split_format,
 )
 from file_io import atomic_write_bytes, atomic_write_json, exclusive_folder, file_sha256
-from heads import HEADS, build_head, clamp_log_scale_, clip_logit_scale, init_from_clip_text
+from heads import HEADS, LOG_SCALE_MIN, build_head, clamp_log_scale_, clip_logit_scale, init_from_clip_text
 from retrieval_metrics import retrieval_metrics
 from runtime import HelpFormatter, Progress, setup_runtime
 from scoring import autocast_for, directions, read_setting, score_matrix
@@ -53,56 +54,32 @@ PROGRESS_SECONDS = 10  # in-epoch progress lines at most this often
 
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-parser.add_argument("--cache", required=True, type=Path, help="feature cache written by extract.py")
-parser.add_argument("--head", required=True, choices=sorted(HEADS), help="which head to train")
-parser.add_argument("--out", required=True, type=Path, help="run folder (resumed if it holds last.pt)")
-parser.add_argument("--seed", type=int, default=0, help="seeds initialisation, batches and dropout")
-parser.add_argument(
-    "--clip",
-    type=Path,
-    default=None,
-    help="the cache's CLIP checkpoint (seqTransf/tightTransf start from its text transformer)",
-)
-parser.add_argument(
-    "--init-from",
-    type=Path,
-    default=None,
-    help="start from this head instead: a train_head.py checkpoint of the same head and width "
-    "(e.g. trained on another dataset), or a CLIP4Clip model's state dict",
-)
-parser.add_argument(
-    "--frames",
-    type=int,
-    default=None,
-    help="frames per video: an even, evenly spaced subset of the cached ones (default: the cache's t_max)",
-)
-parser.add_argument(
-    "--text-input",
-    default="pooled",
-    choices=["pooled", "tokens"],
-    help="tightTransf's text side: the pooled embedding (CLIP4Clip) or the cached token features",
-)
-parser.add_argument("--epochs", type=int, default=5, help="passes over the train videos")
-parser.add_argument("--batch-size", type=int, default=128, help="videos per step, over all ranks (at least 2)")
-parser.add_argument("--lr", type=float, default=1e-4, help="peak AdamW learning rate")
-parser.add_argument("--weight-decay", type=float, default=0.2, help="AdamW decay on weight matrices")
-parser.add_argument("--warmup", type=float, default=0.1, help="share of all steps spent warming the rate up")
-parser.add_argument("--learn-temp", action="store_true", help="learn the temperature (ln kept in [0.1, ln 100])")
-parser.add_argument(
-    "--reverse-negatives",
-    action="store_true",
-    help="add flip(V) of each reversible train video with its reverse captions",
-)
-parser.add_argument(
-    "--patience", type=int, default=0, help="stop after this many epochs without improvement (0: never)"
-)
-parser.add_argument("--device", default="auto", help="where to train: auto (cuda if available), cuda or cpu")
-parser.add_argument(
+add = parser.add_argument
+add("--cache", required=True, type=Path, help="feature cache written by extract.py")
+add("--head", required=True, choices=sorted(HEADS), help="which head to train")
+add("--out", required=True, type=Path, help="run folder (resumed if it holds last.pt)")
+add("--seed", type=int, default=0, help="seeds initialisation, batches and dropout")
+add("--clip", type=Path, help="the cache's CLIP checkpoint (seqTransf/tightTransf start from its text transformer)")
+add("--init-from", type=Path, help="start from this head: a train_head.py checkpoint of the same head, or CLIP4Clip's")
+add("--frames", type=int, help="frames per video: an even, evenly spaced subset of the cached ones (default: t_max)")
+add("--select-frames", type=int, default=0, help="K > 0: the head sees the K frames a learned scorer picks (README)")
+add("--text-input", default="pooled", choices=["pooled", "tokens"], help="tightTransf's text: pooled or token features")
+add("--epochs", type=int, default=5, help="passes over the train videos")
+add("--batch-size", type=int, default=128, help="videos per step, over all ranks (at least 2)")
+add("--lr", type=float, default=1e-4, help="peak AdamW learning rate")
+add("--weight-decay", type=float, default=0.2, help="AdamW decay on weight matrices")
+add("--warmup", type=float, default=0.1, help="share of all steps spent warming the rate up")
+add("--learn-temp", action="store_true", help="learn the temperature (ln kept in [0.1, ln 100])")
+add("--logit-scale", type=float, default=100.0, help="the temperature cosines are scaled by (or where learning starts)")
+add("--settings-note", default="given on the command line", help="how these settings were chosen, for the report")
+add("--reverse-negatives", action="store_true", help="add flip(V) of each reversible video with its reverse captions")
+add("--patience", type=int, default=0, help="stop after this many epochs without improvement (0: never)")
+add("--device", default="auto", help="where to train: auto (cuda if available), cuda or cpu")
+add(
     "--pair-batch",
     type=int,
     default=2048,
-    help="tightTransf (text, video) pairs per forward; in training each forward is checkpointed, "
-    "so memory follows this, not the batch size squared (2048 pairs of 24 frames x 512: see README)",
+    help="tightTransf pairs per forward, each checkpointed in training: memory follows this, not the batch squared",
 )
 
 
@@ -143,7 +120,7 @@ def train(args, runtime):
     meta, valid_setting_name = open_cache(args.cache)
     config = run_config(args, meta, valid_setting_name)
     head = make_head(args, meta, config, runtime.log).to(device)
-    log_scale = clip_logit_scale(args.learn_temp).to(device)
+    log_scale = clip_logit_scale(args.learn_temp, args.logit_scale).to(device)
     trainable = [p for p in [*head.parameters(), log_scale] if p.requires_grad]
     runtime.log(
         f"{args.head}: {sum(p.numel() for p in trainable):,} trainable parameters; "
@@ -237,6 +214,10 @@ def check_arguments(args):
         )
     if args.batch_size < 2:
         parser.error(f"--batch-size {args.batch_size}: in-batch InfoNCE needs at least 2 videos (with 1 the loss is 0)")
+    if not (math.isfinite(args.logit_scale) and math.exp(LOG_SCALE_MIN) <= args.logit_scale <= 100):
+        parser.error(f"--logit-scale {args.logit_scale}: must lie in [{math.exp(LOG_SCALE_MIN):.3f}, 100]")
+    if args.select_frames < 0:
+        parser.error(f"--select-frames {args.select_frames}: a number of frames, or 0 for all")
     if args.epochs < 1:
         parser.error(f"--epochs {args.epochs}: train at least one epoch")
     for flag, value in (("--lr", args.lr), ("--weight-decay", args.weight_decay), ("--patience", args.patience)):
@@ -278,8 +259,11 @@ def run_config(args, meta, valid_setting_name):
         for key, value in vars(args).items()
         if key not in ("out", "device", "pair_batch")
     }
+    frames = args.frames or meta["contract"]["sampling"]["t_max"]
+    if args.select_frames >= frames:
+        sys.exit(f"--select-frames {args.select_frames}: select fewer than the {frames} frames a video has (--frames)")
     config.update(
-        frames=args.frames or meta["contract"]["sampling"]["t_max"],
+        frames=frames,
         cache_meta_sha256=file_sha256(args.cache / META_NAME),
         cache_content_sha256=content_digest(meta),
         feature_contract=feature_contract(meta),
@@ -294,7 +278,13 @@ def run_config(args, meta, valid_setting_name):
 def make_head(args, meta, config, log):
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     head = build_head(
-        args.head, config["embed_dim"], config["frames"], args.text_input, config["context_length"], args.pair_batch
+        args.head,
+        config["embed_dim"],
+        config["frames"],
+        args.text_input,
+        config["context_length"],
+        args.pair_batch,
+        args.select_frames,
     )
     if args.init_from:
         try:

@@ -1,5 +1,6 @@
 """Evaluation speed: tightTransf all-pairs scoring, and per-query search latency of the
-query-independent heads against tightTransf, on each device given.
+query-independent heads against tightTransf, on each device given; each head with all frames and
+with --select-frames K frames picked by a learned scorer (frame_selection.py).
 
     python -m bench.eval_speed --devices cuda cpu            # 2000 x 2000, 24 frames x 512
     python -m bench.eval_speed --devices cpu --videos 200 --dim 64 --skip-all-pairs-on-cpu
@@ -7,7 +8,9 @@ query-independent heads against tightTransf, on each device given.
 Per-query latency: one caption against --videos videos. Query-independent heads (meanP,
 seqTransf, mlpScore) embed the videos once, offline; a query is then a normalised matmul and a
 top-10. tightTransf must run its cross-encoder on every (query, video) pair. AdaCLIP reports the
-ratio as 142x on GPU and 822x on CPU. Weights are random: speed only.
+ratio as 142x on GPU and 822x on CPU. For each head also the offline index: the seconds to build
+it over all videos and its size per video (what search reads, in fp16): one vector for a
+query-independent head, the frames themselves for the cross-encoder. Weights are random: speed only.
 """
 
 import argparse
@@ -28,6 +31,7 @@ parser.add_argument("--dim", type=int, default=512, help="embedding width")
 parser.add_argument("--queries", type=int, default=20, help="single queries timed per head")
 parser.add_argument("--pair-batch", type=int, default=16384, help="tightTransf pairs per forward")
 parser.add_argument("--skip-all-pairs-on-cpu", action="store_true", help="time the full matrix on GPUs only")
+parser.add_argument("--select-frames", type=int, default=6, help="K frames kept by the learned selector (0: skip)")
 
 
 def synchronize(device):
@@ -62,12 +66,17 @@ def all_pairs_seconds(head, data, n, args, device):
 
 
 @torch.no_grad()
-def query_latency(head, data, n, args, device):
-    """Seconds per single-caption search over n videos: the video index is built once, offline
-    (unit vectors for query-independent heads; the frames themselves for the cross-encoder)."""
+def index_and_latency(head, data, n, args, device):
+    """(seconds to build the video index of n videos, its bytes per video in fp16, seconds per
+    single-caption search over it)."""
     all_videos = torch.arange(n, device=device)
     with autocast_for(device):
+        synchronize(device)
+        start = time.perf_counter()
         index = head.video_index(*data.video_batch(all_videos, torch.zeros(n, dtype=torch.bool, device=device)))
+        synchronize(device)
+        build_seconds = time.perf_counter() - start
+        bytes_per_video = sum(part[0].numel() * (1 if part.dtype == torch.bool else 2) for part in index)
 
         def search(query_row):
             text, text_mask = data.text_input(torch.tensor([query_row], device=device), head.text_input)
@@ -79,34 +88,39 @@ def query_latency(head, data, n, args, device):
         for query in range(args.queries):
             search(query)
         synchronize(device)
-    return (time.perf_counter() - start) / args.queries
+    return build_seconds, bytes_per_video, (time.perf_counter() - start) / args.queries
 
 
 def main(argv=None):
     args = parser.parse_args(argv)
     print(f"{args.videos} videos x {args.frames} frames x {args.dim}; random weights")
-    print("| device | head | per-query latency (ms) | tightTransf / this head | all-pairs matrix |")
-    print("|---|---|---|---|---|")
+    print(
+        "| device | head | frames seen | index build | index per video | per-query latency (ms) "
+        "| tightTransf (all frames) / this | all-pairs matrix |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for device in args.devices:
         if device.startswith("cuda") and not torch.cuda.is_available():
-            print(f"| {device} | (no CUDA device here) | | | |")
+            print(f"| {device} | (no CUDA device here) | | | | | | |")
             continue
         data = random_split(args.videos, args, device)
-        heads = {
-            name: build_head(name, args.dim, args.frames, pair_batch=args.pair_batch).to(device).eval()
-            for name in ("meanP", "seqTransf", "mlpScore", "tightTransf")
-        }
-        latency = {name: query_latency(head, data, args.videos, args, device) for name, head in heads.items()}
+        heads = {}
+        for select in sorted({0, args.select_frames}):
+            for name in ("meanP", "seqTransf", "mlpScore", "tightTransf"):
+                head = build_head(name, args.dim, args.frames, pair_batch=args.pair_batch, select_frames=select)
+                heads[(name, select or args.frames)] = head.to(device).eval()
+        measured = {key: index_and_latency(head, data, args.videos, args, device) for key, head in heads.items()}
         name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
         matrix = "skipped"
         if device.startswith("cuda") or not args.skip_all_pairs_on_cpu:
-            seconds = all_pairs_seconds(heads["tightTransf"], data, args.videos, args, device)
+            seconds = all_pairs_seconds(heads[("tightTransf", args.frames)], data, args.videos, args, device)
             matrix = f"{args.videos} x {args.videos} in {seconds:.2f} s ({args.videos**2 / seconds:,.0f} pairs/s)"
-        for head_name, seconds in latency.items():
-            ratio = latency["tightTransf"] / seconds
+        slowest = measured[("tightTransf", args.frames)][2]
+        for (head_name, frames), (build, size, latency) in measured.items():
+            all_pairs = matrix if (head_name, frames) == ("tightTransf", args.frames) else ""
             print(
-                f"| {name} | {head_name} | {1000 * seconds:.3f} | {ratio:,.0f}x | "
-                f"{matrix if head_name == 'tightTransf' else ''} |",
+                f"| {name} | {head_name} | {frames} | {build:.3f} s | {size:,} B | {1000 * latency:.3f} | "
+                f"{slowest / latency:,.0f}x | {all_pairs} |",
                 flush=True,
             )
 

@@ -15,14 +15,17 @@ import torch
 
 from .model import CLIP, ClipConfig, LayerNorm, infer_config
 from .preprocess import Preprocess, normalize, preprocess_frames
-from .tokenizer import token_lengths, tokenize
+from .tokenizer import token_lengths, tokenize, tokenize_windows
 
 __all__ = [
     "load",
     "read_state_dict",
     "build_model",
     "encode_crops",
+    "encode_texts",
+    "LONG_TEXT",
     "tokenize",
+    "tokenize_windows",
     "token_lengths",
     "preprocess_frames",
     "DTYPES",
@@ -123,3 +126,30 @@ def encode_crops(model: CLIP, crops: list[np.ndarray]) -> np.ndarray:
         return np.zeros((0, model.config.embed_dim), dtype=np.float16)
     images = normalize(torch.from_numpy(np.concatenate(crops)), model.visual.conv1.weight.device)
     return model.encode_image(images).to(torch.float16).cpu().numpy()
+
+
+LONG_TEXT = ("truncate", "windows")
+
+
+@torch.no_grad()
+def encode_texts(
+    model: CLIP, texts: list[str], context_length: int = 77, long_text: str = "truncate"
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Texts -> (pooled embeddings [N, D], token features [n_i, D] of each text, start to end-of-text).
+
+    long_text: how a text longer than `context_length` tokens is read. "truncate" cuts it, as
+        OpenAI's `tokenize(truncate=True)` does: its ending is lost. "windows" splits it into
+        consecutive windows that fit, encodes each, and averages their pooled embeddings; its token
+        features are the first window's.
+    """
+    device = model.visual.conv1.weight.device
+    read = tokenize if long_text == "truncate" else tokenize_windows
+    windows = [read(text, context_length) for text in texts]  # [n_windows, context_length] per text
+    token_feats, token_mask = model.encode_text_tokens(torch.cat(windows).to(device))
+    at_end = token_feats[torch.arange(len(token_feats), device=device), token_mask.sum(dim=1) - 1]
+    pooled, tokens, start = [], [], 0
+    for window_count in (len(rows) for rows in windows):
+        pooled.append(at_end[start : start + window_count].mean(dim=0))  # one window: the embedding itself
+        tokens.append(token_feats[start][token_mask[start]])
+        start += window_count
+    return torch.stack(pooled), tokens

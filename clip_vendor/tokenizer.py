@@ -135,3 +135,17 @@ def token_lengths(texts: list[str]) -> list[int]:
     the context length is cut by `tokenize`, and this says by how much."""
     tokenizer = default_tokenizer()
     return [len(tokenizer.encode(text)) + 2 for text in texts]
+
+
+def tokenize_windows(text: str, context_length: int = 77) -> torch.Tensor:
+    """One text as consecutive windows of at most context_length - 2 tokens, each wrapped in the
+    start and end-of-text tokens: [n_windows, context_length]. A text that fits is one window,
+    the same row `tokenize` gives."""
+    tokenizer = default_tokenizer()
+    ids = tokenizer.encode(text)
+    step = context_length - 2
+    windows = [ids[start : start + step] for start in range(0, max(len(ids), 1), step)]
+    result = torch.zeros(len(windows), context_length, dtype=torch.long)
+    for row, window in enumerate(windows):
+        result[row, : len(window) + 2] = torch.tensor([tokenizer.sot_id, *window, tokenizer.eot_id])
+    return result

@@ -1,0 +1,84 @@
+"""tune.py: every head gets the same number of trials on valid (test is never read), the best
+settings are written for run_all.sh, and a search killed at any moment resumes."""
+
+import json
+import os
+import shutil
+import signal
+from dataclasses import asdict
+
+import optuna
+import pytest
+
+import clip_vendor
+import tune
+from fixtures.synthetic_cache import write_order_only_cache
+from make_demo_data import write_tiny_clip
+from tests.helpers import start_script, wait_until
+
+TRAIN_ARGS = "--epochs 2 --batch-size 16 --reverse-negatives --device cpu"
+
+
+@pytest.fixture(scope="module")
+def cache_without_test(tmp_path_factory):
+    """The order task with train and valid only: a search that read test would fail."""
+    root = tmp_path_factory.mktemp("tune")
+    write_tiny_clip(root / "clip.pt", seed=0, matrix_std=0.05)
+    config = asdict(clip_vendor.load(root / "clip.pt")[0].config)
+    write_order_only_cache(root / "cache", root / "clip.pt", config, n_train=64, n_valid=16, n_test=4, n_frames=4)
+    shutil.rmtree(root / "cache" / "test")
+    meta = json.loads((root / "cache" / "cache_meta.json").read_text())
+    del meta["counts"]["test"], meta["contract"]["annotations"]["test"]
+    (root / "cache" / "cache_meta.json").write_text(json.dumps(meta))
+    return root / "cache", root / "clip.pt"
+
+
+def search_args(cache, clip, out, *heads):
+    """Two trials per head, each two short epochs."""
+    inputs = ["--cache", str(cache), "--clip", str(clip), "--out", str(out)]
+    return [*inputs, "--heads", *heads, "--trials", "2", "--train-args", TRAIN_ARGS]
+
+
+def trials_of(out, head):
+    study = optuna.load_study(study_name=head, storage=f"sqlite:///{out / 'study.sqlite3'}")
+    return study.get_trials()
+
+
+def test_every_head_gets_the_same_trials_and_the_best_settings_are_written(cache_without_test, tmp_path):
+    cache, clip = cache_without_test
+    out = tmp_path / "tuning"
+    tune.main(search_args(cache, clip, out, "seqTransf", "mlpScore"))
+    for head in ("seqTransf", "mlpScore"):
+        trials = trials_of(out, head)
+        assert len(trials) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        assert all(sorted(t.intermediate_values) == [1, 2] for t in trials)  # every epoch went to the pruner
+        best = json.loads((out / "best" / f"{head}.json").read_text())
+        top = max(trials, key=lambda t: t.value)
+        assert best["params"] == top.params and best["value"] == top.value == max(t.value for t in trials)
+        assert best["train_args"][best["train_args"].index("--lr") + 1] == repr(top.params["lr"])
+        assert "2 trials on valid" in best["train_args"][-1]
+        assert set(top.params) == set(json.loads(tune.parser.get_default("space").read_text()))
+    assert len({t.params["lr"] for t in trials_of(out, "seqTransf")}) == 2
+
+
+def test_a_killed_search_resumes_to_the_full_number_of_trials(cache_without_test, tmp_path):
+    cache, clip = cache_without_test
+    out = tmp_path / "tuning"
+    args = search_args(cache, clip, out, "mlpScore")
+    process = start_script("tune.py", args)
+    wait_until(lambda: (out / "trials" / "mlpScore" / "trial_001").exists(), process)  # trial 0 done, 1 running
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    tune.main(args)
+    states = [t.state for t in trials_of(out, "mlpScore")]
+    finished = [s for s in states if s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == 2 and states.count(optuna.trial.TrialState.FAIL) == 1  # the killed trial, run again
+    assert (out / "best" / "mlpScore.json").exists()
+
+
+def test_a_search_space_with_an_unknown_setting_is_refused(cache_without_test, tmp_path):
+    cache, _ = cache_without_test
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"learning_rate": {"low": 1e-4, "high": 1e-2}}))
+    with pytest.raises(SystemExit, match="unknown setting 'learning_rate'"):
+        tune.main(["--cache", str(cache), "--heads", "meanP", "--space", str(space), "--out", str(tmp_path / "t")])
