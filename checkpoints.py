@@ -91,7 +91,7 @@ def init_from(head: nn.Module, head_name: str, path: Path) -> str:
 def head_checkpoint(head: nn.Module, log_scale: torch.Tensor, config: dict, history: list, epoch: int) -> dict:
     """What best.pt and last.pt hold for `epoch`: the weights, the settings and the history so far."""
     record = next(r for r in history if r["epoch"] == epoch)
-    if not math.isfinite(float(log_scale)):
+    if not math.isfinite(log_scale.detach().item()):
         raise CheckpointError("the temperature is not finite; nothing saved")
     return {
         "head": {key: value.detach().cpu() for key, value in head.state_dict().items()},

@@ -179,7 +179,7 @@ def train(args, runtime):
             "epoch": epoch,
             "train_loss": loss_sum.item() / steps_per_epoch,
             "lr_end": optimizer.param_groups[0]["lr"],
-            "logit_scale": float(log_scale.exp()),
+            "logit_scale": log_scale.detach().exp().item(),
             "seconds": round(time.time() - start_time, 3),
             "selection": metrics["t2v"]["expected"]["R@1"],
             "valid_setting": valid_setting_name,

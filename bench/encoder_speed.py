@@ -4,12 +4,17 @@
     python -m bench.encoder_speed --device cpu --shapes tiny --batch-sizes 8 --dtypes fp32 --ref-dtype fp32
 
 Prints one row per (shape, implementation, dtype, batch): images/s, the ratio to the reference at
-the same batch size, and the minimum cosine similarity to our fp32 output on the same images.
+the same batch size, and the minimum cosine similarity to our fp32 output on the same images. Then,
+at the largest batch, ours in the first of --dtypes with each of --levers: channels-last (the patch
+embedding's convolution and its input in channels-last memory), compile (torch.compile, its
+compile time stated) and compile+cudagraphs (torch.compile's "reduce-overhead" mode, which replays
+CUDA graphs for the fixed batch shape). A lever that fails says why in its row.
 Needs the test-only reference (`bash setup_env.sh --dev`). Target (issue 2): >= 1.5x the
 reference's fp16 at cosine >= 0.999.
 """
 
 import argparse
+import copy
 import tempfile
 import time
 from pathlib import Path
@@ -34,6 +39,8 @@ parser.add_argument(
 )
 parser.add_argument("--ref-dtype", default="fp16", choices=["fp16", "fp32"], help="reference precision")
 parser.add_argument("--iters", type=int, default=20, help="timed forwards per row (after 3 warm-up ones)")
+LEVERS = ("channels-last", "compile", "compile+cudagraphs")
+parser.add_argument("--levers", nargs="*", default=list(LEVERS), choices=LEVERS, help="levers to time (see above)")
 
 
 def synchronize(device):
@@ -93,7 +100,29 @@ def bench_shape(name, args):
             encode = ours[dtype].encode_image
             rate = images_per_second(encode, images, args.iters, args.device)
             rows.append((name, "ours", dtype, batch, rate, rate / ref_rate, min_cosine(encode, images, fp32_feats)))
+    for lever in args.levers:  # at the last (largest) batch
+        try:
+            encode, note = with_lever(lever, ours[args.dtypes[0]], images, args.device)
+            rate = images_per_second(encode, images, args.iters, args.device)
+            cosine = min_cosine(encode, images, fp32_feats)
+            rows.append((name, f"ours + {lever}{note}", args.dtypes[0], batch, rate, rate / ref_rate, cosine))
+        except Exception as err:  # a lever this machine cannot pull is a finding, not the end of the run
+            rows.append((name, f"ours + {lever}: failed ({type(err).__name__}: {str(err)[:120]})", "", batch, 0, 0, 0))
     return rows
+
+
+def with_lever(lever, model, images, device):
+    """(encode function for `images` with the lever pulled on a copy of `model`, a note for its row)."""
+    model = copy.deepcopy(model)
+    if lever == "channels-last":
+        model.visual.conv1.to(memory_format=torch.channels_last)
+        return lambda x: model.encode_image(x.contiguous(memory_format=torch.channels_last)), ""
+    compiled = torch.compile(model.encode_image, mode="reduce-overhead" if lever.endswith("cudagraphs") else None)
+    start = time.perf_counter()
+    with torch.no_grad():
+        compiled(images)
+    synchronize(device)
+    return compiled, f" (compiled in {time.perf_counter() - start:.0f} s)"
 
 
 def main(argv=None):

@@ -20,12 +20,10 @@ import torch
 
 import clip_vendor
 import verify
-from clip_vendor.model import ClipConfig
 from fixtures.real_videos import lossy_reversal, off_by_one_reversal, variants
-from fixtures.synthetic_cache import write_random_clip
+from fixtures.synthetic_cache import CLIP_SHAPES, write_random_clip
 from video_frames import DecodeSpec, decode_and_crop
 
-B32 = ClipConfig(512, 224, 12, 768, 32, 77, 49408, 512, 1)
 OTHER_FOOTAGE = {"h264_bframes_mp4": "h264_bframes_later_mp4", "h264_bframes_later_mp4": "h264_bframes_mp4"}
 CLIPS = (
     "bigbuckbunny",
@@ -63,7 +61,7 @@ def main(argv=None):
     torch.manual_seed(0)
     files = variants()
     with tempfile.TemporaryDirectory() as tmp:
-        model, preprocess = clip_vendor.load(write_random_clip(Path(tmp) / "b32.pt", B32, std=0.02))
+        model, preprocess = clip_vendor.load(write_random_clip(Path(tmp) / "b32.pt", CLIP_SHAPES["B32"], std=0.02))
     spec = DecodeSpec(args.fps, args.t_max, preprocess.size)
     print(
         f"ViT-B/32 shapes, random weights (std 0.02); {args.fps} fps, t_max {args.t_max}; per clip: "

