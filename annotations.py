@@ -44,6 +44,11 @@ class Caption:
     text: str
 
 
+def make_caption(video_id: str, direction: str, kind: str, index: int, text: str) -> Caption:
+    """The `index`-th caption of its (direction, kind) in the video's record, with its id."""
+    return Caption(f"{video_id}#{direction}#{kind}#{index}", video_id, direction, kind, text)
+
+
 @dataclass(frozen=True)
 class VideoRecord:
     video_id: str
@@ -128,10 +133,7 @@ def parse_rtime_record(path, video_id, record):
         texts = string_list(path, video_id, record, field, required, allow_empty=not required)
         if direction == "reverse" and not has_reverse:
             continue  # the reversed video is not a valid sample: its captions describe nothing we use
-        captions += [
-            Caption(f"{video_id}#{direction}#{kind}#{i}", video_id, direction, kind, text)
-            for i, text in enumerate(texts)
-        ]
+        captions += [make_caption(video_id, direction, kind, i, text) for i, text in enumerate(texts)]
     check_no_unknown_fields(path, video_id, record, "rtime")
     return VideoRecord(video_id, has_reverse, tuple(captions))
 
@@ -141,9 +143,7 @@ def parse_generic_record(path, video_id, record):
         raise AnnotationError(f"{path}: record {video_id!r} must be an object")
     texts = string_list(path, video_id, record, "sentences", required=True, allow_empty=False)
     check_no_unknown_fields(path, video_id, record, "generic")
-    captions = tuple(
-        Caption(f"{video_id}#forward#human#{i}", video_id, "forward", "human", text) for i, text in enumerate(texts)
-    )
+    captions = tuple(make_caption(video_id, "forward", "human", i, text) for i, text in enumerate(texts))
     return VideoRecord(video_id, False, captions)
 
 
@@ -163,7 +163,7 @@ def load_split(path: Path, annotation_format: str = "auto", paragraphs: bool = F
 
 def as_paragraph(record: VideoRecord) -> VideoRecord:
     text = " ".join(caption.text for caption in record.captions)
-    paragraph = Caption(f"{record.video_id}#forward#human#0", record.video_id, "forward", "human", text)
+    paragraph = make_caption(record.video_id, "forward", "human", 0, text)
     return VideoRecord(record.video_id, False, (paragraph,))
 
 

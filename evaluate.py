@@ -46,14 +46,13 @@ from feature_cache import (
     contract_mismatch,
     feature_contract,
     read_meta,
-    read_pairs,
     split_format,
 )
 from file_io import atomic_write_json, atomic_write_npy, file_sha256
 from heads import HEADS, build_head, parameter_free_heads
 from retrieval_metrics import binary_accuracy, retrieval_metrics
 from runtime import HelpFormatter, resolve_device
-from scoring import TIE_ORDER, autocast_for, binary_margins, directions, score_matrix, setting_from_pairs
+from scoring import TIE_ORDER, autocast_for, binary_margins, directions, read_setting, score_matrix
 from split_tensors import load_split_tensors
 
 PER_QUERY_COLUMNS = (
@@ -168,7 +167,7 @@ def evaluate_one(args, checkpoint, cache_dir, split, out_path, device):
     array_dir.mkdir(parents=True, exist_ok=True)
     results, files = {}, {}
     for name in EVALUATION_SETTINGS[annotation_format]:
-        setting = setting_from_pairs(read_pairs(cache_dir, split, name))
+        setting = read_setting(cache_dir, split, name)
         with autocast:
             scores = score_matrix(head, data, setting).numpy()
         non_finite = ~np.isfinite(scores).all(axis=1)

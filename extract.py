@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 
 import av
@@ -337,27 +338,22 @@ def git_commit():
     return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
-def my_chunks(n_items, chunk_size, runtime):
-    """(chunk index, start, stop) of the fixed chunks this rank owns."""
+def chunks_to_do(n_items, chunk_size, part_path, label, runtime):
+    """The fixed chunks (index, start, stop) this rank owns whose part file `part_path(index)` is
+    not written yet (a resumed run keeps the rest), and a progress line over their items."""
     n_chunks = (n_items + chunk_size - 1) // chunk_size
-    return [
+    chunks = [
         (c, c * chunk_size, min(n_items, (c + 1) * chunk_size))
         for c in range(runtime.rank, n_chunks, runtime.world_size)
+        if not part_path(c).exists()
     ]
-
-
-def progress_label(split, what, runtime):
-    return f"[{split}] {what}" + (" (this rank's share)" if runtime.world_size > 1 else "")
+    label += " (this rank's share)" if runtime.world_size > 1 else ""
+    return chunks, Progress(label, sum(stop - start for _, start, stop in chunks), runtime.log)
 
 
 def extract_videos(plan, split, records, video_files, model, pool, runtime):
-    chunks = [
-        chunk
-        for chunk in my_chunks(len(records), plan.batch_videos, runtime)
-        if not video_part_path(plan.out, split, chunk[0]).exists()
-    ]
-    progress = Progress(
-        progress_label(split, "videos", runtime), sum(stop - start for _, start, stop in chunks), runtime.log
+    chunks, progress = chunks_to_do(
+        len(records), plan.batch_videos, partial(video_part_path, plan.out, split), f"[{split}] videos", runtime
     )
 
     def submit(start, stop):
@@ -414,13 +410,8 @@ def encode_video_chunk(part_path, decoded, model, on_error):
 
 
 def extract_texts(plan, split, captions, model, runtime):
-    chunks = [
-        chunk
-        for chunk in my_chunks(len(captions), plan.text_batch, runtime)
-        if not text_part_path(plan.out, split, chunk[0]).exists()
-    ]
-    progress = Progress(
-        progress_label(split, "captions", runtime), sum(stop - start for _, start, stop in chunks), runtime.log
+    chunks, progress = chunks_to_do(
+        len(captions), plan.text_batch, partial(text_part_path, plan.out, split), f"[{split}] captions", runtime
     )
     for chunk_index, start, stop in chunks:
         texts = [caption.text for caption in captions[start:stop]]

@@ -311,11 +311,9 @@ def init_from_clip_text(head: nn.Module, clip_state: dict[str, torch.Tensor]) ->
 
 def clip_logit_scale(learnable: bool, initial: float = 100.0) -> nn.Parameter:
     """ln of the temperature: `initial` (CLIP's 100 by default), fixed or learnable from there; a
-    value outside TempMe's bounds (see `clamp_log_scale_`) is refused."""
-    if not LOG_SCALE_MIN <= math.log(initial) <= LOG_SCALE_MAX + 1e-9:
-        raise ValueError(
-            f"logit scale {initial}: must lie in [e^{LOG_SCALE_MIN}, 100] = [{math.exp(LOG_SCALE_MIN):.3f}, 100]"
-        )
+    value outside TempMe's bounds (see `clamp_log_scale_`), or not a number, is refused."""
+    if not (math.isfinite(initial) and math.exp(LOG_SCALE_MIN) <= initial <= 100.0):
+        raise ValueError(f"must lie in [e^{LOG_SCALE_MIN}, 100] = [{math.exp(LOG_SCALE_MIN):.3f}, 100]")
     return nn.Parameter(torch.tensor(min(math.log(initial), LOG_SCALE_MAX)), requires_grad=learnable)
 
 

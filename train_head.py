@@ -18,7 +18,6 @@ log.jsonl, config.json.
 import argparse
 import contextlib
 import json
-import math
 import random
 import sys
 import time
@@ -44,7 +43,7 @@ from feature_cache import (
     split_format,
 )
 from file_io import atomic_write_bytes, atomic_write_json, exclusive_folder, file_sha256
-from heads import HEADS, LOG_SCALE_MIN, build_head, clamp_log_scale_, clip_logit_scale, init_from_clip_text
+from heads import HEADS, build_head, clamp_log_scale_, clip_logit_scale, init_from_clip_text
 from retrieval_metrics import retrieval_metrics
 from runtime import HelpFormatter, Progress, setup_runtime
 from scoring import autocast_for, directions, read_setting, score_matrix
@@ -214,8 +213,10 @@ def check_arguments(args):
         )
     if args.batch_size < 2:
         parser.error(f"--batch-size {args.batch_size}: in-batch InfoNCE needs at least 2 videos (with 1 the loss is 0)")
-    if not (math.isfinite(args.logit_scale) and math.exp(LOG_SCALE_MIN) <= args.logit_scale <= 100):
-        parser.error(f"--logit-scale {args.logit_scale}: must lie in [{math.exp(LOG_SCALE_MIN):.3f}, 100]")
+    try:
+        clip_logit_scale(args.learn_temp, args.logit_scale)
+    except ValueError as err:
+        parser.error(f"--logit-scale {args.logit_scale}: {err}")
     if args.select_frames < 0:
         parser.error(f"--select-frames {args.select_frames}: a number of frames, or 0 for all")
     if args.epochs < 1:

@@ -104,7 +104,6 @@ def run_trial(args, head, trial):
     """Train one trial in its own process, report each epoch's selection metric to the pruner as
     train_head.py logs it, and stop the run if pruned. Returns the best metric, or None if pruned."""
     out = args.out / "trials" / head / f"trial_{trial.number:03d}"
-    settings = [value for name, x in trial.params.items() for value in (FLAGS[name], repr(x))]
     command = [
         sys.executable,
         str(SCRIPT),
@@ -116,7 +115,7 @@ def run_trial(args, head, trial):
         str(out),
         *(["--clip", str(args.clip)] if args.clip else []),
         *shlex.split(args.train_args),
-        *settings,
+        *as_flags(trial.params),
     ]
     errors = out.with_suffix(".stderr.txt")
     errors.parent.mkdir(parents=True, exist_ok=True)
@@ -130,6 +129,11 @@ def run_trial(args, head, trial):
     if process.returncode != 0:
         sys.exit(f"trial {trial.number} of {head} failed ({shlex.join(command)}):\n{errors.read_text()}")
     return max(record["selection"] for record in records)
+
+
+def as_flags(params):
+    """A trial's settings as train_head.py arguments: ["--lr", "0.001", ...]."""
+    return [value for name, x in params.items() for value in (FLAGS[name], repr(x))]
 
 
 def watch(process, log, trial):
@@ -158,7 +162,6 @@ def write_best(args, head, study, space):
         f"tune.py: optuna TPE (seed {args.seed}), {args.trials} trials on valid, median pruning; best of "
         f"{states.count(optuna.trial.TrialState.COMPLETE)} completed"
     )
-    train_args = [value for name, x in best.params.items() for value in (FLAGS[name], repr(x))]
     (args.out / "best").mkdir(exist_ok=True)
     atomic_write_json(
         args.out / "best" / f"{head}.json",
@@ -168,7 +171,7 @@ def write_best(args, head, study, space):
             "value": best.value,
             "trial": best.number,
             "space": space,
-            "train_args": train_args + ["--settings-note", note],
+            "train_args": as_flags(best.params) + ["--settings-note", note],
             "shared_train_args": args.train_args,
             "trials": {
                 "completed": states.count(optuna.trial.TrialState.COMPLETE),

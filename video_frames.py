@@ -57,6 +57,11 @@ class DecodeSpec:
     size: int
     decoder: str = "opencv"
 
+    @property
+    def front_to_back_decoder(self) -> str:
+        """The decoder for a decode from the first frame to the last: pyav-seek's is PyAV."""
+        return "pyav" if self.decoder == "pyav-seek" else self.decoder
+
 
 @dataclass(frozen=True)
 class StreamInfo:
@@ -89,7 +94,7 @@ def decode_sampled_frames(path: Path, spec: DecodeSpec) -> tuple[np.ndarray, str
         if decoded is not None:
             return finish(path, info, spec, decoded)
     guess = set(guess_indices(info, spec))
-    decoded = read_frames(path, guess, "pyav" if spec.decoder == "pyav-seek" else spec.decoder, info)
+    decoded = read_frames(path, guess, spec.front_to_back_decoder, info)
     indices = kept_indices(decoded, info, spec)
     if not set(indices) <= decoded.kept.keys():
         # the recorded length was off: sample from the true one, at the price of a second decode
@@ -108,7 +113,7 @@ def sampled_neighbourhood(path: Path, spec: DecodeSpec) -> dict[int, np.ndarray]
     if not path.is_file():
         raise VideoError(f"missing: {path}")
     info = probe(path)
-    counted = read_frames(path, set(), "pyav" if spec.decoder == "pyav-seek" else spec.decoder, info)
+    counted = read_frames(path, set(), spec.front_to_back_decoder, info)
     n = counted.n_frames
     positions = {
         offset: [min(max(index + offset, 0), n - 1) for index in kept_indices(counted, info, spec)]

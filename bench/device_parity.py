@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 import extract
+import verify
 from feature_cache import open_split
 from fixtures.synthetic_cache import CLIP_SHAPES, write_random_clip
 
@@ -53,11 +54,6 @@ def run_extract(annotations, videos, checkpoint, out, device, dtype, extra=()):
     )
 
 
-def row_cosines(a, b):
-    a, b = torch.from_numpy(np.asarray(a, dtype=np.float32)), torch.from_numpy(np.asarray(b, dtype=np.float32))
-    return torch.nn.functional.cosine_similarity(a, b, dim=1).numpy()
-
-
 def extraction_parity(tmp, demo, args):
     """Rows of (what, count, least cosine, median cosine) between DEVICE and CPU fp32 extraction."""
     if args.videos:
@@ -82,7 +78,7 @@ def extraction_parity(tmp, demo, args):
         ("captions (pooled)", on_device.text_feats, on_cpu.text_feats),
         ("caption tokens", on_device.text_token_feats, on_cpu.text_token_feats),
     ):
-        cosines = row_cosines(device_rows, cpu_rows)
+        cosines = verify.cosine(np.asarray(device_rows, np.float32), np.asarray(cpu_rows, np.float32))
         rows.append((what, len(cosines), float(cosines.min()), float(np.median(cosines))))
     return rows
 

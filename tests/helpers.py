@@ -10,10 +10,10 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 
 
-def extract_args(demo, out, *extra, videos=None):
+def extract_args(demo, out, *extra, videos=None, annotations=None):
     return [
         "--annotations",
-        str(demo / "annotations"),
+        str(annotations or demo / "annotations"),
         "--videos",
         str(videos or demo / "videos"),
         "--clip",
@@ -28,6 +28,23 @@ def extract_args(demo, out, *extra, videos=None):
         "3",
         "--text-batch",
         "16",
+        *extra,
+    ]
+
+
+def verify_args(demo, cache, n_videos, *extra, videos=None):
+    """verify.py's arguments for a cache extracted from the demo, re-extracting `n_videos` videos."""
+    return [
+        "--cache",
+        str(cache),
+        "--annotations",
+        str(demo / "annotations"),
+        "--videos",
+        str(videos or demo / "videos"),
+        "--clip",
+        str(demo / "clip_tiny.pt"),
+        "--n-videos",
+        str(n_videos),
         *extra,
     ]
 

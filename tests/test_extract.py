@@ -14,7 +14,7 @@ import extract
 import verify
 from feature_cache import open_split, read_pairs
 from sampling import sample_frame_indices
-from tests.helpers import PROJECT, cache_files, extract_args
+from tests.helpers import PROJECT, cache_files, extract_args, verify_args
 from video_frames import DecodeSpec, decode_sampled_frames
 
 
@@ -179,21 +179,8 @@ def test_truncated_lossless_video_is_reported_truncated(tmp_path):
 
 
 def test_verify_passes_on_good_cache_and_fails_on_tampered_one(demo_data, demo_cache, tmp_path, capsys):
-    verify_args = [
-        "--cache",
-        str(demo_cache),
-        "--annotations",
-        str(demo_data / "annotations"),
-        "--videos",
-        str(demo_data / "videos"),
-        "--clip",
-        str(demo_data / "clip_tiny.pt"),
-        "--reversed-videos",
-        str(demo_data / "videos_reversed"),
-        "--n-videos",
-        "6",
-    ]
-    verify.main(verify_args)
+    reversed_videos = ("--reversed-videos", str(demo_data / "videos_reversed"))
+    verify.main(verify_args(demo_data, demo_cache, 6, *reversed_videos))
     assert "reversed file = flip(cache)    ok" in capsys.readouterr().out
     tampered = tmp_path / "tampered"
     shutil.copytree(demo_cache, tampered)
@@ -201,7 +188,7 @@ def test_verify_passes_on_good_cache_and_fails_on_tampered_one(demo_data, demo_c
     feats[3] = np.nan
     np.save(tampered / "test" / "video_feats.npy", feats)
     with pytest.raises(SystemExit, match="test video_feats finite"):
-        verify.main(["--cache", str(tampered)] + verify_args[2:])
+        verify.main(verify_args(demo_data, tampered, 6, *reversed_videos))
 
 
 def test_generic_annotations_extract_with_one_pair_list(demo_data, tmp_path):
@@ -213,22 +200,7 @@ def test_generic_annotations_extract_with_one_pair_list(demo_data, tmp_path):
     }
     (annotations / "test.json").write_text(json.dumps(generic))
     out = tmp_path / "cache"
-    extract.main(
-        [
-            "--annotations",
-            str(annotations),
-            "--videos",
-            str(demo_data / "videos"),
-            "--clip",
-            str(demo_data / "clip_tiny.pt"),
-            "--out",
-            str(out),
-            "--fps",
-            "4",
-            "--workers",
-            "0",
-        ]
-    )
+    extract.main(extract_args(demo_data, out, annotations=annotations))
     assert sorted(path.name for path in (out / "test").glob("*.csv")) == ["test_pairs.csv"]
     pairs = read_pairs(out, "test", "all")
     assert [(p["video_row"], p["reversed"]) for p in pairs] == [(0, 0), (0, 0), (1, 0), (1, 0), (2, 0), (2, 0)]
@@ -266,18 +238,5 @@ def test_verify_names_a_video_file_gone_since_extraction(demo_data, demo_cache, 
     for path in videos.iterdir():
         path.unlink()  # every video gone: whichever are drawn, the first is named
     with pytest.raises(SystemExit, match="re-extraction = cache"):
-        verify.main(
-            [
-                "--cache",
-                str(demo_cache),
-                "--annotations",
-                str(demo_data / "annotations"),
-                "--videos",
-                str(videos),
-                "--clip",
-                str(demo_data / "clip_tiny.pt"),
-                "--n-videos",
-                "2",
-            ]
-        )
+        verify.main(verify_args(demo_data, demo_cache, 2, videos=videos))
     assert re.search(r"re-extraction = cache +FAIL +video \d+: missing: .*/videos/\d+\.\*", capsys.readouterr().out)

@@ -27,7 +27,7 @@ from feature_cache import content_digest, read_meta
 from fixtures.synthetic_cache import write_order_only_cache
 from make_demo_data import write_tiny_clip
 from retrieval_metrics import binary_accuracy, retrieval_metrics
-from tests.helpers import cache_files, extract_args, start_script, wait_until
+from tests.helpers import cache_files, extract_args, start_script, verify_args, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -150,20 +150,7 @@ def test_verify_counts_nan_as_a_failure_not_as_zero_difference(demo_data, lone_c
     feats[:] = np.nan  # every test video: whichever is drawn is NaN
     np.save(tampered / "test" / "video_feats.npy", feats)
     with pytest.raises(SystemExit):
-        verify.main(
-            [
-                "--cache",
-                str(tampered),
-                "--annotations",
-                str(demo_data / "annotations"),
-                "--videos",
-                str(demo_data / "videos"),
-                "--clip",
-                str(demo_data / "clip_tiny.pt"),
-                "--n-videos",
-                "24",
-            ]
-        )
+        verify.main(verify_args(demo_data, tampered, 24))
     output = capsys.readouterr().out
     assert "re-extraction = cache" in output and "NaN or Inf in the cached features" in output
     assert "max abs diff 0" not in output
@@ -257,20 +244,7 @@ def test_every_file_digest_is_recorded_and_verify_checks_all_of_them(demo_data, 
     feats[-1, 0] += 1.0  # the last frame of the last train video: not among the one video re-extracted
     np.save(tampered / "train" / "video_feats.npy", feats)
     with pytest.raises(SystemExit, match="train file sha256"):
-        verify.main(
-            [
-                "--cache",
-                str(tampered),
-                "--annotations",
-                str(demo_data / "annotations"),
-                "--videos",
-                str(demo_data / "videos"),
-                "--clip",
-                str(demo_data / "clip_tiny.pt"),
-                "--n-videos",
-                "1",
-            ]
-        )
+        verify.main(verify_args(demo_data, tampered, 1))
     assert "changed or missing: video_feats.npy" in capsys.readouterr().out
 
 
@@ -310,9 +284,7 @@ def annotations_copy(demo_data, tmp_path):
 
 
 def extract_with(demo_data, annotations, out, *extra):
-    args = extract_args(demo_data, out, *extra)
-    args[args.index("--annotations") + 1] = str(annotations)
-    return extract.main(args)
+    return extract.main(extract_args(demo_data, out, *extra, annotations=annotations))
 
 
 def test_a_video_in_two_splits_is_refused_naming_both_files(demo_data, tmp_path):
@@ -414,7 +386,17 @@ def test_extract_refuses_nonsense_before_any_work_naming_the_flag(demo_data, tmp
 
 
 @pytest.mark.parametrize(
-    "flag,value", [("--batch-size", "1"), ("--epochs", "0"), ("--frames", "0"), ("--frames", "3"), ("--lr", "nan")]
+    "flag,value",
+    [
+        ("--batch-size", "1"),
+        ("--epochs", "0"),
+        ("--frames", "0"),
+        ("--frames", "3"),
+        ("--lr", "nan"),
+        ("--logit-scale", "0"),
+        ("--logit-scale", "nan"),
+        ("--logit-scale", "101"),
+    ],
 )
 def test_train_refuses_nonsense_before_any_work_naming_the_flag(tmp_path, capsys, flag, value):
     args = ["--cache", str(tmp_path / "none"), "--head", "seqTransf", "--out", str(tmp_path / "run"), flag, value]
