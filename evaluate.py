@@ -14,7 +14,7 @@ Settings (human captions only): RTime splits give `origin` (original videos x fo
 and `hard` (originals and their reversals x forward and reverse captions), plus `binary` (each
 record's caption against its video and that video's reversal, both ways); a generic dataset has
 one setting, `all`. Both directions: text->video, and video->text as CLIP4Clip computes it (each
-candidate's caption set scored by its best caption; see scoring.py). `v2t_per_caption`, kept for
+candidate's caption set scored by its best caption; see evaluation/scoring.py). `v2t_per_caption`, kept for
 reference only, ranks every single caption instead (a video's other captions count as wrong).
 Candidate order, which is also the stable-sort tie order: originals by video row, then reversed
 videos by video row; captions by caption row.
@@ -37,9 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from annotations import EVALUATION_SETTINGS
-from checkpoints import CheckpointError, head_from_checkpoint, load_checkpoint
-from feature_cache import (
+from corpus.annotations import EVALUATION_SETTINGS
+from corpus.feature_cache import (
     META_NAME,
     CacheError,
     content_digest,
@@ -48,12 +47,13 @@ from feature_cache import (
     read_meta,
     split_format,
 )
-from file_io import atomic_write_json, atomic_write_npy, file_sha256
-from heads import HEADS, build_head, parameter_free_heads
-from retrieval_metrics import binary_accuracy, retrieval_metrics
-from runtime import HelpFormatter, resolve_device
-from scoring import TIE_ORDER, autocast_for, binary_margins, directions, read_setting, score_matrix
-from split_tensors import load_split_tensors
+from evaluation.retrieval_metrics import binary_accuracy, retrieval_metrics
+from evaluation.scoring import TIE_ORDER, autocast_for, binary_margins, directions, read_setting, score_matrix
+from heads.architectures import HEADS, build_head, parameter_free_heads
+from heads.checkpoints import CheckpointError, head_from_checkpoint, load_checkpoint
+from heads.split_tensors import load_split_tensors
+from infra.file_io import atomic_write_json, atomic_write_npy, file_sha256
+from infra.runtime import HelpFormatter, resolve_device
 
 PER_QUERY_COLUMNS = (
     "stable_rank",

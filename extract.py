@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 import clip_vendor
-from annotations import AnnotationError, check_disjoint_splits, load_split, split_captions
 from clip_vendor.tokenizer import VOCAB_PATH
-from feature_cache import (
+from corpus.annotations import AnnotationError, check_disjoint_splits, load_split, split_captions
+from corpus.feature_cache import (
     META_NAME,
     PARTS_DIR,
     VIDEO_FILES,
@@ -47,10 +47,8 @@ from feature_cache import (
     write_text_part,
     write_video_part,
 )
-from file_io import atomic_write_json, exclusive_folder, file_sha256
-from runtime import HelpFormatter, Progress, setup_runtime
-from sampling import SAMPLING_RULE
-from video_frames import (
+from corpus.sampling import SAMPLING_RULE
+from corpus.video_frames import (
     DECODERS,
     DecodeSpec,
     decode_and_crop,
@@ -59,6 +57,8 @@ from video_frames import (
     index_video_files,
     init_decode_worker,
 )
+from infra.file_io import atomic_write_json, exclusive_folder, file_sha256
+from infra.runtime import HelpFormatter, Progress, setup_runtime
 
 CACHE_FORMAT_VERSION = 2
 SPLITS = ("train", "valid", "test")
@@ -311,7 +311,7 @@ def check_video_files(args, split, records, video_files, meta):
 
 
 def decoder_contract(decoder):
-    """The decoder and the library versions its pixels depend on (see video_frames.py)."""
+    """The decoder and the library versions its pixels depend on (see corpus/video_frames.py)."""
     return {
         "name": decoder,
         "fallback": "pyav" if decoder == "opencv" else None,

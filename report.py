@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from file_io import atomic_write_bytes, atomic_write_json
-from report_plots import dataset_plots, seed_averaged, training_curves
-from retrieval_stats import CONFIDENCE, METRICS, N_RESAMPLES, bootstrap_ci, holm_adjust, paired_difference
-from runtime import HelpFormatter
+from evaluation.report_plots import dataset_plots, seed_averaged, training_curves
+from evaluation.retrieval_stats import CONFIDENCE, METRICS, N_RESAMPLES, bootstrap_ci, holm_adjust, paired_difference
+from infra.file_io import atomic_write_bytes, atomic_write_json
+from infra.runtime import HelpFormatter
 
 SETTING_TITLES = {"origin": "Table A: RTime-Origin", "hard": "Table B: RTime-Hard", "all": "Retrieval, all captions"}
 DIRECTION_TITLES = {"t2v": "text→video", "v2t": "video→text"}

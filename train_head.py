@@ -28,11 +28,9 @@ import numpy as np
 import torch
 
 import clip_vendor
-from annotations import SELECTION_SETTING
-from checkpoints import CheckpointError, head_checkpoint, init_from, load_checkpoint, save_checkpoint
 from clip_vendor.model import CLIP, ClipConfig
-from contrastive import average_gradients, batch_loss, epoch_batches, lr_scale, param_groups, set_lr, train_items
-from feature_cache import (
+from corpus.annotations import SELECTION_SETTING
+from corpus.feature_cache import (
     META_NAME,
     CacheError,
     content_digest,
@@ -42,12 +40,14 @@ from feature_cache import (
     read_pairs,
     split_format,
 )
-from file_io import atomic_write_bytes, atomic_write_json, exclusive_folder, file_sha256
-from heads import HEADS, build_head, clamp_log_scale_, clip_logit_scale, init_from_clip_text
-from retrieval_metrics import retrieval_metrics
-from runtime import HelpFormatter, Progress, setup_runtime
-from scoring import autocast_for, directions, read_setting, score_matrix
-from split_tensors import load_split_tensors
+from evaluation.retrieval_metrics import retrieval_metrics
+from evaluation.scoring import autocast_for, directions, read_setting, score_matrix
+from heads.architectures import HEADS, build_head, clamp_log_scale_, clip_logit_scale, init_from_clip_text
+from heads.checkpoints import CheckpointError, head_checkpoint, init_from, load_checkpoint, save_checkpoint
+from heads.contrastive import average_gradients, batch_loss, epoch_batches, lr_scale, param_groups, set_lr, train_items
+from heads.split_tensors import load_split_tensors
+from infra.file_io import atomic_write_bytes, atomic_write_json, exclusive_folder, file_sha256
+from infra.runtime import HelpFormatter, Progress, setup_runtime
 
 PROGRESS_SECONDS = 10  # in-epoch progress lines at most this often
 

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import optuna
 
-from file_io import atomic_write_json, exclusive_folder
-from heads import HEADS
-from runtime import HelpFormatter
+from heads.architectures import HEADS
+from infra.file_io import atomic_write_json, exclusive_folder
+from infra.runtime import HelpFormatter
 
 SCRIPT = Path(__file__).resolve().parent / "train_head.py"
 FLAGS = {"lr": "--lr", "weight_decay": "--weight-decay", "warmup": "--warmup", "logit_scale": "--logit-scale"}

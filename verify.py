@@ -20,13 +20,11 @@ from pathlib import Path
 import numpy as np
 
 import clip_vendor
-from annotations import pair_settings
 from clip_vendor.preprocess import resize_crop
 from clip_vendor.tokenizer import VOCAB_PATH
-from feature_cache import VIDEO_FILES, CacheError, open_split, pairs_path, read_meta, read_pairs
-from file_io import file_sha256
-from runtime import HelpFormatter, resolve_device
-from video_frames import (
+from corpus.annotations import pair_settings
+from corpus.feature_cache import VIDEO_FILES, CacheError, open_split, pairs_path, read_meta, read_pairs
+from corpus.video_frames import (
     DecodeSpec,
     VideoError,
     decode_and_crop,
@@ -35,6 +33,8 @@ from video_frames import (
     index_video_files,
     sampled_neighbourhood,
 )
+from infra.file_io import file_sha256
+from infra.runtime import HelpFormatter, resolve_device
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
 parser.add_argument("--cache", required=True, type=Path, help="cache folder written by extract.py")

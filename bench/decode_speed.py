@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from clip_vendor.preprocess import resize_crop
+from corpus.video_frames import DecodeSpec, decode_sampled_frames, probe
 from fixtures.real_videos import long_video, variants
-from video_frames import DecodeSpec, decode_sampled_frames, probe
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--fps", type=float, default=1.0, help="extract.py --fps")

@@ -26,7 +26,7 @@ import torch
 
 import extract
 import verify
-from feature_cache import open_split
+from corpus.feature_cache import open_split
 from fixtures.synthetic_cache import CLIP_SHAPES, write_random_clip
 
 REPO = Path(__file__).resolve().parents[1]

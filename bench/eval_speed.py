@@ -1,6 +1,6 @@
 """Evaluation speed: tightTransf all-pairs scoring against a CLIP4Clip-style loop, and per-query search latency of the
 query-independent heads against tightTransf, on each device given; each head with all frames and
-with --select-frames K frames picked by a learned scorer (frame_selection.py).
+with --select-frames K frames picked by a learned scorer (heads/frame_selection.py).
 
     python -m bench.eval_speed --devices cuda cpu            # 2000 x 2000, 24 frames x 512
     python -m bench.eval_speed --devices cpu --videos 200 --dim 64 --skip-all-pairs-on-cpu
@@ -22,9 +22,9 @@ import time
 import numpy as np
 import torch
 
-from heads import build_head, key_padding_mask
-from scoring import Setting, autocast_for, score_matrix
-from split_tensors import SplitTensors
+from evaluation.scoring import Setting, autocast_for, score_matrix
+from heads.architectures import build_head, key_padding_mask
+from heads.split_tensors import SplitTensors
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--devices", nargs="+", default=["cuda", "cpu"], help="devices to measure on")

@@ -30,9 +30,9 @@ import torch
 import clip_vendor
 import extract
 from clip_vendor.preprocess import resize_crop
+from corpus.sampling import sample_frame_indices
+from corpus.video_frames import DecodeSpec, decode_and_crop, init_decode_worker
 from fixtures.synthetic_cache import CLIP_SHAPES, write_random_clip
-from sampling import sample_frame_indices
-from video_frames import DecodeSpec, decode_and_crop, init_decode_worker
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--device", default="cuda", help="cuda or cpu")

@@ -23,7 +23,7 @@ import evaluate
 import extract
 import make_demo_data
 import train_head
-from feature_cache import open_split, read_meta
+from corpus.feature_cache import open_split, read_meta
 
 OPENING = ["the camera holds still on a plain background ."] * 10  # 90 tokens
 

@@ -20,9 +20,9 @@ import torch
 
 import clip_vendor
 import verify
+from corpus.video_frames import DecodeSpec, decode_and_crop
 from fixtures.real_videos import lossy_reversal, off_by_one_reversal, variants
 from fixtures.synthetic_cache import CLIP_SHAPES, write_random_clip
-from video_frames import DecodeSpec, decode_and_crop
 
 OTHER_FOOTAGE = {"h264_bframes_mp4": "h264_bframes_later_mp4", "h264_bframes_later_mp4": "h264_bframes_mp4"}
 CLIPS = (

@@ -26,10 +26,10 @@ import torch
 
 import train_head
 from clip_vendor.model import ClipConfig
+from evaluation.scoring import autocast_for, read_setting, score_matrix
 from fixtures.synthetic_cache import write_order_only_cache, write_random_clip
-from heads import build_head, init_from_clip_text
-from scoring import autocast_for, read_setting, score_matrix
-from split_tensors import load_split_tensors
+from heads.architectures import build_head, init_from_clip_text
+from heads.split_tensors import load_split_tensors
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--device", default="cuda", help="cuda or cpu")

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from annotations import AnnotationError, load_split, pair_lists, split_captions
+from corpus.annotations import AnnotationError, load_split, pair_lists, split_captions
 
 RTIME_DIR = Path(__file__).resolve().parents[2] / "shared" / "rtime"
 
@@ -126,7 +126,7 @@ def test_generic_record_without_sentences_is_named(tmp_path):
 
 
 def test_failed_video_drops_its_captions_from_every_pair_list():
-    from annotations import Caption
+    from corpus.annotations import Caption
 
     captions = [
         Caption("a#forward#human#0", "a", "forward", "human", "x"),

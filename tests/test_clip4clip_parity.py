@@ -4,7 +4,7 @@ CLIP4Clip's state dicts loading strictly into our heads."""
 import pytest
 import torch
 
-from heads import LOG_SCALE_MAX, LOG_SCALE_MIN, build_head, clamp_log_scale_, load_head_weights
+from heads.architectures import LOG_SCALE_MAX, LOG_SCALE_MIN, build_head, clamp_log_scale_, load_head_weights
 from tests.clip4clip_restated import SeqTransfReference, TightTransfReference
 
 WIDTH, FRAMES = 128, 8  # two attention heads of 64

@@ -13,10 +13,10 @@ import clip_vendor
 import evaluate
 import report
 import train_head
+from evaluation.retrieval_metrics import binary_accuracy, retrieval_metrics
+from evaluation.retrieval_stats import METRICS, bootstrap_ci
 from fixtures.synthetic_cache import write_order_only_cache
 from make_demo_data import write_tiny_clip
-from retrieval_metrics import binary_accuracy, retrieval_metrics
-from retrieval_stats import METRICS, bootstrap_ci
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -123,7 +123,7 @@ def test_every_statistic_recomputes_from_the_saved_arrays(evaluated):
 
 
 def test_binary_margins_compare_each_caption_and_video_with_the_reversal():
-    from scoring import setting_from_pairs
+    from evaluation.scoring import setting_from_pairs
 
     pairs = [
         {"caption_row": 0, "caption_id": "v#forward#human#0", "video_row": 0, "video_id": "v", "reversed": 0},

@@ -12,10 +12,10 @@ import pytest
 
 import extract
 import verify
-from feature_cache import open_split, read_pairs
-from sampling import sample_frame_indices
+from corpus.feature_cache import open_split, read_pairs
+from corpus.sampling import sample_frame_indices
+from corpus.video_frames import DecodeSpec, decode_sampled_frames
 from tests.helpers import PROJECT, cache_files, extract_args, verify_args
-from video_frames import DecodeSpec, decode_sampled_frames
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +172,7 @@ def test_truncated_lossless_video_is_reported_truncated(tmp_path):
         writer.write(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8))
     writer.release()
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-    from video_frames import VideoError
+    from corpus.video_frames import VideoError
 
     with pytest.raises(VideoError, match=f"(truncated|unreadable).*{path}"):
         decode_sampled_frames(path, DecodeSpec(4, 24, 32))
@@ -208,7 +208,7 @@ def test_generic_annotations_extract_with_one_pair_list(demo_data, tmp_path):
 
 
 def test_unexpected_decode_error_is_a_named_bad_video(monkeypatch):
-    import video_frames
+    from corpus import video_frames
 
     def broken(path, spec):
         raise RuntimeError("frame size changed mid-stream")

@@ -18,15 +18,15 @@ import torch
 import clip_vendor
 import evaluate
 import extract
-import file_io
 import report
 import train_head
 import verify
-from checkpoints import CheckpointError, save_checkpoint
-from feature_cache import content_digest, read_meta
+from corpus.feature_cache import content_digest, read_meta
+from evaluation.retrieval_metrics import binary_accuracy, retrieval_metrics
 from fixtures.synthetic_cache import write_order_only_cache
+from heads.checkpoints import CheckpointError, save_checkpoint
+from infra import file_io
 from make_demo_data import write_tiny_clip
-from retrieval_metrics import binary_accuracy, retrieval_metrics
 from tests.helpers import cache_files, extract_args, start_script, verify_args, wait_until
 
 

@@ -11,10 +11,10 @@ import clip_vendor
 import evaluate
 import train_head
 from fixtures.synthetic_cache import write_sparse_content_cache
-from frame_selection import PerturbedTopK, SelectFrames
-from heads import build_head
+from heads.architectures import build_head
+from heads.frame_selection import PerturbedTopK, SelectFrames
+from heads.split_tensors import flip_frames
 from make_demo_data import write_tiny_clip
-from split_tensors import flip_frames
 
 WIDTH, FRAMES, K = 32, 10, 4
 

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import clip_vendor
-from heads import N_HEAD_LAYERS, build_head, init_from_clip_text
-from sampling import frame_subset
-from split_tensors import flip_frames
+from corpus.sampling import frame_subset
+from heads.architectures import N_HEAD_LAYERS, build_head, init_from_clip_text
+from heads.split_tensors import flip_frames
 
 WIDTH, N_FRAMES = 64, 6
 

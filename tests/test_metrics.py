@@ -3,9 +3,9 @@ import itertools
 import numpy as np
 import pytest
 
-from retrieval_metrics import binary_accuracy, retrieval_metrics
-from retrieval_stats import METRICS, bootstrap_ci, holm_adjust, paired_difference
-from scoring import directions
+from evaluation.retrieval_metrics import binary_accuracy, retrieval_metrics
+from evaluation.retrieval_stats import METRICS, bootstrap_ci, holm_adjust, paired_difference
+from evaluation.scoring import directions
 
 
 def brute_force(scores, gold, ks=(1, 5, 10)):

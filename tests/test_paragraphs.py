@@ -8,9 +8,9 @@ import torch
 
 import clip_vendor
 import extract
-from annotations import AnnotationError, load_split
 from clip_vendor.tokenizer import default_tokenizer
-from feature_cache import open_split, read_meta
+from corpus.annotations import AnnotationError, load_split
+from corpus.feature_cache import open_split, read_meta
 from tests.helpers import extract_args
 
 # 90 tokens that every paragraph opens with: truncation at 77 keeps nothing after them.

@@ -13,11 +13,11 @@ import pytest
 
 import extract
 import verify
-import video_frames
+from corpus import video_frames
+from corpus.sampling import segment_centres
+from corpus.video_frames import DECODERS, DecodeSpec, VideoError, decode_sampled_frames
 from fixtures.real_videos import cached, ffmpeg, lossless_reversal, lossy_reversal, off_by_one_reversal, variants
 from make_demo_data import write_tiny_clip
-from sampling import segment_centres
-from video_frames import DECODERS, DecodeSpec, VideoError, decode_sampled_frames
 
 FPS, T_MAX = 4, 24
 

@@ -13,11 +13,11 @@ import pytest
 import torch
 
 import clip_vendor
-import contrastive
 import evaluate
 import train_head
-from file_io import file_sha256
 from fixtures.synthetic_cache import write_order_only_cache
+from heads import contrastive
+from infra.file_io import file_sha256
 from make_demo_data import write_tiny_clip
 
 PROJECT = Path(__file__).resolve().parents[1]

@@ -11,8 +11,8 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from file_io import atomic_write_bytes
-from retrieval_stats import METRICS
+from evaluation.retrieval_stats import METRICS
+from infra.file_io import atomic_write_bytes
 
 
 def subplots(n_columns: int, figsize: tuple[float, float]):

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from file_io import atomic_write_bytes
-from heads import base_head, build_head, load_head_weights
+from heads.architectures import base_head, build_head, load_head_weights
+from infra.file_io import atomic_write_bytes
 
 
 class CheckpointError(Exception):

@@ -1,4 +1,4 @@
-"""Decoding exactly the sampled frames of a video file (sampling.py says which), with OpenCV or PyAV.
+"""Decoding exactly the sampled frames of a video file (corpus/sampling.py says which), with OpenCV or PyAV.
 
 Decoders (`--decoder`, recorded in the cache contract):
 - `opencv`: OpenCV's FFmpeg, front to back; only the kept frames are converted (grab/retrieve). A
@@ -37,8 +37,8 @@ import cv2
 import numpy as np
 
 from clip_vendor.preprocess import resize_crop
-from file_io import file_fingerprint
-from sampling import sample_frame_indices
+from corpus.sampling import sample_frame_indices
+from infra.file_io import file_fingerprint
 
 MIN_DECODED_SHARE = 0.95  # below this share of the recorded frames or duration, a file is cut short
 DECODERS = ("opencv", "pyav", "pyav-seek")

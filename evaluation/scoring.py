@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from feature_cache import read_pairs
-from split_tensors import SplitTensors
+from corpus.feature_cache import read_pairs
+from heads.split_tensors import SplitTensors
 
 TIE_ORDER = "candidates: originals by video row, then reversed videos by video row; queries: captions by caption row"
 

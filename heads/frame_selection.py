@@ -48,7 +48,7 @@ class PerturbedTopK(torch.autograd.Function):
 
 class SelectFrames(nn.Module):
     """`head` fed the K frames of each video that a learned scorer ranks highest, in time order.
-    Answers the heads' calls (heads.py), so any head can select frames."""
+    Answers the heads' calls (heads/architectures.py), so any head can select frames."""
 
     def __init__(self, head: nn.Module, width: int, k: int):
         super().__init__()

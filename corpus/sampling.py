@@ -1,7 +1,7 @@
 """Which frames of a video to keep: integer, mirror-symmetric arithmetic (no decoding here).
 
 Sampling rule (recorded in cache_meta.json): a video of `n_frames` lasting `duration` seconds
-(measured from its frames' timestamps, video_frames.py) offers k = max(1, floor(duration * fps))
+(measured from its frames' timestamps, corpus/video_frames.py) offers k = max(1, floor(duration * fps))
 candidates; we keep n = min(k, t_max) frames at the centres of n equal segments of the frame
 indices [0, n_frames), rounding half-way cases toward the middle of the video. When n_frames
 is even, an odd n is lowered by one (1 is raised to 2): the middle centre would fall between the

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from feature_cache import open_split
-from sampling import frame_subset
+from corpus.feature_cache import open_split
+from corpus.sampling import frame_subset
 
 
 @dataclass

@@ -13,8 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from runtime import Runtime
-from split_tensors import SplitTensors
+from heads.split_tensors import SplitTensors
+from infra.runtime import Runtime
 
 
 def param_groups(head: torch.nn.Module, log_scale: torch.nn.Parameter, weight_decay: float) -> list[dict]:

@@ -26,7 +26,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from clip_vendor.model import HEAD_WIDTH, LayerNorm, QuickGELU, Transformer
-from frame_selection import SelectFrames
+from heads.frame_selection import SelectFrames
 
 EPS = 1e-6  # masked (all-zero) frames must not divide by zero when normalised
 N_HEAD_LAYERS = 4  # CLIP4Clip's 4 layers, initialised from the first 4 of CLIP's text transformer
@@ -252,7 +252,7 @@ def build_head(
     training, seqTransf and tightTransf then start from CLIP's text tower (`init_from_clip_text`).
     `context_length` is CLIP's text positions, the size of the position tables. tightTransf reads
     `text_input` (pooled, or the cached tokens) and scores `pair_batch` pairs per forward. With
-    `select_frames` K > 0, the head sees only the K frames a learned scorer picks (frame_selection.py)."""
+    `select_frames` K > 0, the head sees only the K frames a learned scorer picks (heads/frame_selection.py)."""
     if name not in HEADS:
         raise ValueError(f"unknown head {name!r}: choose one of {', '.join(sorted(HEADS))}")
     if select_frames:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from annotations import pair_lists
-from file_io import (
+from corpus.annotations import pair_lists
+from infra.file_io import (
     atomic_write_csv,
     atomic_write_json,
     atomic_write_lines,
