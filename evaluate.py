@@ -1,38 +1,40 @@
-"""Score a head on one or more cache splits and write every metric, with the score matrices kept beside them.
+"""Score a head on one or more cache splits and write every metric, with the arrays that back them.
 
     python evaluate.py --cache OUT --split test --ckpt runs/seqTransf_seed0/best.pt --out results/seqTransf_seed0.json
     python evaluate.py --cache OUT --split test --head meanP --out results/meanP.json
     python evaluate.py --ckpt best.pt --cache msrvtt_cache:test --cache rtime_cache:test --out results/seqTransf.json
 
-Several --cache (each PATH or PATH:SPLIT) evaluate one head on several datasets in one command, one
-result per dataset: OUT.json becomes OUT.{cache folder}-{split}.json. A checkpoint is evaluated on
-any cache whose features it can read: the CLIP checkpoint, tokenizer, preprocessing, sampling and
-storage dtype must match the cache it was trained on (the refusal names the first field that
-differs); annotations and batch sizes may differ.
+Several --cache (each PATH, PATH:SPLIT or PATH:SPLIT=LABEL) evaluate one head on several datasets in
+one command, one result per dataset: OUT.json becomes OUT.{label}.json. A dataset's label is the
+name extract.py recorded (--dataset) and the split, e.g. "RTime test"; =LABEL overrides it. A
+checkpoint is evaluated on any cache whose features it can read: the CLIP checkpoint, tokenizer,
+preprocessing, sampling and storage dtype must match the cache it was trained on (the refusal names
+the first field that differs); annotations and batch sizes may differ.
 
 Settings (human captions only): RTime splits give `origin` (original videos x forward captions)
 and `hard` (originals and their reversals x forward and reverse captions), plus `binary` (each
 record's caption against its video and that video's reversal, both ways); a generic dataset has
 one setting, `all`. Both directions: text->video, and video->text as CLIP4Clip computes it (each
-candidate's caption set scored by its best caption; see evaluation/scoring.py). `v2t_per_caption`, kept for
-reference only, ranks every single caption instead (a video's other captions count as wrong).
-Candidate order, which is also the stable-sort tie order: originals by video row, then reversed
-videos by video row; captions by caption row.
+candidate's caption set scored by its best caption; see evaluation/scoring.py). `v2t_per_caption`,
+kept for reference only, ranks every single caption instead (a video's other captions count as
+wrong). Candidate order, which is also the stable-sort tie order: originals by video row, then
+reversed videos by video row; captions by caption row.
 
-Writes OUT.json {setting: {direction: {R@1, R@5, R@10, MdR, MnR, expected, optimistic, pessimistic,
-n_queries, n_tied}}, binary: {direction: {accuracy, n_pairs, n_tied}}, provenance: {...}} and, in
-the folder OUT (without .json): {setting}_scores.npy [captions, candidates] with
-{setting}_ids.json naming its rows (caption ids) and columns (video id, reversed), {setting}_gold.npy,
-{setting}_{direction}_per_query.npy [queries, 7] (stable, expected, optimistic and pessimistic
-rank, expected recall@1/5/10), and binary_{direction}_margins.npy, so every statistic can be
-recomputed without a model. The provenance carries everything a report states (CLIP file and
-hash, preprocessing, sampling, cache dtype, training settings and selected epoch) and the absolute
-paths of those arrays, so a report needs nothing but the result files.
+Writes the folder OUT (OUT.json without .json) as one unit: {setting}_scores.npy [captions,
+candidates] with {setting}_ids.json naming its rows (caption ids) and columns (video id, reversed),
+{setting}_gold.npy, {setting}_{direction}_per_query.npy [queries, 7] (stable, expected, optimistic
+and pessimistic rank, expected recall@1/5/10) and binary_{direction}_margins.npy; then OUT.json
+{setting: {direction: {R@1, R@5, R@10, MdR, MnR, expected, optimistic, pessimistic, n_queries,
+n_tied}}, binary: {direction: {accuracy, n_pairs, n_tied}}, provenance: {...}}, whose provenance
+names each array by relative path and sha256 and carries everything a report states (CLIP file and
+hash, preprocessing, sampling, frames cached and seen, training settings, what each stage cost).
 """
 
 import argparse
 import json
+import re
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -44,34 +46,27 @@ from corpus.feature_cache import (
     content_digest,
     contract_mismatch,
     feature_contract,
+    frames_per_video,
     read_meta,
+    read_timings,
     split_format,
+    spread,
 )
+from evaluation.results import PER_QUERY_COLUMNS, write_result
 from evaluation.retrieval_metrics import binary_accuracy, retrieval_metrics
 from evaluation.scoring import TIE_ORDER, autocast_for, binary_margins, directions, read_setting, score_matrix
 from heads.architectures import HEADS, build_head, parameter_free_heads
 from heads.checkpoints import CheckpointError, head_from_checkpoint, load_checkpoint
-from heads.split_tensors import load_split_tensors
-from infra.file_io import atomic_write_json, atomic_write_npy, file_sha256
-from infra.runtime import HelpFormatter, resolve_device
-
-PER_QUERY_COLUMNS = (
-    "stable_rank",
-    "expected_rank",
-    "optimistic_rank",
-    "pessimistic_rank",
-    "expected_recall@1",
-    "expected_recall@5",
-    "expected_recall@10",
-)
-
+from heads.split_tensors import frames_to_use, load_split_tensors
+from infra.file_io import exclusive_folder, file_sha256, remove_stale_outputs
+from infra.runtime import HelpFormatter, device_name, fix_cpu_threads, resolve_device, whole_number
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
 parser.add_argument(
     "--cache",
     required=True,
     action="append",
-    help="feature cache written by extract.py, as PATH or PATH:SPLIT; repeat it to evaluate on several",
+    help="feature cache written by extract.py, as PATH, PATH:SPLIT or PATH:SPLIT=LABEL; repeat it for several",
 )
 parser.add_argument(
     "--split",
@@ -88,131 +83,123 @@ source.add_argument(
 )
 parser.add_argument(
     "--frames",
-    type=int,
+    type=whole_number(2),
     default=None,
-    help="with --head: frames per video (default: the cache's t_max); a checkpoint keeps its own",
+    help="with --head: frames per video (default: all the cache holds, up to its t_max); a checkpoint keeps its own",
 )
 parser.add_argument(
     "--out",
     required=True,
     type=Path,
-    help="result JSON to write (arrays go in a folder beside it); with several caches, "
-    "OUT.{cache folder}-{split}.json each",
+    help="result JSON to write (arrays go in a folder beside it); with several caches, OUT.{label}.json each",
 )
-parser.add_argument("--method", default=None, help="name in reports (default: the head's name)")
+parser.add_argument(
+    "--method", default=None, help="name in reports (default: the head's name; '{head} zero-shot' for --head)"
+)
 parser.add_argument("--device", default="auto", help="where to score: auto (cuda if available), cuda or cpu")
-parser.add_argument("--pair-batch", type=int, default=8192, help="tightTransf (text, video) pairs per forward")
+parser.add_argument(
+    "--pair-batch", type=whole_number(1), default=8192, help="tightTransf (text, video) pairs per forward"
+)
 
 
 def main(argv=None):
     args = parser.parse_args(argv)
-    targets = evaluation_targets(args)
-    device = resolve_device(args.device)
+    check_arguments(args)
     checkpoint = None
     if args.ckpt is not None:
         try:
             checkpoint = load_checkpoint(args.ckpt)
         except CheckpointError as err:
             sys.exit(str(err))
-    for cache_dir, split, out_path in targets:
-        evaluate_one(args, checkpoint, cache_dir, split, out_path, device)
+    targets = evaluation_targets(args)
+    device = resolve_device(args.device)
+    fix_cpu_threads(device)
+    for cache_dir, split, label, out_path in targets:
+        with exclusive_folder(out_path.parent, f".{out_path.stem}.lock"):
+            remove_stale_outputs(out_path.with_suffix(""))  # what an evaluation killed half-way left
+            evaluate_one(args, checkpoint, cache_dir, split, label, out_path, device)
 
 
-def evaluation_targets(args):
-    """[(cache folder, split, result path)], checked before any work."""
+def check_arguments(args):
+    """Refuse flags that make no sense, before anything is read, naming the flag."""
     if args.out.suffix != ".json":
         parser.error(f"--out {args.out}: give a .json path (the arrays go in a folder beside it)")
     if args.ckpt is not None and args.frames is not None:
         parser.error("--frames is for --head only: a checkpoint is evaluated with the frames it was trained on")
-    if args.frames is not None and (args.frames < 2 or args.frames % 2):
+    if args.frames is not None and args.frames % 2:
         parser.error(f"--frames {args.frames}: use an even number >= 2")
-    if args.pair_batch < 1:
-        parser.error(f"--pair-batch {args.pair_batch}: at least 1")
+
+
+def evaluation_targets(args):
+    """[(cache folder, split, dataset label, result path)], checked before any work."""
     targets = []
     for spec in args.cache:
-        if ":" in spec and not Path(spec).exists():
-            path, split = spec.rsplit(":", 1)
-            targets.append((Path(path), split))
-        else:
-            targets.append((Path(spec), args.split))
-    labels = [f"{cache_dir.resolve().name}-{split}" for cache_dir, split in targets]
+        label = None
+        if "=" in spec and not Path(spec).exists():
+            spec, label = spec.rsplit("=", 1)
+        path, split = spec.rsplit(":", 1) if ":" in spec and not Path(spec).exists() else (spec, args.split)
+        try:
+            label = label or f"{read_meta(Path(path)).get('dataset') or Path(path).resolve().name} {split}"
+        except CacheError as err:
+            sys.exit(str(err))
+        targets.append((Path(path), split, label))
+    labels = [label for _, _, label in targets]
     if len(set(labels)) < len(labels):
-        parser.error(f"--cache: two targets share the name {labels}; give the caches distinct folder names")
+        parser.error(
+            f"--cache: two targets are both called {sorted(set(x for x in labels if labels.count(x) > 1))}; give "
+            "each its own label, as --cache PATH:SPLIT=LABEL (or extract the caches with distinct --dataset)"
+        )
     if len(targets) == 1:
-        return [(targets[0][0], targets[0][1], args.out)]
+        return [(*targets[0], args.out)]
     return [
-        (cache_dir, split, args.out.with_name(f"{args.out.stem}.{label}.json"))
-        for (cache_dir, split), label in zip(targets, labels, strict=True)
+        (cache_dir, split, label, args.out.with_name(f"{args.out.stem}.{file_label(label)}.json"))
+        for cache_dir, split, label in targets
     ]
 
 
-def evaluate_one(args, checkpoint, cache_dir, split, out_path, device):
+def file_label(label):
+    """A dataset label as a file name part: "RTime test" -> "RTime_test"."""
+    return re.sub(r"[^\w.-]+", "_", label).strip("_")
+
+
+def evaluate_one(args, checkpoint, cache_dir, split, label, out_path, device):
+    started = time.time()
+    if split == "train":
+        sys.exit(f"{cache_dir}: --split train has no evaluation pair lists; use valid or test")
     try:
         meta = read_meta(cache_dir)
         annotation_format = split_format(meta, split)
+        cached_frames = frames_per_video(cache_dir, split)
     except CacheError as err:
         sys.exit(str(err))
-    if split == "train":
-        sys.exit(f"{cache_dir}: --split train has no evaluation pair lists; use valid or test")
-    cache_sha = file_sha256(cache_dir / META_NAME)
-    head, config, training = load_head(args, checkpoint, meta, cache_dir)
+    head, config, training = load_head(args, checkpoint, meta, cache_dir, split, cached_frames)
     head = head.to(device).eval()
     try:
         data = load_split_tensors(cache_dir, split, config["frames"], device, config["text_input"] == "tokens")
     except CacheError as err:
         sys.exit(str(err))
-    autocast = autocast_for(device)
-
-    array_dir = out_path.with_suffix("").resolve()
-    array_dir.mkdir(parents=True, exist_ok=True)
-    results, files = {}, {}
-    for name in EVALUATION_SETTINGS[annotation_format]:
-        setting = read_setting(cache_dir, split, name)
-        with autocast:
-            scores = score_matrix(head, data, setting).numpy()
-        non_finite = ~np.isfinite(scores).all(axis=1)
-        if non_finite.any():
-            sys.exit(
-                f"{args.ckpt or args.head} on {cache_dir} ({split}, {name}): {int(non_finite.sum())} of "
-                f"{len(scores)} queries have NaN or Inf scores (a diverged head or a damaged cache: run "
-                "verify.py); no result was written"
-            )
-        files[f"{name}_scores"] = save(array_dir / f"{name}_scores.npy", scores)
-        files[f"{name}_ids"] = str(array_dir / f"{name}_ids.json")
-        atomic_write_json(
-            array_dir / f"{name}_ids.json", {"rows": setting.caption_ids, "columns": setting.candidate_ids}
-        )
-        files[f"{name}_gold"] = save(array_dir / f"{name}_gold.npy", setting.gold)
-        results[name] = {}
-        for direction, (direction_scores, gold) in directions(scores, setting.gold).items():
-            metrics, per_query = retrieval_metrics(direction_scores, gold)
-            results[name][direction] = metrics
-            table = np.stack([per_query[column] for column in PER_QUERY_COLUMNS], axis=1).astype(np.float64)
-            files[f"{name}_{direction}_per_query"] = save(array_dir / f"{name}_{direction}_per_query.npy", table)
-        results[name]["v2t_per_caption"], _ = retrieval_metrics(scores.T, setting.gold.T)
-        if name == "hard":
-            results["binary"] = {}
-            for direction, margins in binary_margins(scores, setting).items():
-                results["binary"][direction] = binary_accuracy(margins)
-                files[f"binary_{direction}_margins"] = save(array_dir / f"binary_{direction}_margins.npy", margins)
+    results, arrays = score_settings(args, head, data, cache_dir, split, annotation_format, device)
+    seen = np.minimum(cached_frames, config.get("select_frames") or config["frames"])
     contract = meta["contract"]
     results["provenance"] = {
-        "method": args.method or config["head"],
+        "method": args.method or (config["head"] if training else f"{config['head']} zero-shot"),
         "head": config["head"],
+        "trained": training is not None,
         "seed": config.get("seed"),
         "ckpt": str(args.ckpt) if args.ckpt else None,
         "ckpt_sha256": file_sha256(args.ckpt) if args.ckpt else None,
-        "dataset": f"{cache_dir.resolve().name}-{split}",
+        "dataset": label,
         "annotation_format": annotation_format,
         "cache": str(cache_dir.resolve()),
-        "cache_meta_sha256": cache_sha,
+        "cache_meta_sha256": file_sha256(cache_dir / META_NAME),
         "cache_content_sha256": content_digest(meta),
         "split": split,
         "frames": config["frames"],
+        "frames_cached": spread(cached_frames),
+        "frames_seen": spread(seen),
         "text_input": config["text_input"],
         "tie_order": TIE_ORDER,
         "per_query_columns": list(PER_QUERY_COLUMNS),
-        "arrays": files,
         "device": device,
         "clip": {"file": meta.get("clip_file"), **contract["clip"]},
         "preprocessing": contract["preprocessing"],
@@ -220,9 +207,12 @@ def evaluate_one(args, checkpoint, cache_dir, split, out_path, device):
         "storage_dtype": contract["storage_dtype"],
         "compute": contract.get("compute", {}),
         "training": training,
+        "cost": {
+            "extract": read_timings(cache_dir).get(split),
+            "evaluate": {"seconds": round(time.time() - started, 3), "device": device_name(device)},
+        },
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out_path, results)
+    write_result(out_path, results, arrays)
     for name in EVALUATION_SETTINGS[annotation_format]:
         t2v, v2t = results[name]["t2v"], results[name]["v2t"]
         print(
@@ -232,27 +222,60 @@ def evaluate_one(args, checkpoint, cache_dir, split, out_path, device):
     print(f"wrote {out_path}")
 
 
-def load_head(args, checkpoint, meta, cache_dir):
+def score_settings(args, head, data, cache_dir, split, annotation_format, device):
+    """({setting: {direction: metrics}, "binary": ...}, {array name: array}) of every setting."""
+    results, arrays = {}, {}
+    for name in EVALUATION_SETTINGS[annotation_format]:
+        setting = read_setting(cache_dir, split, name)
+        with autocast_for(device):
+            scores = score_matrix(head, data, setting).numpy()
+        non_finite = ~np.isfinite(scores).all(axis=1)
+        if non_finite.any():
+            sys.exit(
+                f"{args.ckpt or args.head} on {cache_dir} ({split}, {name}): {int(non_finite.sum())} of "
+                f"{len(scores)} queries have NaN or Inf scores (a diverged head or a damaged cache: run "
+                "verify.py); no result was written"
+            )
+        arrays[f"{name}_scores"] = scores
+        arrays[f"{name}_ids"] = {"rows": setting.caption_ids, "columns": setting.candidate_ids}
+        arrays[f"{name}_gold"] = setting.gold
+        results[name] = {"n_candidates": int(scores.shape[1])}
+        for direction, (direction_scores, gold) in directions(scores, setting.gold).items():
+            metrics, per_query = retrieval_metrics(direction_scores, gold)
+            results[name][direction] = metrics
+            table = np.stack([per_query[column] for column in PER_QUERY_COLUMNS], axis=1).astype(np.float64)
+            arrays[f"{name}_{direction}_per_query"] = table
+        results[name]["v2t_per_caption"], _ = retrieval_metrics(scores.T, setting.gold.T)
+        if name == "hard":
+            results["binary"] = {}
+            for direction, margins in binary_margins(scores, setting).items():
+                results["binary"][direction] = binary_accuracy(margins)
+                arrays[f"binary_{direction}_margins"] = margins
+    return results, arrays
+
+
+def load_head(args, checkpoint, meta, cache_dir, split, cached_frames):
     """The head, the settings it runs with, and its training record (None for a zero-shot head).
     A checkpoint is refused on a cache whose features differ from those it was trained on."""
     if checkpoint is None:
         if args.head not in parameter_free_heads():
             sys.exit(f"--head {args.head} has parameters: train it with train_head.py and pass --ckpt")
+        try:
+            frames = frames_to_use(args.frames, cached_frames, meta["contract"]["sampling"]["t_max"], cache_dir / split)
+        except ValueError as err:
+            parser.error(str(err))
         head = build_head(args.head, meta["contract"]["clip"]["config"]["embed_dim"], 0)
-        config = {
-            "head": args.head,
-            "frames": args.frames or meta["contract"]["sampling"]["t_max"],
-            "text_input": "pooled",
-            "seed": None,
-        }
-        return head, config, None
+        return head, {"head": args.head, "frames": frames, "text_input": "pooled", "seed": None}, None
     config = checkpoint["config"]
     mismatch = contract_mismatch(
         config["feature_contract"], feature_contract(meta), labels=("the checkpoint's training cache", str(cache_dir))
     )
     if mismatch:
         sys.exit(f"{args.ckpt} cannot be evaluated on {cache_dir}: its features differ in {mismatch}")
-    head = head_from_checkpoint(checkpoint, args.ckpt, args.pair_batch)
+    try:
+        head = head_from_checkpoint(checkpoint, args.ckpt, args.pair_batch)
+    except (CheckpointError, ValueError) as err:
+        sys.exit(f"{args.ckpt}: {err}")
     training = {
         "settings": config,
         "selected_epoch": checkpoint["epoch"],
@@ -270,11 +293,6 @@ def training_history(ckpt_path, checkpoint):
     if log_path.exists():
         return [json.loads(line) for line in log_path.read_text().splitlines()]
     return checkpoint["history"]
-
-
-def save(path, array):
-    atomic_write_npy(path, np.ascontiguousarray(array))
-    return str(path)
 
 
 if __name__ == "__main__":

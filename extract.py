@@ -21,11 +21,11 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import torch
@@ -34,7 +34,6 @@ import clip_vendor
 from clip_vendor.tokenizer import VOCAB_PATH
 from corpus.annotations import AnnotationError, check_disjoint_splits, load_split, split_captions
 from corpus.feature_cache import (
-    META_NAME,
     PARTS_DIR,
     VIDEO_FILES,
     CacheError,
@@ -42,8 +41,10 @@ from corpus.feature_cache import (
     content_digest,
     merge_split,
     open_cache_meta,
+    record_timing,
     text_part_path,
     video_part_path,
+    write_meta,
     write_text_part,
     write_video_part,
 )
@@ -51,16 +52,18 @@ from corpus.sampling import SAMPLING_RULE
 from corpus.video_frames import (
     DECODERS,
     DecodeSpec,
+    VideoError,
     decode_and_crop,
+    decoder_contract,
     fingerprint_difference,
     fingerprint_videos,
     index_video_files,
     init_decode_worker,
 )
 from infra.file_io import atomic_write_json, exclusive_folder, file_sha256
-from infra.runtime import HelpFormatter, Progress, setup_runtime
+from infra.runtime import HelpFormatter, Progress, device_name, fix_cpu_threads, setup_runtime, whole_number
 
-CACHE_FORMAT_VERSION = 2
+CACHE_FORMAT_VERSION = 3  # 3: the meta carries its own digest (meta_sha256)
 SPLITS = ("train", "valid", "test")
 
 
@@ -73,12 +76,21 @@ add("--out", required=True, type=Path, help="cache folder to create or resume")
 add("--splits", nargs="+", choices=SPLITS, help="splits to extract (default: each that has a {split}.json)")
 add("--format", default="auto", choices=["auto", "rtime", "generic"], help="annotation format")
 add("--fps", type=float, default=1.0, help="frame candidates per second of video")
-add("--t-max", type=int, default=24, help="most frames kept per video (at least 2)")
+add("--t-max", type=whole_number(2), default=24, help="most frames kept per video (at least 2)")
 add(
     "--decoder",
     default="opencv",
     choices=DECODERS,
     help="opencv (PyAV for what it cannot decode, e.g. AV1), pyav, or pyav-seek (seek to kept frames)",
+)
+add(
+    "--accept-concealed-errors",
+    action="store_true",
+    help="keep videos whose decoding errors FFmpeg concealed (damaged files); by default they fail",
+)
+add(
+    "--dataset",
+    help="the dataset's name in reports (default: RTime for RTime files, else the annotation folder's name)",
 )
 add("--device", default="auto", help="auto (cuda if available), cuda or cpu; under torchrun cuda:LOCAL_RANK")
 add(
@@ -87,8 +99,13 @@ add(
     choices=["auto", *clip_vendor.DTYPES],
     help="CLIP's precision; auto: fp16 on cuda, fp32 on cpu",
 )
-add("--batch-videos", type=int, default=32, help="videos per CLIP forward (fixed chunks: part of the contract)")
-add("--text-batch", type=int, default=512, help="captions per CLIP forward (part of the contract)")
+add(
+    "--batch-videos",
+    type=whole_number(1),
+    default=32,
+    help="videos per CLIP forward (fixed chunks: part of the contract)",
+)
+add("--text-batch", type=whole_number(1), default=512, help="captions per CLIP forward (part of the contract)")
 add(
     "--context-length",
     type=int,
@@ -106,8 +123,13 @@ add(
     action="store_true",
     help="generic files: one caption per video, its sentences joined (ActivityNet, DiDeMo paragraph retrieval)",
 )
-add("--workers", type=int, default=None, help="decode processes per rank (default: cores / local ranks - 1; 0: none)")
-add("--decode-ahead", type=int, default=4, help="chunks decoded ahead of the one CLIP is encoding")
+add(
+    "--workers",
+    type=whole_number(0),
+    default=None,
+    help="decode processes per rank (default: cores / local ranks - 1; 0: none)",
+)
+add("--decode-ahead", type=whole_number(0), default=4, help="chunks decoded ahead of the one CLIP is encoding")
 add(
     "--on-error", default="fail", choices=["fail", "skip"], help="a bad video stops the run, or is recorded and dropped"
 )
@@ -130,14 +152,20 @@ class Plan:
 
 def main(argv=None):
     args = parser.parse_args(argv)
-    check_arguments(args)
+    if not (math.isfinite(args.fps) and args.fps > 0):
+        parser.error(f"--fps {args.fps}: frame candidates per second must be a positive number")
     runtime = setup_runtime(args.device)
+    cpu_threads = fix_cpu_threads(runtime.device)
     dtype_name = args.dtype if args.dtype != "auto" else ("fp16" if runtime.device.startswith("cuda") else "fp32")
     try:
         annotations = read_annotations(args)
-    except AnnotationError as err:
+        video_folder = index_video_files(args.videos)  # before anything is written: a bad folder stops here
+    except (AnnotationError, VideoError) as err:
         sys.exit(str(err))
-    model, preprocess = clip_vendor.load(args.clip, device=runtime.device, dtype=clip_vendor.DTYPES[dtype_name])
+    try:
+        model, preprocess = clip_vendor.load(args.clip, device=runtime.device, dtype=clip_vendor.DTYPES[dtype_name])
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"--clip: {err}")
     if not 2 <= args.context_length <= model.config.context_length:
         parser.error(
             f"--context-length {args.context_length}: {args.clip.name} has {model.config.context_length} "
@@ -146,7 +174,7 @@ def main(argv=None):
     plan = Plan(
         args.out,
         args.videos,
-        DecodeSpec(args.fps, args.t_max, preprocess.size, args.decoder),
+        DecodeSpec(args.fps, args.t_max, preprocess.size, args.decoder, args.accept_concealed_errors),
         args.batch_videos,
         args.text_batch,
         args.context_length,
@@ -154,11 +182,11 @@ def main(argv=None):
         args.decode_ahead,
         args.on_error,
     )
-    contract = build_contract(args, annotations, model, preprocess, runtime.device, dtype_name)
+    contract = build_contract(args, plan.spec, annotations, model, preprocess, runtime.device, dtype_name, cpu_threads)
     with exclusive_folder(args.out) if runtime.master else contextlib.nullcontext():
         runtime.barrier()  # no rank writes before rank 0 holds the folder
         try:
-            extract(args, plan, annotations, contract, model, runtime)
+            extract(args, plan, annotations, contract, model, video_folder, runtime)
         except KeyboardInterrupt:
             print("interrupted; finished chunks kept; rerun the same command to resume", file=sys.stderr)
             raise SystemExit(130) from None
@@ -167,20 +195,15 @@ def main(argv=None):
     runtime.finish()
 
 
-def check_arguments(args):
-    """Refuse values that would run on nonsense, before any work, naming the flag."""
-    if not (math.isfinite(args.fps) and args.fps > 0):
-        parser.error(f"--fps {args.fps}: frame candidates per second must be a positive number")
-    if args.t_max < 2:
-        parser.error("--t-max must be at least 2 (mirror-symmetric sampling may need two middle frames)")
-    for flag, value, least in (
-        ("--batch-videos", args.batch_videos, 1),
-        ("--text-batch", args.text_batch, 1),
-        ("--decode-ahead", args.decode_ahead, 0),
-        ("--workers", args.workers or 0, 0),
-    ):
-        if value < least:
-            parser.error(f"{flag} {value}: must be at least {least}")
+def dataset_name(args, annotations):
+    """What reports call the dataset: --dataset, else RTime for RTime files, else the annotation
+    folder's name (its parent's, when the folder is just called "annotations")."""
+    if args.dataset:
+        return args.dataset
+    if any(annotation_format == "rtime" for annotation_format, _ in annotations.values()):
+        return "RTime"
+    folder = args.annotations.resolve()
+    return folder.parent.name if folder.name.lower() in ("annotations", "annotation", "anno") else folder.name
 
 
 def read_annotations(args):
@@ -201,10 +224,11 @@ def read_annotations(args):
     return {split: loaded[split] for split in splits}
 
 
-def extract(args, plan, annotations, contract, model, runtime):
+def extract(args, plan, annotations, contract, model, video_folder, runtime):
     recorded = {
         "git_commit": git_commit(),
         "clip_file": args.clip.name,
+        "dataset": dataset_name(args, annotations),
         "environment": {"torch": torch.__version__, "opencv": cv2.__version__, "numpy": np.__version__},
     }
     meta = open_cache_meta(args.out, contract, recorded, write=runtime.master)
@@ -212,10 +236,15 @@ def extract(args, plan, annotations, contract, model, runtime):
         f"extracting {', '.join(annotations)} with {args.clip.name} on {runtime.device} in "
         f"{contract['compute']['dtype']}, {runtime.world_size} process(es), {args.fps} fps, t_max {args.t_max}"
     )
-    video_files = index_video_files(args.videos)
+    if video_folder.ignored:
+        runtime.log(
+            f"ignored {len(video_folder.ignored)} file(s) beside their video that are not videos: "
+            + ", ".join(path.name for path in video_folder.ignored[:5])
+            + (" ..." if len(video_folder.ignored) > 5 else "")
+        )
     if runtime.master:
         for split, (_, records) in annotations.items():
-            check_video_files(args, split, records, video_files, meta)
+            check_video_files(args, split, records, video_folder.files, meta)
     runtime.barrier()
     todo = [split for split in annotations if split not in meta["counts"]]
     workers = (
@@ -226,31 +255,48 @@ def extract(args, plan, annotations, contract, model, runtime):
         for split in todo:
             format_name, records = annotations[split]
             captions = split_captions(records)
-            extract_videos(plan, split, records, video_files, model, pool, runtime)
+            started = time.time()
+            extract_videos(plan, split, records, video_folder.files, model, pool, runtime)
             extract_texts(plan, split, captions, model, runtime)
             runtime.barrier()
             if runtime.master:
                 meta = merge_split(args.out, split, format_name, records, captions, meta)
-                counts = meta["counts"][split]
-                runtime.log(
-                    f"[{split}] merged: {counts}"
-                    + (f"; {counts['failed_videos']} failed, see failed_videos.json" if counts["failed_videos"] else "")
-                )
-                if counts["truncated_captions"]:
-                    runtime.log(
-                        f"[{split}] {counts['truncated_captions']} captions were longer than "
-                        f"{args.context_length} tokens and were cut (counted in the meta; --long-text windows "
-                        "reads them whole)"
-                    )
+                record_timing(args.out, split, extraction_cost(time.time() - started, runtime, meta["counts"][split]))
+                log_merged(args, split, meta, runtime)
             runtime.barrier()
     if runtime.master:
         meta["complete"] = True
         meta["content_sha256"] = content_digest(meta)
-        atomic_write_json(args.out / META_NAME, meta)
+        meta = write_meta(args.out, meta)
         runtime.log(f"cache complete: {args.out} (content sha256 {meta['content_sha256'][:12]})")
 
 
-def build_contract(args, annotations, model, preprocess, device, dtype_name):
+def extraction_cost(seconds, runtime, counts):
+    return {
+        "seconds": round(seconds, 3),
+        "device": device_name(runtime.device),
+        "processes": runtime.world_size,
+        "videos": counts["videos"] + counts["failed_videos"],
+        "frames": counts["frames"],
+    }
+
+
+def log_merged(args, split, meta, runtime):
+    counts = meta["counts"][split]
+    runtime.log(
+        f"[{split}] merged: {counts}"
+        + (f"; {counts['failed_videos']} failed, see failed_videos.json" if counts["failed_videos"] else "")
+    )
+    if counts["videos"] == 0:
+        runtime.log(f"[{split}] WARNING: every video of {split} failed; no stage can use this split")
+    if counts["truncated_captions"]:
+        runtime.log(
+            f"[{split}] {counts['truncated_captions']} captions were longer than {args.context_length} tokens "
+            "and were cut (counted in the meta; --long-text windows reads them whole)"
+        )
+
+
+def build_contract(args, spec, annotations, model, preprocess, device, dtype_name, cpu_threads):
     """Everything the cached numbers depend on; a resumed run must match it field for field."""
     return {
         "format_version": CACHE_FORMAT_VERSION,
@@ -265,11 +311,12 @@ def build_contract(args, annotations, model, preprocess, device, dtype_name):
             "fps": args.fps,
             "t_max": args.t_max,
             "rule": SAMPLING_RULE,
-            "decoder": decoder_contract(args.decoder),
+            "decoder": decoder_contract(spec),
         },
         "compute": {
             "device_type": torch.device(device).type,
             "dtype": dtype_name,
+            "cpu_threads": cpu_threads,
             "batch_videos": args.batch_videos,
             "text_batch": args.text_batch,
         },
@@ -308,17 +355,6 @@ def check_video_files(args, split, records, video_files, meta):
         print(f"[{split}] already complete: {meta['counts'][split]}", flush=True)
     else:
         (args.out / split / PARTS_DIR).mkdir(exist_ok=True)
-
-
-def decoder_contract(decoder):
-    """The decoder and the library versions its pixels depend on (see corpus/video_frames.py)."""
-    return {
-        "name": decoder,
-        "fallback": "pyav" if decoder == "opencv" else None,
-        "opencv": cv2.__version__,
-        "pyav": av.__version__,
-        "libavcodec": ".".join(map(str, av.library_versions["libavcodec"])),
-    }
 
 
 def git_commit():
@@ -367,6 +403,9 @@ def extract_videos(plan, split, records, video_files, model, pool, runtime):
 
     def finish(chunk_index, decoded):
         decoded = decoded if pool is None else decoded.get()
+        for video in decoded:
+            if video.fallback:  # one line each: which file another decoder decoded, and why
+                print(f"[{split}] {video.video_id}: {video.fallback}; decoded with PyAV", flush=True)
         n_frames = encode_video_chunk(video_part_path(plan.out, split, chunk_index), decoded, model, plan.on_error)
         progress.update(len(decoded), frames=n_frames)
 
@@ -380,32 +419,26 @@ def extract_videos(plan, split, records, video_files, model, pool, runtime):
 
 
 def encode_video_chunk(part_path, decoded, model, on_error):
-    """CLIP over one chunk's frames; writes the part file. Returns the number of frames encoded."""
-    failures = [(video_id, reason) for video_id, _, reason in decoded if reason is not None]
+    """CLIP over one chunk's frames (decoded: DecodedVideo per video); writes the part file.
+    Returns the number of frames encoded."""
+    failures = [video for video in decoded if video.failure is not None]
     if failures and on_error == "fail":
-        video_id, reason = failures[0]
         sys.exit(
-            f"video {video_id!r} failed ({reason}); to record bad videos in failed_videos.json and leave them "
-            "out, rerun with --on-error skip and a new --out (the setting is part of the cache's contract)"
+            f"video {failures[0].video_id!r} failed ({failures[0].failure}); to record bad videos in "
+            "failed_videos.json and leave them out, rerun with --on-error skip and a new --out (the setting is "
+            "part of the cache's contract)"
         )
-    crops = [crop for _, crop, reason in decoded if reason is None]
-    frame_counts = [0 if reason else len(crop) for _, crop, reason in decoded]
-    frame_feats = clip_vendor.encode_crops(model, crops)
+    frame_counts = [0 if video.failure else len(video.crops) for video in decoded]
+    frame_feats = clip_vendor.encode_crops(model, [video.crops for video in decoded if video.failure is None])
     bad_rows = ~np.isfinite(frame_feats).all(axis=1)
     if bad_rows.any():
-        owner = np.repeat([video_id for video_id, _, _ in decoded], frame_counts)
+        owner = np.repeat([video.video_id for video in decoded], frame_counts)
         bad = sorted(set(owner[bad_rows].tolist()))
         sys.exit(
             f"CLIP gave NaN or Inf features for video(s) {', '.join(bad)}; nothing of their chunk was written "
             "(a broken checkpoint, or a dtype that overflows: try --dtype fp32)"
         )
-    write_video_part(
-        part_path,
-        [video_id for video_id, _, _ in decoded],
-        frame_counts,
-        [reason or "" for _, _, reason in decoded],
-        frame_feats,
-    )
+    write_video_part(part_path, decoded, frame_counts, frame_feats)
     return len(frame_feats)
 
 

@@ -2,26 +2,41 @@
 
     python report.py --results results/ --out report/
 
-Results are grouped by dataset (the cache folder and split they were evaluated on; one section
-each) and, within a dataset, by the `method` each result file names; several files of one method
-are its seeds. Table cells are the tie-aware expected metrics: mean ± std over seeds, then a 95%
-query-level bootstrap CI of the seed-averaged per-query values. A methods table states how each
-method was trained (what all share goes in one note). Writes OUT/report.md, the PNG plots, and
-OUT/report_numbers.json with every number in the tables. Reads nothing but the result files.
+Results are grouped by dataset (the label evaluate.py gave: the dataset's name and split; one
+section each) and, within a dataset, by the `method` each result file names; several files of one
+method are its seeds, and must agree on every other setting (a zero-shot and a trained head, or two
+frame counts, are two methods). Every number comes from a result's own arrays: each array must
+match the sha256 its result recorded, and every metric in the JSON must recompute from them
+(evaluation/results.py); a file that fails is refused, by name. Table cells are the tie-aware
+expected metrics: mean ± std over seeds, then a 95% query-level bootstrap CI of the seed-averaged
+per-query values. A methods table states how each method was trained (what all share goes in one
+note), and a cost table what each stage took, on which device. Writes OUT/report.md, the PNG
+plots, and OUT/report_numbers.json with every number in the tables.
 """
 
 import argparse
 import itertools
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 
-from evaluation.report_plots import dataset_plots, seed_averaged, training_curves
-from evaluation.retrieval_stats import CONFIDENCE, METRICS, N_RESAMPLES, bootstrap_ci, holm_adjust, paired_difference
-from infra.file_io import atomic_write_bytes, atomic_write_json
-from infra.runtime import HelpFormatter
+from evaluation import report_plots
+from evaluation.report_tables import binary_table, cost_table, md, methods_table, metric_table, number, pairwise_table
+from evaluation.results import ResultError, read_result
+from evaluation.retrieval_stats import (
+    CONFIDENCE,
+    METRICS,
+    MIN_RESAMPLES,
+    N_RESAMPLES,
+    bootstrap_ci,
+    holm_adjust,
+    paired_difference,
+)
+from infra.file_io import atomic_write_bytes, atomic_write_json, exclusive_folder
+from infra.runtime import HelpFormatter, whole_number
 
 SETTING_TITLES = {"origin": "Table A: RTime-Origin", "hard": "Table B: RTime-Hard", "all": "Retrieval, all captions"}
 DIRECTION_TITLES = {"t2v": "text→video", "v2t": "video→text"}
@@ -35,109 +50,120 @@ TRAINING_COLUMNS = (
     ("weight decay", lambda s: s["weight_decay"]),
     ("warm-up", lambda s: s["warmup"]),
     ("reverse negatives", lambda s: "yes" if s["reverse_negatives"] else "no"),
-    ("temperature", lambda s: f"{'learned from' if s['learn_temp'] else 'fixed at'} {s.get('logit_scale', 100):.4g}"),
+    ("temperature", lambda s: temperature(s)),
     ("text input", lambda s: s["text_input"]),
     ("frames selected", lambda s: f"{s['select_frames']} learned" if s.get("select_frames") else "all"),
     ("started from", lambda s: Path(s["init_from"]).name if s.get("init_from") else "CLIP text layers"),
     ("selection", lambda s: s["selection_metric"]),
     ("settings chosen by", lambda s: s.get("settings_note", "given on the command line")),
 )
+# Training settings that may differ between the seeds of one method: the seed, and where files were.
+PER_SEED_SETTINGS = {"seed", "clip", "init_from", "cache", "cache_meta_sha256"}
+
+
+def temperature(settings):
+    if settings["head"] == "tightTransf":
+        return "none (its score is a logit)"
+    return f"{'learned from' if settings['learn_temp'] else 'fixed at'} {settings.get('logit_scale', 100):.4g}"
 
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
 parser.add_argument("--results", required=True, type=Path, help="folder of evaluate.py result files (*.json)")
 parser.add_argument("--out", required=True, type=Path, help="folder for report.md, plots and report_numbers.json")
 parser.add_argument(
-    "--n-resamples", type=int, default=N_RESAMPLES, help="bootstrap and permutation resamples (>= 1000)"
+    "--n-resamples",
+    type=whole_number(MIN_RESAMPLES),
+    default=N_RESAMPLES,
+    help=f"bootstrap and permutation resamples (at least {MIN_RESAMPLES}: fewer leave a 95%% CI's tails to chance)",
 )
 parser.add_argument("--seed", type=int, default=0, help="seed of the resampling")
 
 
 def main(argv=None):
     args = parser.parse_args(argv)
-    datasets = load_results(args.results)
-    args.out.mkdir(parents=True, exist_ok=True)
-    methods_table, method_numbers = methods_section(datasets)
+    try:
+        datasets = load_results(args.results)
+    except ResultError as err:
+        sys.exit(str(err))
+    with exclusive_folder(args.out):
+        write_report(datasets, args)
+    print(f"report: {args.out / 'report.md'}")
+
+
+def write_report(datasets, args):
+    methods_lines, method_numbers = methods_section(datasets)
     numbers = {"methods": method_numbers, "datasets": {}}
-    lines = ["# Retrieval report", "", *methods_table]
+    lines = ["# Retrieval report", "", *methods_lines]
     for label, methods in datasets.items():
         section, numbers["datasets"][label] = dataset_section(label, methods, args)
         lines += section
     trained = {method: info["trainings"] for method, info in method_numbers.items() if info["trainings"]}
     if trained:
-        lines += [f"![training curves]({training_curves(trained, args.out)})", ""]
+        metrics = sorted({training["selection_metric"] for trainings in trained.values() for training in trainings})
+        figure = report_plots.training_figure(trained, " / ".join(metrics))
+        name = report_plots.save_figure(figure, args.out / "training_valid_r1_and_loss_by_epoch.png")
+        lines += ["## Training", "", f"![validation R@1 and training loss by epoch]({name})", ""]
+    lines += cost_table(cost_rows(datasets, method_numbers))
     lines += general_notes(args)
     for info in method_numbers.values():
         del info["trainings"]  # histories are in the result files; the numbers file keeps the tables
     atomic_write_json(args.out / "report_numbers.json", numbers)
     atomic_write_bytes(args.out / "report.md", "\n".join(lines).encode("utf-8"))
-    print(f"report: {args.out / 'report.md'}")
 
 
 def load_results(results_dir):
-    """{dataset: {method: [{"file", "result", "per_query": {setting/direction: columns}}]}}, seeds in
-    file order. Refuses, naming the file: a JSON that is not a result, a non-finite number, two
-    caches under one dataset name, a method name given to two heads, and a seed given twice."""
-    datasets, cache_of, head_of, seen = {}, {}, {}, {}
+    """{dataset: {method: [Result, ...]}}, seeds in file order. Refuses, naming the file: a JSON
+    that is not a result or that its arrays do not back, two caches under one dataset label, a
+    method name given to two heads or to runs that differ in more than the seed, a seed twice."""
+    datasets, cache_of, identity_of, seen = {}, {}, {}, {}
     files = sorted(results_dir.glob("*.json"))
     if not files:
-        raise SystemExit(f"no result files (*.json) in {results_dir}: run evaluate.py first")
+        raise ResultError(f"no result files (*.json) in {results_dir}: run evaluate.py first")
     for path in files:
-        result, per_query = read_result(path)
-        provenance = result["provenance"]
+        result = read_result(path)
+        provenance = result.provenance
         label, method = provenance["dataset"], provenance["method"]
-        if cache_of.setdefault(label, provenance["cache_meta_sha256"]) != provenance["cache_meta_sha256"]:
-            raise SystemExit(
-                f"{results_dir} mixes caches for dataset {label!r} ({path.name} was evaluated on another "
-                "cache_meta.json): a section compares methods on the same queries"
+        if cache_of.setdefault(label, provenance["cache_content_sha256"]) != provenance["cache_content_sha256"]:
+            raise ResultError(
+                f"{results_dir} mixes caches for dataset {label!r} ({path.name} was evaluated on other cache "
+                "content): a section compares methods on the same queries; give each cache its own label "
+                "(evaluate.py --cache PATH:SPLIT=LABEL, or extract.py --dataset)"
             )
-        if head_of.setdefault(method, provenance["head"]) != provenance["head"]:
-            raise SystemExit(
-                f"{path}: method {method!r} is a {provenance['head']} here and a {head_of[method]} in "
-                "another result; give each head its own --method name"
+        identity = method_identity(provenance)
+        first_path, first_identity = identity_of.setdefault(method, (path, identity))
+        difference = next(
+            (
+                key
+                for key in sorted(set(identity) | set(first_identity))
+                if identity.get(key) != first_identity.get(key)
+            ),
+            None,
+        )
+        if difference:
+            raise ResultError(
+                f"method {method!r} names results that differ in {difference} ({first_identity.get(difference)!r} "
+                f"in {first_path.name}, {identity.get(difference)!r} in {path.name}): they are two methods, not "
+                "seeds of one; give each its own evaluate.py --method"
             )
         run = (label, method, provenance["seed"])
         if run in seen:
-            raise SystemExit(
+            raise ResultError(
                 f"{path} and {seen[run]} are both {method!r} seed {provenance['seed']} on {label}: "
                 "one result per seed (they would be averaged as two seeds)"
             )
         seen[run] = path.name
-        methods = datasets.setdefault(label, {})
-        methods.setdefault(method, []).append({"file": str(path), "result": result, "per_query": per_query})
+        datasets.setdefault(label, {}).setdefault(method, []).append(result)
     return datasets
 
 
-def read_result(path):
-    """A result file and its per-query arrays, or a refusal naming the file and what is wrong."""
-    try:
-        result = json.loads(path.read_text())
-        provenance = result["provenance"]
-        columns, arrays = provenance["per_query_columns"], provenance["arrays"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        raise SystemExit(
-            f"{path} is not an evaluate.py result (no provenance with per-query arrays); "
-            "keep only result files in the results folder"
-        ) from None
-    bad = first_non_finite(result)
-    if bad:
-        raise SystemExit(f"{path}: {bad} is not a finite number; no table is made from it")
-    per_query = {}
-    for key, array_path in arrays.items():
-        if key.endswith("_per_query"):
-            table = np.load(array_path)
-            if not np.isfinite(table).all():
-                raise SystemExit(f"{path}: its per-query array {array_path} holds NaN or Inf")
-            per_query[key[: -len("_per_query")].replace("_", "/", 1)] = {c: table[:, i] for i, c in enumerate(columns)}
-    return result, per_query
-
-
-def first_non_finite(value, where="result"):
-    """The path of the first NaN or infinite number in a JSON value, or None."""
-    if isinstance(value, float) and not np.isfinite(value):
-        return where
-    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    return next((found for key, child in children if (found := first_non_finite(child, f"{where}.{key}"))), None)
+def method_identity(provenance):
+    """What makes a method: its head, zero-shot or trained, the frames it reads, and every training
+    setting but the per-seed ones. Seeds of one method must share all of it."""
+    training = provenance["training"]
+    if training is None:
+        return {"head": provenance["head"], "trained": False, "frames": provenance["frames"]}
+    settings = {key: value for key, value in training["settings"].items() if key not in PER_SEED_SETTINGS}
+    return {"trained": True, **settings}
 
 
 def methods_section(datasets):
@@ -146,13 +172,12 @@ def methods_section(datasets):
     info = {}
     for methods in datasets.values():
         for method, runs in methods.items():
-            entry = info.setdefault(method, {"head": runs[0]["result"]["provenance"]["head"], "trainings": {}})
+            entry = info.setdefault(method, {"head": runs[0].provenance["head"], "trainings": {}})
             for run in runs:
-                provenance = run["result"]["provenance"]
-                if provenance["training"]:  # one checkpoint evaluated on several datasets counts once
-                    entry["trainings"][provenance["ckpt_sha256"]] = provenance["training"]
+                if run.provenance["training"]:  # one checkpoint evaluated on several datasets counts once
+                    entry["trainings"][run.provenance["ckpt_sha256"]] = run.provenance["training"]
                 else:
-                    entry["zero_shot_frames"] = provenance["frames"]
+                    entry["zero_shot_frames"] = run.provenance["frames"]
     for entry in info.values():
         entry["trainings"] = list(entry["trainings"].values())
         entry["settings"] = method_settings(entry)
@@ -162,21 +187,17 @@ def methods_section(datasets):
     shared = {
         name: trained[0]["settings"][name]
         for name in names
-        if trained and len({entry["settings"][name] for entry in trained}) == 1
+        if trained and len({str(entry["settings"][name]) for entry in trained}) == 1
     }
     differing = [name for name in names if name not in shared]
+    shared_text = "; ".join(f"{name}: {md(number(value))}" for name, value in shared.items())
     lines = [
         "## Methods",
         "",
-        "| Method | head | " + " | ".join(differing + ["selected epoch per seed"]) + " |",
-        "|---" * (3 + len(differing)) + "|",
+        *methods_table(info, differing),
+        f"Shared by every trained method: {shared_text or 'nothing'}.",
+        "",
     ]
-    for method, entry in info.items():
-        cells = [str(entry["settings"][name]) for name in differing]
-        epochs = ", ".join(str(epoch) for epoch in entry["selected_epochs"]) or "— (zero-shot)"
-        lines.append(f"| {method} | {entry['head']} | " + " | ".join(cells + [epochs]) + " |")
-    shared_text = "; ".join(f"{name}: {value}" for name, value in shared.items())
-    lines += ["", f"Shared by every trained method: {shared_text or 'nothing'}.", ""]
     return lines, {
         method: {key: entry[key] for key in ("head", "settings", "selected_epochs", "trainings")}
         for method, entry in info.items()
@@ -195,27 +216,73 @@ def method_settings(entry):
     return settings
 
 
+def seed_averaged(runs, key, column):
+    """[n_queries] a per-query column averaged over the seeds of a method."""
+    return np.mean([run.per_query[key][column] for run in runs], axis=0)
+
+
 def dataset_section(label, methods, args):
     """One dataset's tables, plots and notes; returns (markdown lines, numbers)."""
-    first = next(iter(methods.values()))[0]["result"]
-    provenance = first["provenance"]
-    settings = [name for name in ("origin", "hard", "all") if name in first]
-    numbers = {"tables": {}, "binary": {}, "sources": {m: [r["file"] for r in runs] for m, runs in methods.items()}}
-    lines = [f"## Dataset {label}: {provenance['split']} split ({provenance['annotation_format']} annotations)", ""]
+    first = next(iter(methods.values()))[0]
+    provenance = first.provenance
+    settings = [name for name in ("origin", "hard", "all") if name in first.data]
+    numbers = {
+        "tables": {},
+        "binary": {},
+        "sources": {m: [os.path.relpath(r.path, args.out) for r in runs] for m, runs in methods.items()},
+    }
+    lines = [f"## Dataset {md(label)}: {provenance['split']} split ({provenance['annotation_format']} annotations)", ""]
     for setting in settings:
         for direction in ("t2v", "v2t"):
             rows = {method: method_row(runs, setting, direction, args) for method, runs in methods.items()}
             numbers["tables"][f"{setting}/{direction}"] = rows
-            lines += metric_table(f"{SETTING_TITLES[setting]}, {DIRECTION_TITLES[direction]}", rows)
+            title = f"{SETTING_TITLES[setting]}, {DIRECTION_TITLES[direction]}"
+            lines += metric_table(title, rows, trivial_recall_note(first.data[setting]))
     if "hard" in settings:
         numbers["binary"] = {method: binary_row(runs) for method, runs in methods.items()}
         lines += binary_table(numbers["binary"])
-    numbers["pairwise"] = pairwise(methods, settings, args)
-    lines += pairwise_table(numbers["pairwise"])
+    if len(methods) > 1:
+        numbers["pairwise"] = pairwise(methods, settings, args)
+        lines += pairwise_table(numbers["pairwise"])
+    lines += dataset_plots(label, methods, numbers["tables"], settings, args.out)
+    return lines + dataset_notes(methods, args), numbers
+
+
+def dataset_plots(label, methods, tables, settings, out_dir):
     titles = {setting: SETTING_TITLES[setting].split(": ")[-1] for setting in settings}
-    plots = dataset_plots(methods, numbers["tables"], settings, titles, args.out, prefix=f"{label}_")
-    lines += [f"![{name}]({name})" for name in plots] + [""]
-    return lines + dataset_notes(methods), numbers
+    prefix = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in label) + "_"
+    names = list(methods)
+    ranks = {s: {m: seed_averaged(methods[m], f"{s}/t2v", METRICS["MnR"][0]) for m in names} for s in settings}
+    figures = [
+        (
+            "text→video recall at 1, 5, 10",
+            "t2v_recall_at_1_5_10",
+            report_plots.recall_figure(tables, names, settings, titles),
+        ),
+        ("text→video rank CDF", "t2v_rank_cdf", report_plots.rank_cdf_figure(ranks, settings, titles)),
+    ]
+    if {"origin", "hard"} <= set(settings):
+        figures.append(
+            (
+                "text→video R@1, Origin to Hard",
+                "t2v_r1_origin_to_hard",
+                report_plots.origin_to_hard_figure(tables, names),
+            )
+        )
+    lines = []
+    for caption, stem, figure in figures:
+        lines.append(f"![{caption}]({report_plots.save_figure(figure, out_dir / f'{prefix}{stem}.png')})")
+    return lines + [""]
+
+
+def trivial_recall_note(setting_result):
+    """A footnote when R@K cannot fail: K at least the candidates a query ranks."""
+    n_candidates = setting_result.get("n_candidates")
+    trivial = [k for k in (5, 10) if n_candidates is not None and k >= n_candidates]
+    if not trivial:
+        return ""
+    names, verb = " and ".join(f"R@{k}" for k in trivial), "is" if len(trivial) == 1 else "are"
+    return f"Each query ranks only {n_candidates} candidates here, so {names} {verb} 100 for any method."
 
 
 def mean_std(per_seed):
@@ -228,58 +295,25 @@ def method_row(runs, setting, direction, args):
     key = f"{setting}/{direction}"
     row = {}
     for metric, (column, statistic) in METRICS.items():
-        per_seed = [run["result"][setting][direction]["expected"][metric] for run in runs]
+        per_seed = [run.data[setting][direction]["expected"][metric] for run in runs]
         low, high = bootstrap_ci(seed_averaged(runs, key, column), statistic, args.seed, args.n_resamples)
         row[metric] = {**mean_std(per_seed), "ci": [low, high]}
-    row["n_tied"] = float(np.mean([run["result"][setting][direction]["n_tied"] for run in runs]))
-    row["n_queries"] = runs[0]["result"][setting][direction]["n_queries"]
+    row["n_tied"] = float(np.mean([run.data[setting][direction]["n_tied"] for run in runs]))
+    row["n_queries"] = runs[0].data[setting][direction]["n_queries"]
     row["n_seeds"] = len(runs)
     return row
-
-
-def cell(value):
-    return f"{value['mean']:.2f} ± {value['std']:.2f} [{value['ci'][0]:.2f}, {value['ci'][1]:.2f}]"
-
-
-def metric_table(title, rows):
-    lines = [
-        f"### {title}",
-        "",
-        "| Method | R@1 | R@5 | R@10 | MdR | MnR | tied queries | seeds |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for method, row in rows.items():
-        metrics = " | ".join(cell(row[metric]) for metric in METRICS)
-        lines.append(f"| {method} | {metrics} | {row['n_tied']:.1f} / {row['n_queries']} | {row['n_seeds']} |")
-    return lines + [""]
 
 
 def binary_row(runs):
     row = {}
     for direction in ("t2v", "v2t"):
-        accuracy = [run["result"]["binary"][direction]["accuracy"] for run in runs]
+        accuracy = [run.data["binary"][direction]["accuracy"] for run in runs]
         row[direction] = {
             **mean_std(accuracy),
-            "n_tied": float(np.mean([run["result"]["binary"][direction]["n_tied"] for run in runs])),
-            "n_pairs": runs[0]["result"]["binary"][direction]["n_pairs"],
+            "n_tied": float(np.mean([run.data["binary"][direction]["n_tied"] for run in runs])),
+            "n_pairs": runs[0].data["binary"][direction]["n_pairs"],
         }
     return row
-
-
-def binary_table(rows):
-    lines = [
-        "### Binary: original vs its reversal",
-        "",
-        "| Method | text→video accuracy | tied | video→text accuracy | tied |",
-        "|---|---|---|---|---|",
-    ]
-    for method, row in rows.items():
-        t2v, v2t = row["t2v"], row["v2t"]
-        lines.append(
-            f"| {method} | {t2v['mean']:.2f} ± {t2v['std']:.2f} | {t2v['n_tied']:.1f} / {t2v['n_pairs']} | "
-            f"{v2t['mean']:.2f} ± {v2t['std']:.2f} | {v2t['n_tied']:.1f} / {v2t['n_pairs']} |"
-        )
-    return lines + ["", "An exact tie counts one half.", ""]
 
 
 def pairwise(methods, settings, args):
@@ -312,40 +346,68 @@ def pairwise(methods, settings, args):
     return comparisons
 
 
-def pairwise_table(comparisons):
-    lines = [
-        "### Pairwise comparisons (text→video R@1, expected)",
-        "",
-        "| Setting | A | B | A − B | 95% CI | p | p (Holm) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for c in comparisons:
-        lines.append(
-            f"| {c['setting']} | {c['a']} | {c['b']} | {c['difference']:.2f} | "
-            f"[{c['ci'][0]:.2f}, {c['ci'][1]:.2f}] | {c['p']:.4f} | {c['p_holm']:.4f} |"
-        )
-    return lines + [""]
+def spread_text(spread):
+    low, high = spread["min"], spread["max"]
+    return f"{low}" if low == high else f"{low}–{high} (median {spread['median']:g})"
 
 
-def dataset_notes(methods):
-    first = next(iter(methods.values()))[0]["result"]["provenance"]
+def dataset_notes(methods, args):
+    first = next(iter(methods.values()))[0].provenance
     sampling, clip = first["sampling"], first["clip"]
-    frames = sorted({run["result"]["provenance"]["frames"] for runs in methods.values() for run in runs})
-    seeds = {m: [run["result"]["provenance"]["seed"] for run in runs] for m, runs in methods.items()}
+    seen = "; ".join(f"{md(m)}: {spread_text(runs[0].provenance['frames_seen'])}" for m, runs in methods.items())
+    seeds = {m: [run.provenance["seed"] for run in runs] for m, runs in methods.items()}
     sources = "; ".join(
-        f"{m}: " + ", ".join(f"`{os.path.relpath(run['file'])}`" for run in runs) for m, runs in methods.items()
+        f"{md(m)}: " + ", ".join(f"`{os.path.relpath(run.path, args.out)}`" for run in runs)
+        for m, runs in methods.items()
     )
     return [
         f"- CLIP checkpoint: `{clip['file']}`, sha256 `{clip['sha256']}`, config {json.dumps(clip['config'])}; "
-        f"compute {first['compute']}.",
+        f"compute {json.dumps(first['compute'])}.",
         f"- Preprocessing: {json.dumps(first['preprocessing'])}.",
-        f"- Frame sampling: fps {sampling['fps']}, t_max {sampling['t_max']}, rule: {sampling['rule']}. "
-        f"Frames used by the heads: {frames} (evenly spaced, mirror-symmetric subset).",
-        f"- Cache dtype: {first['storage_dtype']}; cache `{first['cache']}`, "
-        f"meta sha256 `{first['cache_meta_sha256']}`.",
-        f"- Seeds: {json.dumps(seeds)}. Sources: {sources}.",
+        f"- Frame sampling: fps {sampling['fps']}, t_max {sampling['t_max']}, rule: {sampling['rule']}.",
+        f"- Frames cached per video: {spread_text(first['frames_cached'])}. Frames each head read per video "
+        f"(an evenly spaced, mirror-symmetric subset where it reads fewer than cached): {seen}.",
+        f"- Cache dtype: {first['storage_dtype']}; cache content sha256 `{first['cache_content_sha256']}`.",
+        f"- Seeds: {md(json.dumps(seeds))}. Sources (relative to this report): {sources}.",
         "",
     ]
+
+
+def cost_rows(datasets, method_numbers):
+    """(stage, what, device, seconds) from the result files: extraction of each dataset's split,
+    training of each method (all epochs of all seeds), evaluation of each method on each dataset."""
+    rows = []
+    for label, methods in datasets.items():
+        extract = next(iter(methods.values()))[0].provenance["cost"]["extract"]
+        if extract:
+            rows.append(("extract", f"{label} ({extract['videos']} videos)", extract["device"], extract["seconds"]))
+        else:
+            rows.append(("extract", label, "not recorded", None))
+    for method, info in method_numbers.items():
+        epochs = [record for training in info["trainings"] for record in training["history"]]
+        if epochs:
+            devices = sorted({record.get("device", "?") for record in epochs})
+            seconds = sum(record.get("seconds", 0.0) for record in epochs)
+            rows.append(
+                (
+                    "train",
+                    f"{method} ({len(info['trainings'])} seed(s), {len(epochs)} epochs)",
+                    ", ".join(devices),
+                    seconds,
+                )
+            )
+    for label, methods in datasets.items():
+        for method, runs in methods.items():
+            costs = [run.provenance["cost"]["evaluate"] for run in runs]
+            rows.append(
+                (
+                    "evaluate",
+                    f"{method} on {label} ({len(runs)} seed(s))",
+                    costs[0]["device"],
+                    sum(c["seconds"] for c in costs),
+                )
+            )
+    return rows
 
 
 def general_notes(args):
@@ -365,7 +427,8 @@ def general_notes(args):
         f"{args.n_resamples} resamples, seed {args.seed} (scipy.stats.bootstrap). Pairwise: paired bootstrap CI of "
         "the difference; two-sided p from a paired sign-flip permutation test (scipy.stats.permutation_test, "
         f"{args.n_resamples} resamples); Holm–Bonferroni over the comparisons of each dataset.",
-        "5. All numbers: `report_numbers.json`.",
+        "5. Every number was recomputed from the per-query arrays each result names by sha256. All numbers: "
+        "`report_numbers.json`.",
         "",
     ]
 

@@ -59,10 +59,11 @@ if [ -z "$ANNOTATIONS$VIDEOS$CLIP" ]; then
   EXTRACT_ARGS=(--fps 4)
   MEANP_FRAMES=8
   declare -A TRAIN_ARGS=(
-    [seqTransf]="--frames 8 --epochs 60 --batch-size 32 --lr 3e-3 --learn-temp"
-    [tightTransf]="--frames 4 --epochs 30 --batch-size 16 --lr 3e-3"
-    [mlpScore]="--frames 8 --epochs 30 --batch-size 32 --lr 3e-3 --learn-temp"
+    [seqTransf]="--frames 8 --epochs 60 --batch-size 32 --learn-temp"
+    [tightTransf]="--frames 4 --epochs 30 --batch-size 16"
+    [mlpScore]="--frames 8 --epochs 30 --batch-size 32 --learn-temp"
   )
+  HAND_SET_ARGS="--lr 3e-3"  # what --tune searches instead
 else
   if [ -z "$ANNOTATIONS" ] || [ -z "$VIDEOS" ] || [ -z "$CLIP" ]; then
     echo "run_all.sh: a real run needs all of --annotations, --videos and --clip" >&2; exit 2
@@ -71,6 +72,7 @@ else
   EXTRACT_ARGS=()
   MEANP_FRAMES=""
   declare -A TRAIN_ARGS=()
+  HAND_SET_ARGS=""
 fi
 CACHE="$WORK/cache"
 mkdir -p "$WORK/runs" "$WORK/results"
@@ -92,21 +94,21 @@ $PY evaluate.py --cache "$CACHE" --split test --head meanP ${MEANP_FRAMES:+--fra
   --out "$WORK/results/meanP.json"
 
 for HEAD in $HEADS; do
-  SHARED_ARGS="--reverse-negatives ${TRAIN_ARGS[$HEAD]:-} ${EPOCHS:+--epochs $EPOCHS} $EXTRA_TRAIN_ARGS"
-  TUNED_ARGS=()
+  HEAD_ARGS="--reverse-negatives ${TRAIN_ARGS[$HEAD]:-} ${EPOCHS:+--epochs $EPOCHS}"
+  CHOSEN_ARGS=($HAND_SET_ARGS)  # the demo's hand-set settings, or the ones tune.py chose
   if [ -n "$TUNE_TRIALS" ]; then
     STAGE="tune $HEAD"
-    $PY tune.py --cache "$CACHE" --clip "$CLIP" --heads "$HEAD" --trials "$TUNE_TRIALS" --out "$WORK/tuning" \
-      --train-args "$SHARED_ARGS"
-    mapfile -t TUNED_ARGS < <($PY -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["train_args"]))' \
-      "$WORK/tuning/best/$HEAD.json")
+    $PY tune.py --cache "$CACHE" --clip "$CLIP" --heads "$HEAD" --trials "$TUNE_TRIALS" --out "$WORK/tuning/$HEAD" \
+      --train-args "$HEAD_ARGS $EXTRA_TRAIN_ARGS"
+    mapfile -t CHOSEN_ARGS < <($PY -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["train_args"]))' \
+      "$WORK/tuning/$HEAD/best/$HEAD.json")
   fi
   for SEED in $SEEDS; do
     RUN="$WORK/runs/${HEAD}_seed${SEED}"
     STAGE="train $HEAD seed $SEED"
-    # shellcheck disable=SC2086  # the settings are word lists
-    $PY train_head.py --cache "$CACHE" --head "$HEAD" --seed "$SEED" --out "$RUN" --clip "$CLIP" $SHARED_ARGS \
-      "${TUNED_ARGS[@]}"
+    # shellcheck disable=SC2086  # the settings are word lists; --train-args comes last, so it wins
+    $PY train_head.py --cache "$CACHE" --head "$HEAD" --seed "$SEED" --out "$RUN" --clip "$CLIP" $HEAD_ARGS \
+      "${CHOSEN_ARGS[@]}" $EXTRA_TRAIN_ARGS
     STAGE="evaluate $HEAD seed $SEED"
     $PY evaluate.py --cache "$CACHE" --split test --ckpt "$RUN/best.pt" --method "$HEAD" \
       --out "$WORK/results/${HEAD}_seed${SEED}.json"

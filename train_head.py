@@ -35,19 +35,21 @@ from corpus.feature_cache import (
     CacheError,
     content_digest,
     feature_contract,
+    frames_per_video,
     pairs_path,
     read_meta,
     read_pairs,
     split_format,
+    spread,
 )
 from evaluation.retrieval_metrics import retrieval_metrics
 from evaluation.scoring import autocast_for, directions, read_setting, score_matrix
 from heads.architectures import HEADS, build_head, clamp_log_scale_, clip_logit_scale, init_from_clip_text
 from heads.checkpoints import CheckpointError, head_checkpoint, init_from, load_checkpoint, save_checkpoint
 from heads.contrastive import average_gradients, batch_loss, epoch_batches, lr_scale, param_groups, set_lr, train_items
-from heads.split_tensors import load_split_tensors
+from heads.split_tensors import frames_to_use, load_split_tensors
 from infra.file_io import atomic_write_bytes, atomic_write_json, exclusive_folder, file_sha256
-from infra.runtime import HelpFormatter, Progress, setup_runtime
+from infra.runtime import HelpFormatter, Progress, device_name, fix_cpu_threads, setup_runtime, whole_number
 
 PROGRESS_SECONDS = 10  # in-epoch progress lines at most this often
 
@@ -60,23 +62,36 @@ add("--out", required=True, type=Path, help="run folder (resumed if it holds las
 add("--seed", type=int, default=0, help="seeds initialisation, batches and dropout")
 add("--clip", type=Path, help="the cache's CLIP checkpoint (seqTransf/tightTransf start from its text transformer)")
 add("--init-from", type=Path, help="start from this head: a train_head.py checkpoint of the same head, or CLIP4Clip's")
-add("--frames", type=int, help="frames per video: an even, evenly spaced subset of the cached ones (default: t_max)")
-add("--select-frames", type=int, default=0, help="K > 0: the head sees the K frames a learned scorer picks (README)")
+add(
+    "--frames",
+    type=whole_number(2),
+    help="frames per video: an even, evenly spaced subset of the cached ones (default: all, up to t_max)",
+)
+add(
+    "--select-frames",
+    type=whole_number(0),
+    default=0,
+    help="K > 0: the head sees the K frames a learned scorer picks (README)",
+)
 add("--text-input", default="pooled", choices=["pooled", "tokens"], help="tightTransf's text: pooled or token features")
-add("--epochs", type=int, default=5, help="passes over the train videos")
-add("--batch-size", type=int, default=128, help="videos per step, over all ranks (at least 2)")
+add("--epochs", type=whole_number(1), default=5, help="passes over the train videos")
+add("--batch-size", type=whole_number(2), default=128, help="videos per step, over all ranks (at least 2)")
 add("--lr", type=float, default=1e-4, help="peak AdamW learning rate")
 add("--weight-decay", type=float, default=0.2, help="AdamW decay on weight matrices")
 add("--warmup", type=float, default=0.1, help="share of all steps spent warming the rate up")
-add("--learn-temp", action="store_true", help="learn the temperature (ln kept in [0.1, ln 100])")
+add(
+    "--learn-temp",
+    action="store_true",
+    help="learn the temperature (ln kept in [0.1, ln 100]); not for tightTransf, whose score is its own logit",
+)
 add("--logit-scale", type=float, default=100.0, help="the temperature cosines are scaled by (or where learning starts)")
 add("--settings-note", default="given on the command line", help="how these settings were chosen, for the report")
 add("--reverse-negatives", action="store_true", help="add flip(V) of each reversible video with its reverse captions")
-add("--patience", type=int, default=0, help="stop after this many epochs without improvement (0: never)")
+add("--patience", type=whole_number(0), default=0, help="stop after this many epochs without improvement (0: never)")
 add("--device", default="auto", help="where to train: auto (cuda if available), cuda or cpu")
 add(
     "--pair-batch",
-    type=int,
+    type=whole_number(1),
     default=2048,
     help="tightTransf pairs per forward, each checkpointed in training: memory follows this, not the batch squared",
 )
@@ -115,9 +130,10 @@ def main(argv=None):
 
 def train(args, runtime):
     device = runtime.device
+    cpu_threads = fix_cpu_threads(device)
     seed_everything(args.seed, deterministic=not device.startswith("cuda"))
     meta, valid_setting_name = open_cache(args.cache)
-    config = run_config(args, meta, valid_setting_name)
+    config = run_config(args, meta, valid_setting_name, cpu_threads)
     head = make_head(args, meta, config, runtime.log).to(device)
     log_scale = clip_logit_scale(args.learn_temp, args.logit_scale).to(device)
     trainable = [p for p in [*head.parameters(), log_scale] if p.requires_grad]
@@ -180,24 +196,26 @@ def train(args, runtime):
             "lr_end": optimizer.param_groups[0]["lr"],
             "logit_scale": log_scale.detach().exp().item(),
             "seconds": round(time.time() - start_time, 3),
+            "device": device_name(device),
             "selection": metrics["t2v"]["expected"]["R@1"],
             "valid_setting": valid_setting_name,
             "valid": metrics,
         }
         state = end_epoch(run, state, record, runtime)
-    if not trainable and runtime.master and not (args.out / "best.pt").exists():
+    if not trainable and not state["history"]:
         # nothing to learn (meanP with a fixed temperature): validate once and keep that as the run
+        start_time = time.time()
         metrics = validate(head, valid, valid_setting, autocast)
         record = {
             "epoch": 0,
             "train_loss": None,
+            "seconds": round(time.time() - start_time, 3),
+            "device": device_name(device),
             "selection": metrics["t2v"]["expected"]["R@1"],
             "valid_setting": valid_setting_name,
             "valid": metrics,
         }
-        state["history"].append(record)
-        save_checkpoint(args.out / "best.pt", head_checkpoint(head, log_scale, config, state["history"], 0))
-        write_log(args.out, state["history"])
+        state = end_epoch(run, state, record, runtime)
     best = max(state["history"], key=lambda record: record["selection"])
     runtime.log(
         f"done: best {config['selection_metric']} = {best['selection']:.2f} at epoch {best['epoch']} "
@@ -206,28 +224,26 @@ def train(args, runtime):
 
 
 def check_arguments(args):
-    """Refuse values that would run on nonsense, before any work, naming the flag."""
-    if args.frames is not None and (args.frames < 2 or args.frames % 2):
+    """Refuse values that would run on nonsense, or that the run would not honour, before any work,
+    naming the flag."""
+    if args.frames is not None and args.frames % 2:
         parser.error(
             f"--frames {args.frames}: use an even number >= 2 (an odd subset of an even count is not mirror-symmetric)"
         )
-    if args.batch_size < 2:
-        parser.error(f"--batch-size {args.batch_size}: in-batch InfoNCE needs at least 2 videos (with 1 the loss is 0)")
+    if args.learn_temp and args.head == "tightTransf":
+        parser.error(
+            "--learn-temp: tightTransf scores with its own output layer (CLIP4Clip's logit), which no temperature "
+            "scales; train it without --learn-temp"
+        )
     try:
         clip_logit_scale(args.learn_temp, args.logit_scale)
     except ValueError as err:
         parser.error(f"--logit-scale {args.logit_scale}: {err}")
-    if args.select_frames < 0:
-        parser.error(f"--select-frames {args.select_frames}: a number of frames, or 0 for all")
-    if args.epochs < 1:
-        parser.error(f"--epochs {args.epochs}: train at least one epoch")
-    for flag, value in (("--lr", args.lr), ("--weight-decay", args.weight_decay), ("--patience", args.patience)):
+    for flag, value in (("--lr", args.lr), ("--weight-decay", args.weight_decay)):
         if not value >= 0:
             parser.error(f"{flag} {value}: must be a finite number >= 0")
     if not 0 <= args.warmup <= 1:
         parser.error(f"--warmup {args.warmup}: a share of the steps, between 0 and 1")
-    if args.pair_batch < 1:
-        parser.error(f"--pair-batch {args.pair_batch}: at least 1")
 
 
 def open_cache(cache_dir):
@@ -253,18 +269,27 @@ def seed_everything(seed, deterministic):
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
-def run_config(args, meta, valid_setting_name):
+def run_config(args, meta, valid_setting_name, cpu_threads):
     """Every setting the run's numbers depend on; a resumed run must match it."""
     config = {
         key: (str(value) if isinstance(value, Path) else value)
         for key, value in vars(args).items()
         if key not in ("out", "device", "pair_batch")
     }
-    frames = args.frames or meta["contract"]["sampling"]["t_max"]
-    if args.select_frames >= frames:
-        sys.exit(f"--select-frames {args.select_frames}: select fewer than the {frames} frames a video has (--frames)")
+    try:
+        cached = frames_per_video(args.cache, "train")
+        frames = frames_to_use(args.frames, cached, meta["contract"]["sampling"]["t_max"], args.cache / "train")
+    except ValueError as err:
+        parser.error(str(err))
+    if args.select_frames and args.select_frames >= min(frames, int(cached.max())):
+        parser.error(
+            f"--select-frames {args.select_frames}: the head reads {min(frames, int(cached.max()))} frames per video "
+            "at most; select fewer, or train without selection"
+        )
     config.update(
         frames=frames,
+        frames_cached=spread(cached),
+        cpu_threads=cpu_threads,
         cache_meta_sha256=file_sha256(args.cache / META_NAME),
         cache_content_sha256=content_digest(meta),
         feature_contract=feature_contract(meta),
@@ -300,7 +325,10 @@ def make_head(args, meta, config, log):
                 f"{args.clip} is not the checkpoint the cache was extracted with "
                 f"({meta.get('clip_file')}, sha256 {meta['contract']['clip']['sha256'][:12]})"
             )
-        init_from_clip_text(head, clip_vendor.read_state_dict(args.clip))
+        try:
+            init_from_clip_text(head, clip_vendor.read_state_dict(args.clip))
+        except (ValueError, FileNotFoundError) as err:
+            sys.exit(f"--clip: {err}")
     return head
 
 
@@ -349,8 +377,11 @@ def end_epoch(run, state, record, runtime):
     since_best = 0 if improved else state["since_best"] + 1
     stopped = bool(run.patience) and since_best >= run.patience
     state = {"epoch": record["epoch"], "history": history, "stopped": stopped, "since_best": since_best}
+    loss = (
+        "no training (nothing to learn)" if record["train_loss"] is None else f"train loss {record['train_loss']:.4f}"
+    )
     runtime.log(
-        f"epoch {record['epoch']}: train loss {record['train_loss']:.4f}, {run.config['selection_metric']} "
+        f"epoch {record['epoch']}: {loss}, {run.config['selection_metric']} "
         f"{record['selection']:.2f}{' (best)' if improved else ''}, {record['seconds']:.1f} s"
         + ("; early stop" if stopped else "")
     )
@@ -359,7 +390,8 @@ def end_epoch(run, state, record, runtime):
         if improved:
             save_checkpoint(run.out / "best.pt", saved)
         # written after best.pt: a resumed run never lacks it
-        save_checkpoint(run.out / "last.pt", {**saved, "optimizer": run.optimizer.state_dict(), "state": state})
+        optimizer_state = run.optimizer.state_dict() if run.optimizer else {}
+        save_checkpoint(run.out / "last.pt", {**saved, "optimizer": optimizer_state, "state": state})
         write_log(run.out, history)
     return state
 

@@ -14,10 +14,13 @@ run_all.sh --tune reads them.
 """
 
 import argparse
+import contextlib
+import ctypes
 import json
 import math
-import os
 import shlex
+import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -25,11 +28,13 @@ from pathlib import Path
 
 import optuna
 
+from corpus.feature_cache import CacheError, content_digest, read_meta
 from heads.architectures import HEADS
 from infra.file_io import atomic_write_json, exclusive_folder
-from infra.runtime import HelpFormatter
+from infra.runtime import HelpFormatter, whole_number
 
 SCRIPT = Path(__file__).resolve().parent / "train_head.py"
+PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies
 FLAGS = {"lr": "--lr", "weight_decay": "--weight-decay", "warmup": "--warmup", "logit_scale": "--logit-scale"}
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
@@ -37,27 +42,97 @@ add = parser.add_argument
 add("--cache", required=True, type=Path, help="feature cache written by extract.py (its train and valid splits)")
 add("--clip", type=Path, help="the cache's CLIP checkpoint (seqTransf/tightTransf start from its text layers)")
 add("--heads", nargs="+", required=True, choices=sorted(HEADS), help="heads to tune, each with the same budget")
-add("--trials", type=int, default=20, help="finished trials (completed or pruned) per head")
+add("--trials", type=whole_number(1), default=20, help="finished trials (completed or pruned) per head")
 add("--space", type=Path, default=Path(__file__).resolve().parent / "tune_space.json", help="the search space")
 add("--out", required=True, type=Path, help="folder for study.sqlite3, the trials' runs and best/{head}.json")
 add("--train-args", default="", help="train_head.py settings every trial shares (e.g. --epochs 5 --reverse-negatives)")
 add("--seed", type=int, default=0, help="seeds the sampler; every trial trains with train_head.py's --seed 0")
-add("--startup-trials", type=int, default=3, help="trials before the pruner may stop one")
+add("--startup-trials", type=whole_number(0), default=3, help="trials before the pruner may stop one")
+
+
+# train_head.py flags a trial's --train-args may not give: the search sets them itself.
+SEARCH_OWNED_FLAGS = ("--head", "--seed", "--out", "--cache", "--clip", "--settings-note")
+DEFINITION = "search.json"  # what defines the search in OUT; a rerun with other values is refused
+OPTUNA_TABLES = {"studies", "trials", "version_info"}
 
 
 def main(argv=None):
     args = parser.parse_args(argv)
-    if args.trials < 1:
-        parser.error(f"--trials {args.trials}: at least 1")
     space = read_space(args.space)
+    check_train_args(args.train_args, space)
+    try:
+        cache_digest = content_digest(read_meta(args.cache))
+    except CacheError as err:
+        sys.exit(str(err))
+    definition = {
+        "cache_content_sha256": cache_digest,
+        "heads": args.heads,
+        "space": space,
+        "train_args": shlex.split(args.train_args),
+        "sampler_seed": args.seed,
+        "startup_trials": args.startup_trials,
+    }
     with exclusive_folder(args.out):
-        storage = optuna.storages.RDBStorage(f"sqlite:///{(args.out / 'study.sqlite3').resolve()}")
+        storage_path = args.out / "study.sqlite3"
+        check_storage(storage_path)
+        check_definition(args.out, definition)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{storage_path.resolve()}")
         for head in args.heads:
             tune_head(args, head, space, storage)
 
 
+def check_train_args(train_args, space):
+    """Refuse --train-args that would override what the search sets (the head, the seed, where a
+    trial runs, and every tuned setting), naming the flag."""
+    try:
+        tokens = shlex.split(train_args)
+    except ValueError as err:
+        parser.error(f"--train-args {train_args!r}: {err}")
+    owned = {*SEARCH_OWNED_FLAGS, *(FLAGS[name] for name in space)}
+    for token in tokens:
+        flag = token.split("=", 1)[0]
+        if flag in owned:
+            parser.error(
+                f"--train-args {train_args!r}: {flag} is set by the search itself (the head, the seed and the tuned "
+                f"settings {', '.join(FLAGS[name] for name in space)}); leave it out"
+            )
+
+
+def check_definition(out, definition):
+    """A search folder belongs to one search: a rerun must name the same cache, heads, space and
+    train args as the run that made it (more trials are welcome), else it is refused."""
+    path = out / DEFINITION
+    if not path.exists():
+        if (out / "study.sqlite3").exists():
+            sys.exit(f"{out / 'study.sqlite3'} exists without {path}: it belongs to another search; use a new --out")
+        atomic_write_json(path, definition)
+        return
+    recorded = json.loads(path.read_text())
+    for key in sorted(set(recorded) | set(definition)):
+        if recorded.get(key) != definition.get(key):
+            sys.exit(
+                f"{out} holds another search: its {key} was {recorded.get(key)!r}, this run's is "
+                f"{definition.get(key)!r}; rerun with the same settings to resume it, or use a new --out"
+            )
+
+
+def check_storage(path):
+    """A study file that exists must be an optuna SQLite database; anything else is refused in one
+    line, read-only: it is never written into."""
+    if not path.exists():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as err:
+        sys.exit(f"{path} is not a readable SQLite database ({err}); it was not touched: use a new --out")
+    if not OPTUNA_TABLES <= tables:
+        sys.exit(f"{path} is an SQLite database but not an optuna study (no {', '.join(sorted(OPTUNA_TABLES))} tables)")
+
+
 def read_space(path):
-    """{setting: {"low", "high", "log"}}; refuses a setting train_head.py does not take, or bad bounds."""
+    """{setting: {"low", "high", "log"}}; refuses a setting train_head.py does not take, or bad bounds
+    (a log range must start above 0)."""
     try:
         space = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -67,6 +142,10 @@ def read_space(path):
             sys.exit(f"--space {path}: unknown setting {name!r} (known: {', '.join(FLAGS)})")
         if not (isinstance(bounds, dict) and bounds.get("low", math.nan) < bounds.get("high", math.nan)):
             sys.exit(f'--space {path}: {name} needs {{"low": a, "high": b}} with a < b')
+        if bounds.get("log") and not bounds["low"] > 0:
+            sys.exit(
+                f"--space {path}: {name} is searched on a log scale: its low bound must be above 0, not {bounds['low']}"
+            )
     return space
 
 
@@ -120,15 +199,19 @@ def run_trial(args, head, trial):
     errors = out.with_suffix(".stderr.txt")
     errors.parent.mkdir(parents=True, exist_ok=True)
     with open(errors, "w") as error_file:
-        process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=error_file, env={**os.environ, "PYTHONPATH": str(SCRIPT.parent)}
-        )
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=error_file, preexec_fn=die_with_parent)
         records = watch(process, out / "log.jsonl", trial)
     if records is None:
         return None
     if process.returncode != 0:
         sys.exit(f"trial {trial.number} of {head} failed ({shlex.join(command)}):\n{errors.read_text()}")
     return max(record["selection"] for record in records)
+
+
+def die_with_parent():
+    """In the trial's process before it starts: the kernel kills it when tune.py dies, even by kill -9,
+    so no train_head.py is left running for nobody (Linux's PR_SET_PDEATHSIG)."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def as_flags(params):

@@ -109,10 +109,10 @@ def decode_rate(job, video_paths, spec, workers):
 
 
 def kept_crops(task):
-    video_id, crops, reason = decode_and_crop(task)
-    if reason:
-        raise RuntimeError(f"video {video_id}: {reason}")
-    return crops
+    decoded = decode_and_crop(task)
+    if decoded.failure:
+        raise RuntimeError(f"video {decoded.video_id}: {decoded.failure}")
+    return decoded.crops
 
 
 def model_only(checkpoint, args, frames_per_forward, n_forwards=10):

@@ -43,10 +43,10 @@ parser.add_argument("--t-max", type=int, default=24, help="extract.py --t-max")
 
 
 def features(model, path, spec):
-    _, crops, reason = decode_and_crop(("video", str(path), spec))
-    if reason:
-        raise SystemExit(reason)
-    return clip_vendor.encode_crops(model, [crops]).astype(np.float32)
+    decoded = decode_and_crop(("video", str(path), spec))
+    if decoded.failure:
+        raise SystemExit(decoded.failure)
+    return clip_vendor.encode_crops(model, [decoded.crops]).astype(np.float32)
 
 
 def measure(reference, candidate):

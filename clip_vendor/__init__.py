@@ -6,13 +6,14 @@ text_feats = model.encode_text(clip_vendor.tokenize(captions).cuda())      # [B,
 frame_feats = clip_vendor.encode_crops(model, [crops_of_video_a, crops_of_video_b])  # fp16 numpy
 """
 
-import warnings
+import pickle
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .archive import read_archive_state_dict
 from .model import CLIP, ClipConfig, LayerNorm, infer_config
 from .preprocess import Preprocess, normalize, preprocess_frames
 from .tokenizer import token_lengths, tokenize, tokenize_windows
@@ -49,7 +50,8 @@ REQUIRED_KEYS = (
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read an OpenAI CLIP checkpoint: a TorchScript archive (as released) or a plain state dict.
+    """Read an OpenAI CLIP checkpoint: a TorchScript archive (as released) or a plain state dict,
+    each as data only (`archive.py`; `torch.load(weights_only=True)`): nothing in the file runs.
 
     Returns a {name: tensor} dict on the CPU, with OpenAI's parameter names. Raises ValueError
     naming the file and the problem when it is truncated, not a PyTorch file, or not CLIP.
@@ -64,13 +66,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"cannot read CLIP checkpoint {path}: not a PyTorch zip file, or truncated ({err})") from None
     try:
         if any(name.endswith("/constants.pkl") for name in names):  # only TorchScript archives have it
-            with warnings.catch_warnings():  # OpenAI released TorchScript; jit.load is its only reader
-                warnings.simplefilter("ignore", DeprecationWarning)
-                state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
+            state_dict = read_archive_state_dict(path)  # as data: nothing in the archive runs
         else:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except RuntimeError as err:
-        raise ValueError(f"cannot read CLIP checkpoint {path}: {err}") from None
+    except (RuntimeError, pickle.UnpicklingError) as err:
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ValueError(f"cannot read CLIP checkpoint {path}: {first_line}") from None
     if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
         state_dict = state_dict["state_dict"]
     state_dict = {key: value for key, value in state_dict.items() if key not in ARCHIVE_ONLY_KEYS}

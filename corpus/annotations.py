@@ -75,8 +75,15 @@ def read_annotation_file(path: Path) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=reject_duplicate_keys(path))
     except json.JSONDecodeError as err:
         raise AnnotationError(f"{path}: not valid JSON ({err})") from None
+    except UnicodeDecodeError as err:
+        raise AnnotationError(
+            f"{path}: not UTF-8 text (byte {err.start} is {err.object[err.start : err.start + 1]!r}); JSON annotation "
+            "files must be UTF-8: convert it (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
     except FileNotFoundError:
         raise AnnotationError(f"{path}: annotation file not found") from None
+    except OSError as err:
+        raise AnnotationError(f"{path}: cannot be read ({err.strerror})") from None
     if not isinstance(data, dict) or not data:
         raise AnnotationError(f"{path}: expected a non-empty JSON object keyed by video id")
     return data

@@ -33,6 +33,7 @@ from infra.file_io import (
 
 META_NAME = "cache_meta.json"
 FAILED_VIDEOS_NAME = "failed_videos.json"
+TIMINGS_NAME = "timings.json"  # what extraction cost, per split: not content, so outside every digest
 PARTS_DIR = "parts"
 VIDEO_FEATS = "video_feats.npy"
 VIDEO_OFFSETS = "video_offsets.npy"
@@ -85,14 +86,33 @@ class CacheError(Exception):
 REBUILD = "extract the cache again into a new --out (or run verify.py to see what else is wrong)"
 
 
+META_DIGEST = "meta_sha256"  # the meta's own digest: a hand edit of any field is refused
+
+
+def meta_digest(meta: dict) -> str:
+    """sha256 over every field of the meta but the digest itself, in a canonical JSON form."""
+    content = {key: value for key, value in meta.items() if key != META_DIGEST}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def write_meta(cache_dir: Path, meta: dict) -> dict:
+    """Write cache_meta.json with its digest (the only writer of the file); returns what was written."""
+    meta = {**{key: value for key, value in meta.items() if key != META_DIGEST}, META_DIGEST: meta_digest(meta)}
+    atomic_write_json(Path(cache_dir) / META_NAME, meta)
+    return meta
+
+
 def read_meta(cache_dir: Path) -> dict:
+    """The cache's meta, refused unless it is exactly what extract.py wrote (its digest matches)."""
     path = Path(cache_dir) / META_NAME
     if not path.exists():
         raise CacheError(f"{path} not found: is {cache_dir} a feature cache written by extract.py?")
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise CacheError(f"{path} is not valid JSON ({err}); {REBUILD}") from None
+    except OSError as err:
+        raise CacheError(f"{path} cannot be read ({err.strerror})") from None
     if not (
         isinstance(meta, dict)
         and isinstance(meta.get("contract"), dict)
@@ -100,6 +120,13 @@ def read_meta(cache_dir: Path) -> dict:
         and "annotations" in meta["contract"]
     ):
         raise CacheError(f"{path} lacks the contract and counts extract.py writes; {REBUILD}")
+    if META_DIGEST not in meta:
+        raise CacheError(f"{path} has no {META_DIGEST}: it was written by an older extract.py; {REBUILD}")
+    if meta[META_DIGEST] != meta_digest(meta):
+        raise CacheError(
+            f"{path} was changed after extract.py wrote it (its {META_DIGEST} does not match its content): "
+            f"every number depends on what it records, so it is refused; restore it, or {REBUILD}"
+        )
     return meta
 
 
@@ -117,9 +144,19 @@ def open_cache_meta(cache_dir: Path, contract: dict, recorded: dict, write: bool
             )
         return meta
     meta = {"contract": contract, "counts": {}, "complete": False, **recorded}
-    if write:
-        atomic_write_json(Path(cache_dir) / META_NAME, meta)
-    return meta
+    return write_meta(cache_dir, meta) if write else meta
+
+
+def record_timing(cache_dir: Path, split: str, timing: dict) -> None:
+    """Add a split's extraction cost ({"seconds", "device", ...}) to the cache's timings file."""
+    path = Path(cache_dir) / TIMINGS_NAME
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    atomic_write_json(path, {**timings, split: timing})
+
+
+def read_timings(cache_dir: Path) -> dict:
+    path = Path(cache_dir) / TIMINGS_NAME
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def split_file_digests(cache_dir: Path, split: str) -> dict[str, str]:
@@ -172,7 +209,10 @@ def open_split(cache_dir: Path, split: str) -> CacheSplit:
             if name.endswith(".npy"):
                 return np.load(path, mmap_mode="r")
             text = path.read_text(encoding="utf-8")
-            return json.loads(text) if name.endswith(".json") else [json.loads(line) for line in text.splitlines()]
+            if name.endswith(".json"):
+                return json.loads(text)
+            # JSON lines end at "\n" only: str.splitlines would also cut a caption at U+2028 and its kin
+            return [json.loads(line) for line in text.split("\n") if line]
         except FileNotFoundError:
             raise CacheError(f"{path} is missing; {REBUILD}") from None
         except (ValueError, OSError) as err:  # a cut .npy, bad JSON, a memory map past the end
@@ -212,6 +252,23 @@ def inconsistency(cache: CacheSplit) -> str | None:
         ),
     )
     return next((message for ok, message in checks if not ok), None)
+
+
+def frames_per_video(cache_dir: Path, split: str) -> np.ndarray:
+    """[n_videos] the frames each video of a finished split holds (a CacheError names a split with no video)."""
+    cache = open_split(cache_dir, split)
+    if not cache.video_ids:
+        raise CacheError(
+            f"{Path(cache_dir) / split} holds no video: every video of the split failed at extraction "
+            f"(see {Path(cache_dir) / FAILED_VIDEOS_NAME}); fix them and extract again"
+        )
+    return np.diff(cache.video_offsets)
+
+
+def spread(counts) -> dict:
+    """{"min", "median", "max"} of a count per item (frames per video), as a report states them."""
+    counts = np.asarray(counts)
+    return {"min": int(counts.min()), "median": float(np.median(counts)), "max": int(counts.max())}
 
 
 def check_split_counts(cache_dir: Path, split: str, counts: dict) -> None:
@@ -257,17 +314,18 @@ def text_part_path(cache_dir: Path, split: str, chunk: int) -> Path:
     return Path(cache_dir) / split / PARTS_DIR / f"text_{chunk:06d}.npz"
 
 
-def write_video_part(
-    path: Path, video_ids: list[str], frame_counts: list[int], failures: list[str], frame_feats: np.ndarray
-) -> None:
-    """One chunk's videos: their frame features in order, frame counts (0 for a failed video) and
-    failure reasons ("" for a good one)."""
+def write_video_part(path: Path, decoded: list, frame_counts: list[int], frame_feats: np.ndarray) -> None:
+    """One chunk's videos (video_frames.DecodedVideo each): their frame features in order, frame
+    counts (0 for a failed video), failure reasons ("" for a good one), and the decoder of each
+    with why OpenCV fell back to it ("" when it did not)."""
     atomic_write_npz(
         path,
         frame_feats=frame_feats,
         frame_counts=np.array(frame_counts, dtype=np.int64),
-        video_ids=np.array(video_ids),
-        failures=np.array(failures),
+        video_ids=np.array([video.video_id for video in decoded]),
+        failures=np.array([video.failure or "" for video in decoded]),
+        decoders=np.array([video.decoder for video in decoded]),
+        fallbacks=np.array([video.fallback or "" for video in decoded]),
     )
 
 
@@ -286,23 +344,28 @@ def write_text_part(
 
 
 def merge_split(cache_dir: Path, split: str, annotation_format: str, records: list, captions: list, meta: dict) -> dict:
-    """Concatenate a split's parts in chunk order into its final files, record its counts and the
-    sha256 of every file in the meta, and remove the parts. Returns the updated meta."""
+    """Concatenate a split's parts in chunk order into its final files, record in the meta its
+    counts, which decoder decoded which videos, and the sha256 of every file, and remove the
+    parts. Returns the updated meta."""
     cache_dir = Path(cache_dir)
     split_dir = cache_dir / split
     parts_dir = split_dir / PARTS_DIR
     remove_stale_temporaries(split_dir)  # a killed merge's half-written files
     video_parts, text_parts = sorted(parts_dir.glob("video_*.npz")), sorted(parts_dir.glob("text_*.npz"))
     check_free_space(split_dir, sum(part.stat().st_size for part in video_parts + text_parts))
-    video_ids, frame_counts, failed = [], [], []
+    video_ids, frame_counts, failed, decoded_by, fallbacks = [], [], [], {}, []
     for part in video_parts:
         with np.load(part) as data:
-            for video_id, count, reason in zip(data["video_ids"], data["frame_counts"], data["failures"], strict=True):
+            columns = ("video_ids", "frame_counts", "failures", "decoders", "fallbacks")
+            for video_id, count, reason, decoder, fallback in zip(*(data[c] for c in columns), strict=True):
                 if reason:
                     failed.append({"video_id": str(video_id), "reason": str(reason)})
-                else:
-                    video_ids.append(str(video_id))
-                    frame_counts.append(int(count))
+                    continue
+                video_ids.append(str(video_id))
+                frame_counts.append(int(count))
+                decoded_by[str(decoder)] = decoded_by.get(str(decoder), 0) + 1
+                if fallback:
+                    fallbacks.append({"video_id": str(video_id), "decoder": str(decoder), "why": str(fallback)})
     expected = [record.video_id for record in records]
     if sorted(video_ids + [f["video_id"] for f in failed]) != sorted(expected):
         raise CacheError(
@@ -347,6 +410,7 @@ def merge_split(cache_dir: Path, split: str, annotation_format: str, records: li
     all_failed = json.loads(failed_path.read_text()) if failed_path.exists() else {}
     all_failed[split] = failed
     atomic_write_json(failed_path, all_failed)
+    meta.setdefault("decoded_by", {})[split] = {"videos": decoded_by, "fallbacks": fallbacks}
     meta["counts"][split] = {
         "videos": len(video_ids),
         "failed_videos": len(failed),
@@ -356,7 +420,7 @@ def merge_split(cache_dir: Path, split: str, annotation_format: str, records: li
         "truncated_captions": truncated,
     }
     meta.setdefault("files", {})[split] = split_file_digests(cache_dir, split)
-    atomic_write_json(cache_dir / META_NAME, meta)
+    meta = write_meta(cache_dir, meta)
     shutil.rmtree(parts_dir)  # the parts, and any half-written chunk a killed run left among them
     return meta
 

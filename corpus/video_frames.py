@@ -24,15 +24,30 @@ Truncation rests on what the container records exactly, never on an estimate: a 
 fewer than 95% of the frames its index lists (MP4, MOV, AVI), or, without an index, frames spanning
 less than 95% of the video stream's own recorded duration (Matroska/WebM's DURATION tag), is
 truncated. A container recording neither (MPEG-TS) shows a cut only as a decoding error.
+
+Damage: FFmpeg conceals what it cannot decode (a slice whose CRC fails, a corrupt packet, a missing
+reference) by copying or guessing pixels, and goes on. It says so only in its log, at error level,
+and sometimes in a frame's corrupt flag. Such a file decodes to slightly wrong frames with every
+decoder, again and again, so re-decoding it (verify) cannot notice. Both are read here: PyAV's log
+through `av.logging.Capture`, and OpenCV's, which its FFmpeg writes straight to file descriptor 2,
+by catching that descriptor during the decode (which also keeps OpenCV's own noise, such as its
+hardware AV1 warnings, off the terminal). A file FFmpeg reports such errors for is `damaged`,
+unless the spec accepts concealment (`--accept-concealed-errors`).
 """
 
+import contextlib
+import os
+import re
 import signal
+import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.logging
 import cv2
 import numpy as np
 
@@ -44,8 +59,12 @@ MIN_DECODED_SHARE = 0.95  # below this share of the recorded frames or duration,
 DECODERS = ("opencv", "pyav", "pyav-seek")
 
 
+FFMPEG_LOG_LINE = re.compile(r"^\[(?P<component>[^\]]+?) @ 0x[0-9a-fA-F]+\] ?(?P<message>.*)$")
+ERRORS_SHOWN = 3  # of a damaged file's FFmpeg errors, the first few distinct ones are named
+
+
 class VideoError(Exception):
-    """A video that cannot be used: missing, unreadable, empty or truncated."""
+    """A video that cannot be used: missing, unreadable, empty, truncated or damaged."""
 
 
 @dataclass(frozen=True)
@@ -56,11 +75,31 @@ class DecodeSpec:
     t_max: int
     size: int
     decoder: str = "opencv"
+    accept_concealed: bool = False  # keep files whose decoding errors FFmpeg concealed
 
     @property
     def front_to_back_decoder(self) -> str:
         """The decoder for a decode from the first frame to the last: pyav-seek's is PyAV."""
         return "pyav" if self.decoder == "pyav-seek" else self.decoder
+
+
+def decoder_contract(spec: "DecodeSpec") -> dict:
+    """The decoder, whether concealed errors are accepted, and the library versions its pixels
+    depend on: the cache contract's `sampling.decoder`."""
+    return {
+        "name": spec.decoder,
+        "fallback": "pyav" if spec.decoder == "opencv" else None,
+        "accept_concealed": spec.accept_concealed,
+        "opencv": cv2.__version__,
+        "pyav": av.__version__,
+        "libavcodec": ".".join(map(str, av.library_versions["libavcodec"])),
+    }
+
+
+def spec_from_contract(sampling: dict, size: int) -> "DecodeSpec":
+    """The DecodeSpec a cache was extracted with, from its contract's `sampling` (verify re-extracts with it)."""
+    decoder = sampling["decoder"]
+    return DecodeSpec(sampling["fps"], sampling["t_max"], size, decoder["name"], decoder["accept_concealed"])
 
 
 @dataclass(frozen=True)
@@ -80,11 +119,13 @@ class Decoded:
     first_time: Fraction | None  # timestamps of the first and last frame, in seconds
     last_time: Fraction | None
     decoder: str  # the decoder that decoded the file
+    errors: list  # what FFmpeg reported while concealing damage ("h264: error while decoding MB 8 2")
+    fallback: str | None = None  # why OpenCV handed the file to PyAV, when it did
 
 
-def decode_sampled_frames(path: Path, spec: DecodeSpec) -> tuple[np.ndarray, str]:
-    """The sampled frames of `path`, [n_kept, H, W, 3] uint8 BGR upright, and the decoder that
-    decoded them. Raises VideoError naming the file and the reason."""
+def decode_sampled_frames(path: Path, spec: DecodeSpec) -> tuple[np.ndarray, Decoded]:
+    """The sampled frames of `path`, [n_kept, H, W, 3] uint8 BGR upright, and how the file was
+    decoded (the decoder, why OpenCV fell back to PyAV). Raises VideoError naming the file and why."""
     path = Path(path)
     if not path.is_file():
         raise VideoError(f"missing: {path}")
@@ -94,39 +135,51 @@ def decode_sampled_frames(path: Path, spec: DecodeSpec) -> tuple[np.ndarray, str
         if decoded is not None:
             return finish(path, info, spec, decoded)
     guess = set(guess_indices(info, spec))
-    decoded = read_frames(path, guess, spec.front_to_back_decoder, info)
+    decoded = read_frames(path, guess, spec, info)
     indices = kept_indices(decoded, info, spec)
     if not set(indices) <= decoded.kept.keys():
         # the recorded length was off: sample from the true one, at the price of a second decode
-        again = read_frames(path, set(indices), decoded.decoder, info)
+        again = read_frames(path, set(indices), spec, info, decoded.decoder)
         if again.n_frames != decoded.n_frames:
             raise VideoError(f"unreadable: {path} decoded to {decoded.n_frames} frames, then to {again.n_frames}")
+        again.fallback = decoded.fallback
         decoded = again
     return finish(path, info, spec, decoded)
 
 
-def sampled_neighbourhood(path: Path, spec: DecodeSpec) -> dict[int, np.ndarray]:
-    """{-1, 0, 1: frames}: the sampled frames and the frames one before and one after each (clipped
-    at the ends), decoded front to back: what verify needs to tell an aligned reversal from one
-    a frame off."""
+def sampled_neighbourhood(path: Path, spec: DecodeSpec) -> dict[int, tuple[list[int], np.ndarray]]:
+    """{-1, 0, 1: (frame indices, frames)}: the sampled frames and the frames one before and one
+    after each, clipped at the ends (a clipped neighbour is the frame itself), decoded front to
+    back: what verify needs to tell an aligned reversal from one a frame off."""
     path = Path(path)
     if not path.is_file():
         raise VideoError(f"missing: {path}")
     info = probe(path)
-    counted = read_frames(path, set(), spec.front_to_back_decoder, info)
+    counted = read_frames(path, set(), spec, info)
     n = counted.n_frames
     positions = {
         offset: [min(max(index + offset, 0), n - 1) for index in kept_indices(counted, info, spec)]
         for offset in (-1, 0, 1)
     }
-    decoded = read_frames(path, {index for at in positions.values() for index in at}, counted.decoder, info)
-    return {offset: np.stack([decoded.kept[index] for index in at]) for offset, at in positions.items()}
+    decoded = read_frames(path, {index for at in positions.values() for index in at}, spec, info, counted.decoder)
+    return {offset: (at, np.stack([decoded.kept[index] for index in at])) for offset, at in positions.items()}
 
 
 def finish(path, info, spec, decoded):
     check_not_truncated(path, info, decoded)
+    check_not_damaged(path, spec, decoded)
     indices = kept_indices(decoded, info, spec)
-    return np.stack([decoded.kept[i] for i in indices]), decoded.decoder
+    return np.stack([decoded.kept[i] for i in indices]), decoded
+
+
+def check_not_damaged(path: Path, spec: DecodeSpec, decoded: Decoded) -> None:
+    if decoded.errors and not spec.accept_concealed:
+        shown = list(dict.fromkeys(decoded.errors))
+        raise VideoError(
+            f"damaged: {path}: FFmpeg concealed decoding errors ({'; '.join(shown[:ERRORS_SHOWN])}"
+            f"{f'; {len(shown) - ERRORS_SHOWN} more' if len(shown) > ERRORS_SHOWN else ''}), so its frames "
+            "would be wrong; repair or re-download it, or accept concealment with --accept-concealed-errors"
+        )
 
 
 def probe(path: Path) -> StreamInfo:
@@ -199,34 +252,80 @@ def check_not_truncated(path: Path, info: StreamInfo, decoded: Decoded) -> None:
             )
 
 
-def read_frames(path: Path, wanted: set[int], decoder: str, info: StreamInfo) -> Decoded:
-    """Decode every frame in order; keep `wanted`. OpenCV hands a file it cannot decode to PyAV."""
+def read_frames(path: Path, wanted: set[int], spec: DecodeSpec, info: StreamInfo, decoder: str = "") -> Decoded:
+    """Decode every frame in order; keep `wanted`. `decoder` defaults to the spec's front-to-back
+    one; OpenCV hands a file it cannot decode (no frame) to PyAV, saying why."""
+    decoder = decoder or spec.front_to_back_decoder
+    fallback = None
     if decoder == "opencv":
         decoded = read_frames_opencv(path, wanted)
         if decoded.n_frames > 0:
             return decoded
+        fallback = f"OpenCV decoded no frame of it ({decoded.errors[0] if decoded.errors else f'codec {info.codec}'})"
     decoded = read_frames_pyav(path, wanted)
     if decoded.n_frames == 0:
         raise VideoError(f"zero frames: {path} (codec {info.codec}) decodes to no frame with OpenCV or PyAV")
+    decoded.fallback = fallback
     return decoded
+
+
+@contextlib.contextmanager
+def native_stderr_lines():
+    """Yield a list that, when the block ends, holds the lines native code (OpenCV's FFmpeg) wrote
+    to file descriptor 2 meanwhile; they are not shown. A decode runs alone in its process."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    lines = []
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines += sink.read().decode("utf-8", "replace").splitlines()
+
+
+def ffmpeg_errors(lines: list[str]) -> list[str]:
+    """ "component: message" of FFmpeg's log lines (OpenCV lets FFmpeg print errors only); OpenCV's
+    own warnings ("[ WARN:0@...]") are not FFmpeg's and are dropped."""
+    found = [FFMPEG_LOG_LINE.match(line.strip()) for line in lines]
+    return [f"{match['component']}: {match['message'].strip()}" for match in found if match]
+
+
+@contextlib.contextmanager
+def pyav_errors():
+    """Yield a list that, when the block ends, holds "component: message" of every error FFmpeg
+    logged in this thread meanwhile (PyAV leaves FFmpeg's log off unless a level is set)."""
+    previous = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)
+    errors = []
+    try:
+        with av.logging.Capture(local=True) as logs:
+            yield errors
+    finally:
+        av.logging.set_level(previous)
+        errors += [f"{name}: {message.strip()}" for level, name, message in logs if level <= av.logging.ERROR]
 
 
 def read_frames_opencv(path: Path, wanted: set[int]) -> Decoded:
     capture = cv2.VideoCapture(str(path))
     kept, n_frames, first_time, last_time = {}, 0, None, None
-    try:
-        while capture.grab():
-            last_time = Fraction(round(capture.get(cv2.CAP_PROP_POS_MSEC) * 1000), 10**6)  # to the microsecond
-            first_time = last_time if first_time is None else first_time
-            if n_frames in wanted:
-                ok, frame = capture.retrieve()
-                if not ok:
-                    raise VideoError(f"unreadable: frame {n_frames} of {path} failed to decode")
-                kept[n_frames] = frame
-            n_frames += 1
-    finally:
-        capture.release()
-    return Decoded(kept, n_frames, first_time, last_time, "opencv")
+    with native_stderr_lines() as printed:
+        try:
+            while capture.grab():
+                last_time = Fraction(round(capture.get(cv2.CAP_PROP_POS_MSEC) * 1000), 10**6)  # to the microsecond
+                first_time = last_time if first_time is None else first_time
+                if n_frames in wanted:
+                    ok, frame = capture.retrieve()
+                    if not ok:
+                        raise VideoError(f"unreadable: frame {n_frames} of {path} failed to decode")
+                    kept[n_frames] = frame
+                n_frames += 1
+        finally:
+            capture.release()
+    return Decoded(kept, n_frames, first_time, last_time, "opencv", ffmpeg_errors(printed))
 
 
 def upright_bgr(frame: av.VideoFrame) -> np.ndarray:
@@ -235,20 +334,23 @@ def upright_bgr(frame: av.VideoFrame) -> np.ndarray:
 
 
 def read_frames_pyav(path: Path, wanted: set[int]) -> Decoded:
-    kept, n_frames, first_time, last_time = {}, 0, None, None
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_count = 1  # a worker decodes one video at a time; processes give the parallelism
-            for frame in container.decode(stream):
-                last_time = frame.pts * frame.time_base if frame.pts is not None else None
-                first_time = last_time if first_time is None else first_time
-                if n_frames in wanted:
-                    kept[n_frames] = upright_bgr(frame)
-                n_frames += 1
-    except av.error.FFmpegError as err:
-        raise VideoError(f"unreadable: frame {n_frames} of {path} failed to decode ({err.strerror})") from None
-    return Decoded(kept, n_frames, first_time, last_time, "pyav")
+    kept, n_frames, first_time, last_time, corrupt = {}, 0, None, None, []
+    with pyav_errors() as errors:
+        try:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_count = 1  # a worker decodes one video at a time; processes give the parallelism
+                for frame in container.decode(stream):
+                    last_time = frame.pts * frame.time_base if frame.pts is not None else None
+                    first_time = last_time if first_time is None else first_time
+                    if frame.is_corrupt:
+                        corrupt.append(f"frame {n_frames} flagged corrupt by the decoder")
+                    if n_frames in wanted:
+                        kept[n_frames] = upright_bgr(frame)
+                    n_frames += 1
+        except av.error.FFmpegError as err:
+            raise VideoError(f"unreadable: frame {n_frames} of {path} failed to decode ({err.strerror})") from None
+    return Decoded(kept, n_frames, first_time, last_time, "pyav", errors + corrupt)
 
 
 def read_frames_seeking(path: Path, info: StreamInfo, spec: DecodeSpec) -> Decoded | None:
@@ -270,56 +372,88 @@ def read_frames_seeking(path: Path, info: StreamInfo, spec: DecodeSpec) -> Decod
     if not times or len(times) < len(packets) or len(set(times)) < len(times):
         return None  # no, missing or repeated timestamps: frames cannot be found by time
     keyframes = sorted(pts for pts, keyframe in packets if keyframe)
-    decoded = Decoded({}, len(times), times[0] * time_base, times[-1] * time_base, "pyav-seek")
+    decoded = Decoded({}, len(times), times[0] * time_base, times[-1] * time_base, "pyav-seek", [])
     targets = {times[index]: index for index in kept_indices(decoded, info, spec)}
-    try:
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            stream.thread_count = 1
-            frames, position = None, None  # the decoding in progress, and the pts it has reached
-            for target in sorted(targets):
-                start = max((pts for pts in keyframes if pts <= target), default=keyframes[0])
-                if frames is None or start > position:  # the keyframe lies ahead: skip to it
-                    container.seek(start, stream=stream, backward=True)
-                    frames = container.decode(stream)
-                for frame in frames:  # one generator between seeks: no decoded frame is dropped
-                    position = frame.pts
-                    if frame.pts == target:
-                        decoded.kept[targets[target]] = upright_bgr(frame)
-                        break
-                    if frame.pts > target:
-                        raise VideoError(f"unreadable: {path}: no frame at time {float(target * time_base):.3f} s")
-    except av.error.FFmpegError as err:
-        raise VideoError(f"unreadable: {path} failed to decode after a seek ({err.strerror})") from None
+    with pyav_errors() as errors:
+        try:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                stream.thread_count = 1
+                frames, position = None, None  # the decoding in progress, and the pts it has reached
+                for target in sorted(targets):
+                    start = max((pts for pts in keyframes if pts <= target), default=keyframes[0])
+                    if frames is None or start > position:  # the keyframe lies ahead: skip to it
+                        container.seek(start, stream=stream, backward=True)
+                        frames = container.decode(stream)
+                    for frame in frames:  # one generator between seeks: no decoded frame is dropped
+                        position = frame.pts
+                        if frame.is_corrupt:
+                            decoded.errors.append(f"frame at {float(frame.pts * time_base):.3f} s flagged corrupt")
+                        if frame.pts == target:
+                            decoded.kept[targets[target]] = upright_bgr(frame)
+                            break
+                        if frame.pts > target:
+                            raise VideoError(f"unreadable: {path}: no frame at time {float(target * time_base):.3f} s")
+        except av.error.FFmpegError as err:
+            raise VideoError(f"unreadable: {path} failed to decode after a seek ({err.strerror})") from None
+    decoded.errors = errors + decoded.errors
     if len(decoded.kept) < len(targets):
         raise VideoError(f"unreadable: {path}: {len(targets) - len(decoded.kept)} kept frames never decoded")
     return decoded
 
 
-def index_video_files(videos_dir: Path) -> dict[str, Path]:
-    """{file stem: path} for every file in `videos_dir` ("123.mp4" -> "123"); a stem with two
-    files is ambiguous and named in the error."""
+# Containers FFmpeg reads that videos are downloaded as. A file with another suffix is still a video
+# when it is the only file of its id; beside a video it is a sidecar (yt-dlp's X.description).
+VIDEO_SUFFIXES = frozenset(
+    ".mp4 .m4v .mov .mkv .webm .avi .flv .wmv .asf .mpg .mpeg .ts .m2ts .mts .3gp .ogv .mxf .vob .nut .y4m".split()
+)
+
+
+@dataclass(frozen=True)
+class VideoFolder:
+    files: dict  # {video id: its file}: the file named {id}.{suffix}
+    ignored: list  # files sharing a video's id that are not videos (yt-dlp's .description, .jpg ...)
+
+
+def index_video_files(videos_dir: Path) -> VideoFolder:
+    """The video file of each id in `videos_dir` ("123.mp4" is id "123"). Of several files with one
+    id, the one video (by suffix) is taken and the rest are ignored sidecars; two videos for one id,
+    or none among several files, is VideoError naming them, as is a missing folder."""
     videos_dir = Path(videos_dir)
     if not videos_dir.is_dir():
-        raise FileNotFoundError(f"videos directory not found: {videos_dir}")
-    files = {}
+        raise VideoError(f"--videos {videos_dir}: no such folder")
+    by_id = {}
     for path in sorted(videos_dir.iterdir()):
-        if path.is_file():
-            if path.stem in files:
-                raise ValueError(f"two video files for id {path.stem!r}: {files[path.stem]} and {path}")
-            files[path.stem] = path
-    return files
+        if path.is_file():  # a folder or FIFO named like a video is no file: that video is missing
+            by_id.setdefault(path.stem, []).append(path)
+    files, ignored = {}, []
+    for video_id, paths in by_id.items():
+        videos = [path for path in paths if path.suffix.lower() in VIDEO_SUFFIXES] if len(paths) > 1 else paths
+        if len(videos) != 1:
+            raise VideoError(
+                f"video id {video_id!r} has {'two video files' if videos else 'several files, none a video'}: "
+                f"{', '.join(str(path) for path in (videos or paths))}; keep one per id in {videos_dir}"
+            )
+        files[video_id] = videos[0]
+        ignored += [path for path in paths if path != videos[0]]
+    return VideoFolder(files, ignored)
 
 
 def fingerprint_videos(video_ids: list[str], video_files: dict[str, Path], videos_dir: Path) -> dict[str, dict]:
-    """{video_id: {"file": path relative to videos_dir, "size", "head_tail_sha256"}}, or {"file": None}
-    for a video with no file. Reads 2 MiB per video, several files at a time."""
+    """{video_id: {"file": path relative to videos_dir, "size", "head_tail_sha256"}}, {"file": None}
+    for a video with no file, or {"file", "unreadable": why} for one that cannot be read (it fails
+    at decoding, and a file made readable later is a changed input). Reads 2 MiB per video, several
+    files at a time."""
 
     def fingerprint(video_id):
         path = video_files.get(video_id)
         if path is None:
             return {"file": None}
-        return {"file": str(Path(path).relative_to(videos_dir)), **file_fingerprint(path)}
+        relative = str(Path(path).relative_to(videos_dir))
+        try:
+            return {"file": relative, **file_fingerprint(path)}
+        except OSError as err:
+            return {"file": relative, "unreadable": err.strerror or str(err)}
 
     with ThreadPoolExecutor(8) as pool:  # hashing and reading release the GIL
         return dict(zip(video_ids, pool.map(fingerprint, video_ids), strict=True))
@@ -329,7 +463,7 @@ def fingerprint_difference(recorded: dict, current: dict) -> str | None:
     """The first video whose file is not the one the cache was extracted from, described, or None."""
     for video_id, was in recorded.items():
         now = current.get(video_id, {})
-        for key in ("file", "size", "head_tail_sha256"):
+        for key in ("file", "size", "head_tail_sha256", "unreadable"):
             if was.get(key) != now.get(key):
                 return f"video {video_id!r}: {key} was {was.get(key)!r} at extraction, is {now.get(key)!r} now"
     extra = sorted(set(current) - set(recorded))
@@ -347,15 +481,29 @@ def init_decode_worker() -> None:
     torch.set_num_threads(1)
 
 
-def decode_and_crop(task: tuple[str, str, DecodeSpec]) -> tuple[str, np.ndarray | None, str | None]:
-    """Worker job: (video_id, path, spec) -> (video_id, crops [n, 3, size, size] uint8 RGB or None,
-    failure reason or None). Failures are returned, not raised, so the caller decides between
-    skipping and stopping."""
+@dataclass(frozen=True)
+class DecodedVideo:
+    """A decode worker's answer for one video: its crops, or why it failed; and how it was decoded."""
+
+    video_id: str
+    crops: np.ndarray | None  # [n, 3, size, size] uint8 RGB, None when the video failed
+    failure: str | None  # why the video cannot be used, None when it decoded
+    decoder: str = ""  # the decoder that decoded it
+    fallback: str | None = None  # why OpenCV handed it to PyAV, when it did
+
+
+def decode_and_crop(task: tuple[str, str, DecodeSpec]) -> DecodedVideo:
+    """Worker job: (video_id, path, spec) -> DecodedVideo. Failures are returned, not raised, so
+    the caller decides between skipping and stopping."""
     video_id, path, spec = task
     try:
-        frames_bgr, _ = decode_sampled_frames(path, spec)
-        return video_id, resize_crop(frames_bgr, spec.size).numpy(), None
+        frames_bgr, decoded = decode_sampled_frames(path, spec)
+        return DecodedVideo(
+            video_id, resize_crop(frames_bgr, spec.size).numpy(), None, decoded.decoder, decoded.fallback
+        )
     except VideoError as err:
-        return video_id, None, str(err)
+        return DecodedVideo(video_id, None, str(err))
+    except OSError as err:  # a file it may not read, a folder named like a video
+        return DecodedVideo(video_id, None, f"unreadable: {path}: {err.strerror or err}")
     except Exception as err:  # an odd file (frames changing size, a codec error): still a bad video, named
-        return video_id, None, f"unreadable: {path}: {type(err).__name__}: {err}"
+        return DecodedVideo(video_id, None, f"unreadable: {path}: {type(err).__name__}: {err}")

@@ -13,6 +13,7 @@ import numpy as np
 from scipy import stats
 
 N_RESAMPLES = 1000
+MIN_RESAMPLES = 1000  # fewer leave a 95% percentile CI's tails (25 resamples each) to chance
 CONFIDENCE = 0.95
 METRICS = {  # metric -> (per-query column, statistic over queries along `axis`)
     "R@1": ("expected_recall@1", lambda x, axis=-1: 100.0 * np.mean(x, axis=axis)),

@@ -41,6 +41,21 @@ class SplitTensors:
         return self.token_feats[self.token_index[caption_rows]].float(), self.token_mask[caption_rows]
 
 
+def frames_to_use(requested: int | None, cached_counts: np.ndarray, t_max: int, where: str) -> int:
+    """How many frames per video a head reads: `requested` (--frames), refused when the videos of
+    `where` hold fewer (a setting the run could not honour is never recorded), else every frame
+    the cache holds, up to its t_max."""
+    most = int(cached_counts.max())
+    if requested is None:
+        return min(t_max, most)
+    if requested > most:
+        raise ValueError(
+            f"--frames {requested}: the videos of {where} hold at most {most} frames (per video: "
+            f"{int(cached_counts.min())} to {most}); use at most {most}"
+        )
+    return requested
+
+
 def load_split_tensors(
     cache_dir: Path,
     split: str,

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -47,23 +48,36 @@ class FolderLocked(SystemExit):
     """Another run is writing into the same output folder."""
 
 
+class NotWritable(SystemExit):
+    """An output folder this process may not create or write into."""
+
+    def __init__(self, folder: Path, err: OSError):
+        super().__init__(f"cannot write into {folder} ({err.strerror or err}); choose a writable output folder")
+
+
 @contextlib.contextmanager
-def exclusive_folder(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on `folder` (created if needed) while writing into it. A second run
-    on the same folder stops at once, naming the folder and the holder's pid. The kernel releases
-    the lock when its holder dies, even by kill -9; the lock file goes when the holder finishes."""
+def exclusive_folder(folder: Path, lock_name: str = LOCK_NAME) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (created if needed) while writing into it; `lock_name`
+    gives one output of a shared folder its own lock (evaluate.py's result files). A second run
+    on the same output stops at once, naming it and the holder's pid; a folder that cannot be
+    written stops the run naming it. The kernel releases the lock when its holder dies, even by
+    kill -9; the lock file goes when the holder finishes."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    lock_path = folder / LOCK_NAME
-    handle = open(lock_path, "a+")
+    lock_path = folder / lock_name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "a+")
+    except OSError as err:
+        raise NotWritable(folder, err) from None
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
+        what = folder if lock_name == LOCK_NAME else folder / lock_name.removeprefix(".").removesuffix(".lock")
         raise FolderLocked(
-            f"{folder} is in use by another run (pid {holder}); wait for it to finish, or use another output folder"
+            f"{what} is in use by another run (pid {holder}); wait for it to finish, or use another output"
         ) from None
     try:
         handle.seek(0)
@@ -74,6 +88,42 @@ def exclusive_folder(folder: Path) -> Iterator[None]:
     finally:
         lock_path.unlink(missing_ok=True)
         handle.close()
+
+
+@contextlib.contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `path` to fill; when the block ends, its files are fsynced
+    and it replaces `path` whole (an old `path` is moved aside, then deleted), so `path` never
+    holds the files of two writes. On any error the temporary folder is removed."""
+    path = Path(path)
+    tmp_path, old_path = temporary_path(path), path.with_name(f".{path.name}.old{os.getpid()}")
+    shutil.rmtree(tmp_path, ignore_errors=True)
+    try:
+        tmp_path.mkdir(parents=True)
+        yield tmp_path
+        for item in tmp_path.iterdir():
+            fsync_file(item)
+        if path.exists():
+            os.replace(path, old_path)
+        os.replace(tmp_path, path)
+        shutil.rmtree(old_path, ignore_errors=True)
+    except OSError as err:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+        if err.errno in NO_SPACE:
+            raise OutOfSpace(path) from None
+        raise
+    except BaseException:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+        raise
+
+
+def remove_stale_outputs(path: Path) -> None:
+    """Delete what a killed `atomic_folder` or `atomic_output` of `path` left beside it."""
+    path = Path(path)
+    for stale in path.parent.glob(f".{path.stem}.tmp*"):
+        shutil.rmtree(stale) if stale.is_dir() else stale.unlink(missing_ok=True)
+    for stale in path.parent.glob(f".{path.name}.old*"):
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def temporary_path(path: Path) -> Path:

@@ -22,6 +22,29 @@ def resolve_device(device: str) -> str:
     return device
 
 
+# Intra-op threads of numeric work on the CPU. A parallel reduction's order, and so its last bits,
+# follows the thread count: with the count left to the machine (or to torchrun, which sets
+# OMP_NUM_THREADS=1), the same run gave other bytes elsewhere. On the CPU parallelism comes from
+# processes instead: decode workers, torchrun ranks, run_all.sh --jobs.
+CPU_THREADS = 1
+
+
+def fix_cpu_threads(device: str) -> int | None:
+    """On the CPU, compute with CPU_THREADS intra-op threads whatever the environment says, and
+    return that count (to record); on a GPU, change nothing and return None."""
+    if torch.device(device).type != "cpu":
+        return None
+    torch.set_num_threads(CPU_THREADS)
+    return CPU_THREADS
+
+
+def device_name(device: str) -> str:
+    """The device in words, for records of what a stage cost: the GPU's name, or the CPU's core count."""
+    if torch.device(device).type == "cuda":
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({os.cpu_count()} cores, {CPU_THREADS} thread per process)"
+
+
 @dataclass(frozen=True)
 class Runtime:
     rank: int
@@ -143,6 +166,22 @@ class Progress:
         share = 100 * self.done / max(self.total, 1)
         line = f"{self.label} {self.done}/{self.total} ({share:.0f}%), {rate:,.2f}/s{rates}, ETA {eta:,.0f} s"
         self.log(line + (f", {detail()}" if detail else ""))
+
+
+def whole_number(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `minimum` (argparse names the flag on a refusal,
+    exit 2), so a count of -1 or 0 never reaches the work."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value}: must be at least {minimum}")
+        return value
+
+    return parse
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from corpus.feature_cache import TIMINGS_NAME
+
 PROJECT = Path(__file__).resolve().parents[1]
 
 
@@ -50,9 +52,11 @@ def verify_args(demo, cache, n_videos, *extra, videos=None):
 
 
 def cache_files(cache_dir):
-    """{relative path: bytes} of every file in a cache."""
+    """{relative path: bytes} of every file in a cache but its timings (what the run cost, not what it made)."""
     return {
-        str(path.relative_to(cache_dir)): path.read_bytes() for path in sorted(cache_dir.rglob("*")) if path.is_file()
+        str(path.relative_to(cache_dir)): path.read_bytes()
+        for path in sorted(cache_dir.rglob("*"))
+        if path.is_file() and path.name != TIMINGS_NAME
     }
 
 

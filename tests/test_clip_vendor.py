@@ -1,4 +1,9 @@
 import json
+import os
+import pickle
+import subprocess
+import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -6,10 +11,12 @@ import pytest
 import torch
 
 import clip_vendor
+from clip_vendor.archive import read_archive_state_dict
 from clip_vendor.model import eot_index
 from fixtures.reference_clip import load_reference_module, random_reference_clip, reference_tokenize, save_checkpoints
 
-RTIME_DIR = Path(__file__).resolve().parents[2] / "shared" / "rtime"
+PROJECT = Path(__file__).resolve().parents[1]
+RTIME_DIR = PROJECT.parent / "shared" / "rtime"
 
 # Two shapes of OpenAI's layout: patch 32 and patch 16, different widths, depths and embed dims.
 SHAPES = {
@@ -203,3 +210,86 @@ def test_archive_and_state_dict_load_identical_weights(checkpoints):
     assert all(torch.equal(from_state[key], from_archive[key]) for key in from_state)
     with zipfile.ZipFile(archive_path) as archive:  # it really is a TorchScript archive
         assert any(name.endswith("constants.pkl") for name in archive.namelist())
+
+
+def jit_state_dict(path):
+    """The reference reader: torch.jit.load, which runs the archive's code (only on files made here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(path), map_location="cpu").state_dict()
+
+
+def test_archives_read_as_data_give_jit_loads_weights_bit_for_bit(checkpoints, tmp_path):
+    _, _, archive_path = checkpoints
+    half_path = tmp_path / "fp16_archive.pt"  # OpenAI's releases store fp16 weights
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.load(str(archive_path)).half(), half_path)
+    for path in (archive_path, half_path):
+        ours, reference = read_archive_state_dict(path), jit_state_dict(path)
+        assert ours.keys() == reference.keys()
+        for key, value in reference.items():
+            assert ours[key].dtype == value.dtype and torch.equal(ours[key], value), key
+    assert read_archive_state_dict(half_path)["visual.conv1.weight"].dtype == torch.float16
+
+
+class SetStateRunsCode(torch.nn.Module):
+    """A module whose TorchScript __setstate__ prints a marker: torch.jit.load runs it."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(2))
+
+    @torch.jit.export
+    def __getstate__(self) -> tuple[torch.Tensor, bool]:
+        return (self.weight, self.training)
+
+    @torch.jit.export
+    def __setstate__(self, state: tuple[torch.Tensor, bool]) -> None:
+        print("MALICIOUS CODE RAN")
+        self.weight = state[0]
+        self.training = state[1]
+
+    def forward(self, x):
+        return x + self.weight
+
+
+class RunsShellOnUnpickle:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def read_in_subprocess(path, reader):
+    load = f"clip_vendor.load({str(path)!r})"
+    code = {
+        "ours": f"import clip_vendor\ntry:\n    {load}\nexcept ValueError as err:\n    print(err)",
+        "jit": f"import torch\ntorch.jit.load({str(path)!r})",
+    }[reader]
+    return subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True)
+
+
+def test_a_malicious_archive_is_refused_and_nothing_in_it_runs(tmp_path):
+    setstate_path = tmp_path / "setstate.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(SetStateRunsCode()), setstate_path)
+    assert "MALICIOUS CODE RAN" in read_in_subprocess(setstate_path, "jit").stdout  # the attack is real
+    ours = read_in_subprocess(setstate_path, "ours")
+    assert "MALICIOUS CODE RAN" not in ours.stdout + ours.stderr
+    assert str(setstate_path) in ours.stdout and "SetStateRunsCode carries a custom __setstate__" in ours.stdout
+
+    # an archive whose data.pkl calls os.system when unpickled
+    marker = tmp_path / "marker"
+    shell_path = tmp_path / "shell.pt"
+    with zipfile.ZipFile(setstate_path) as source, zipfile.ZipFile(shell_path, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename.endswith("/data.pkl"):
+                data = pickle.dumps(RunsShellOnUnpickle(marker), protocol=2)
+            target.writestr(item, data)
+    ours = read_in_subprocess(shell_path, "ours")
+    assert not marker.exists()
+    assert "global posix.system" in ours.stdout and "refused" in ours.stdout

@@ -13,6 +13,7 @@ import clip_vendor
 import evaluate
 import report
 import train_head
+from corpus.feature_cache import write_meta
 from evaluation.retrieval_metrics import binary_accuracy, retrieval_metrics
 from evaluation.retrieval_stats import METRICS, bootstrap_ci
 from fixtures.synthetic_cache import write_order_only_cache
@@ -148,7 +149,7 @@ def copy_cache(cache, destination, **contract_changes):
     meta["git_commit"] = "another commit"
     for section, fields in contract_changes.items():
         meta["contract"][section].update(fields)
-    (destination / "cache_meta.json").write_text(json.dumps(meta))
+    write_meta(destination, meta)
     return destination
 
 
@@ -167,9 +168,9 @@ def test_one_command_evaluates_a_checkpoint_on_several_datasets_and_reports_each
     ckpt = load(results, "seqTransf_seed0")["provenance"]["ckpt"]
     out = tmp_path / "multi" / "seqTransf.json"
     evaluate.main(["--ckpt", ckpt, "--cache", f"{cache}:test", "--cache", f"{other}:valid", "--out", str(out)])
-    first = json.loads((tmp_path / "multi" / "seqTransf.cache-test.json").read_text())
-    second = json.loads((tmp_path / "multi" / "seqTransf.other_dataset-valid.json").read_text())
-    assert first["provenance"]["dataset"] == "cache-test" and second["provenance"]["dataset"] == "other_dataset-valid"
+    first = json.loads((tmp_path / "multi" / "seqTransf.synthetic_test.json").read_text())
+    second = json.loads((tmp_path / "multi" / "seqTransf.synthetic_valid.json").read_text())
+    assert first["provenance"]["dataset"] == "synthetic test" and second["provenance"]["dataset"] == "synthetic valid"
     assert first["hard"] == load(results, "seqTransf_seed0")["hard"]  # the same split scores as before
     assert second["hard"]["t2v"]["n_queries"] == 32  # the valid split: 16 videos x 2 directions
     assert second["provenance"]["training"]["selected_epoch"] == first["provenance"]["training"]["selected_epoch"]
@@ -187,9 +188,9 @@ def test_one_command_evaluates_a_checkpoint_on_several_datasets_and_reports_each
     )
     report.main(["--results", str(tmp_path / "multi"), "--out", str(tmp_path / "report")])
     numbers = json.loads((tmp_path / "report" / "report_numbers.json").read_text())
-    assert sorted(numbers["datasets"]) == ["cache-test", "other_dataset-valid"]
+    assert sorted(numbers["datasets"]) == ["synthetic test", "synthetic valid"]
     markdown = (tmp_path / "report" / "report.md").read_text()
-    assert "## Dataset cache-test: test split" in markdown and "## Dataset other_dataset-valid: valid split" in markdown
+    assert "## Dataset synthetic test: test split" in markdown and "## Dataset synthetic valid: valid split" in markdown
 
 
 def test_parametric_head_needs_a_checkpoint(evaluated, tmp_path):
@@ -210,7 +211,7 @@ def test_generic_dataset_has_one_setting_and_no_binary(evaluated, tmp_path):
     (generic / "test" / "test_origin_pairs.csv").unlink()
     meta = json.loads((generic / "cache_meta.json").read_text())
     meta["contract"]["annotations"]["test"]["format"] = "generic"
-    (generic / "cache_meta.json").write_text(json.dumps(meta))
+    write_meta(generic, meta)
     evaluate.main(["--cache", str(generic), "--head", "meanP", "--out", str(tmp_path / "generic.json")])
     result = json.loads((tmp_path / "generic.json").read_text())
     assert set(result) == {"all", "provenance"} and result["all"]["t2v"]["n_queries"] == 12
@@ -227,7 +228,7 @@ def test_report_numbers_equal_the_result_files(evaluated, tmp_path):
     _, results = evaluated
     report.main(["--results", str(results), "--out", str(tmp_path / "report")])
     markdown = (tmp_path / "report" / "report.md").read_text()
-    files = {"meanP": ["meanP"], "seqTransf": ["seqTransf_seed0", "seqTransf_seed1"]}
+    files = {"meanP zero-shot": ["meanP"], "seqTransf": ["seqTransf_seed0", "seqTransf_seed1"]}
     for setting, title in (
         ("origin", "Table A: RTime-Origin, text→video"),
         ("hard", "Table B: RTime-Hard, text→video"),
@@ -244,22 +245,22 @@ def test_report_numbers_equal_the_result_files(evaluated, tmp_path):
                 source_column = 1 if metric in ("MdR", "MnR") else 4 + ("R@1", "R@5", "R@10").index(metric)
                 low, high = bootstrap_ci(per_query[:, source_column], METRICS[metric][1], seed=0)
                 assert cells[method][column] == f"{np.mean(per_seed):.2f} ± {std:.2f} [{low:.2f}, {high:.2f}]"
-            assert cells[method][5].startswith(f"{runs[0][setting]['t2v']['n_tied']:.1f} / ")
+            assert cells[method][5] == f"{runs[0][setting]['t2v']['n_tied']}/{runs[0][setting]['t2v']['n_queries']}"
     binary = table_cells(markdown, "Binary: original vs its reversal")
-    assert binary["meanP"][0] == f"{load(results, 'meanP')['binary']['t2v']['accuracy']:.2f} ± 0.00"
+    assert binary["meanP zero-shot"][0] == f"{load(results, 'meanP')['binary']['t2v']['accuracy']:.2f} ± 0.00"
     for plot in (
-        "cache-test_recall_at_k.png",
-        "cache-test_rank_cdf.png",
-        "cache-test_origin_to_hard.png",
-        "training_curves.png",
+        "synthetic_test_t2v_recall_at_1_5_10.png",
+        "synthetic_test_t2v_rank_cdf.png",
+        "synthetic_test_t2v_r1_origin_to_hard.png",
+        "training_valid_r1_and_loss_by_epoch.png",
     ):
         assert (tmp_path / "report" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert re.search(r"sha256 `[0-9a-f]{64}`", markdown)
     numbers = json.loads((tmp_path / "report" / "report_numbers.json").read_text())
-    pairwise = numbers["datasets"]["cache-test"]["pairwise"]
+    pairwise = numbers["datasets"]["synthetic test"]["pairwise"]
     assert [(c["setting"], c["a"], c["b"]) for c in pairwise] == [
-        ("origin", "meanP", "seqTransf"),
-        ("hard", "meanP", "seqTransf"),
+        ("origin", "meanP zero-shot", "seqTransf"),
+        ("hard", "meanP zero-shot", "seqTransf"),
     ]
     assert all(c["p_holm"] >= c["p"] for c in pairwise)
 
@@ -269,9 +270,9 @@ def test_report_refuses_results_of_different_caches(evaluated, tmp_path):
     mixed = tmp_path / "mixed"
     shutil.copytree(results, mixed)
     result = load(mixed, "meanP")
-    result["provenance"]["cache_meta_sha256"] = "0" * 64
+    result["provenance"]["cache_content_sha256"] = "0" * 64
     (mixed / "meanP.json").write_text(json.dumps(result))
-    with pytest.raises(SystemExit, match="mixes caches for dataset .cache-test."):
+    with pytest.raises(SystemExit, match="mixes caches for dataset .synthetic test."):
         report.main(["--results", str(mixed), "--out", str(tmp_path / "report")])
 
 
@@ -288,10 +289,11 @@ def test_demo_run_shows_order_aware_heads_above_meanp_on_hard(tmp_path):
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert f"Report: {work}/report/report.md" in completed.stdout
     numbers = json.loads((work / "report" / "report_numbers.json").read_text())
-    hard = numbers["datasets"]["cache-test"]["tables"]["hard/t2v"]
-    assert hard["meanP"]["n_tied"] == hard["meanP"]["n_queries"]
+    hard = numbers["datasets"]["RTime test"]["tables"]["hard/t2v"]
+    meanp = hard["meanP zero-shot"]
+    assert meanp["n_tied"] == meanp["n_queries"]
     for head in ("seqTransf", "tightTransf"):
-        assert hard[head]["R@1"]["mean"] > hard["meanP"]["R@1"]["mean"] + 5.0, hard
+        assert hard[head]["R@1"]["mean"] > meanp["R@1"]["mean"] + 5.0, hard
         assert hard[head]["n_tied"] == 0
 
 
@@ -340,9 +342,11 @@ def test_report_states_how_each_method_was_trained(evaluated, tmp_path):
     assert methods["seqTransf"][columns.index("selected epoch per seed")] == ", ".join(
         str(trained[name]["selected_epoch"]) for name in ("seqTransf_seed0", "seqTransf_seed1")
     )
-    for column, expected in (("epochs", ("3", "2", "—")), ("lr", ("0.0001", "0.0003", "—"))):
-        assert [methods[m][columns.index(column)] for m in ("seqTransf", "seqTransf-lr3e-4", "meanP")] == list(expected)
-    assert methods["meanP"][columns.index("selected epoch per seed")] == "— (zero-shot)"
+    for column, expected in (("epochs", ("3", "2", "—")), ("lr", ("1e-4", "3e-4", "—"))):
+        assert [
+            methods[m][columns.index(column)] for m in ("seqTransf", "seqTransf-lr3e-4", "meanP zero-shot")
+        ] == list(expected)
+    assert methods["meanP zero-shot"][columns.index("selected epoch per seed")] == "— (zero-shot)"
     note = markdown.split("Shared by every trained method: ", 1)[1].split("\n", 1)[0]
     shared = dict(item.split(": ", 1) for item in note.rstrip(".").split("; "))
     assert shared["text input"] == "pooled" and shared["batch"] == "16"

@@ -94,10 +94,20 @@ def test_different_settings_are_refused_naming_the_field(demo_data, demo_cache):
         extract.main(extract_args(demo_data, demo_cache) + ["--fps", "2"])
 
 
-def run_extract(demo, out, *extra, launcher=None):
+def run_extract(demo, out, *extra, launcher=None, env=None):
     command = (launcher or [sys.executable]) + [str(PROJECT / "extract.py")] + extract_args(demo, out, *extra)
-    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), **(env or {})}
     return subprocess.Popen(command, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_the_cache_does_not_depend_on_the_thread_count_the_environment_sets(demo_data, demo_cache, tmp_path):
+    # torchrun sets OMP_NUM_THREADS=1; CLIP on the CPU computes with a fixed thread count whatever it says
+    runs = {threads: run_extract(demo_data, tmp_path / threads, env={"OMP_NUM_THREADS": threads}) for threads in "13"}
+    for threads, process in runs.items():
+        output, _ = process.communicate()
+        assert process.returncode == 0, output
+        assert cache_files(tmp_path / threads) == cache_files(demo_cache), threads
+    assert json.loads((demo_cache / "cache_meta.json").read_text())["contract"]["compute"]["cpu_threads"] == 1
 
 
 def test_torchrun_two_ranks_equals_one_process(demo_data, demo_cache, tmp_path):
@@ -214,9 +224,9 @@ def test_unexpected_decode_error_is_a_named_bad_video(monkeypatch):
         raise RuntimeError("frame size changed mid-stream")
 
     monkeypatch.setattr(video_frames, "decode_sampled_frames", broken)
-    video_id, crops, reason = video_frames.decode_and_crop(("42", "/data/42.mp4", video_frames.DecodeSpec(1, 24, 32)))
-    assert crops is None
-    assert reason == "unreadable: /data/42.mp4: RuntimeError: frame size changed mid-stream"
+    decoded = video_frames.decode_and_crop(("42", "/data/42.mp4", video_frames.DecodeSpec(1, 24, 32)))
+    assert decoded.crops is None
+    assert decoded.failure == "unreadable: /data/42.mp4: RuntimeError: frame size changed mid-stream"
 
 
 def test_stale_temporaries_from_a_killed_write_are_cleared(demo_data, demo_cache, tmp_path):
@@ -239,4 +249,7 @@ def test_verify_names_a_video_file_gone_since_extraction(demo_data, demo_cache, 
         path.unlink()  # every video gone: whichever are drawn, the first is named
     with pytest.raises(SystemExit, match="re-extraction = cache"):
         verify.main(verify_args(demo_data, demo_cache, 2, videos=videos))
-    assert re.search(r"re-extraction = cache +FAIL +video \d+: missing: .*/videos/\d+\.\*", capsys.readouterr().out)
+    assert re.search(
+        r"re-extraction = cache +FAIL +2 videos; FAIL for 2 of 2 videos: \d+ \(missing: .*/videos/\d+\.\*\)",
+        capsys.readouterr().out,
+    )

@@ -16,7 +16,16 @@ import verify
 from corpus import video_frames
 from corpus.sampling import segment_centres
 from corpus.video_frames import DECODERS, DecodeSpec, VideoError, decode_sampled_frames
-from fixtures.real_videos import cached, ffmpeg, lossless_reversal, lossy_reversal, off_by_one_reversal, variants
+from fixtures.real_videos import (
+    cached,
+    damaged_copy,
+    ffmpeg,
+    first_frames,
+    lossless_reversal,
+    lossy_reversal,
+    off_by_one_reversal,
+    variants,
+)
 from make_demo_data import write_tiny_clip
 
 FPS, T_MAX = 4, 24
@@ -57,10 +66,10 @@ def truths(media):
 def test_every_variant_keeps_the_rules_frames_and_its_lossless_reversal_gives_exactly_flip_v(media, truths, decoder):
     spec = DecodeSpec(FPS, T_MAX, 32, decoder)
     for name, path in media.items():
-        frames, used = decode_sampled_frames(path, spec)
+        frames, decoded = decode_sampled_frames(path, spec)
         assert frames.shape == truths[name].shape, name
-        if used != "opencv" or "10bit" not in name:  # OpenCV converts 10-bit video its own way (below)
-            assert np.array_equal(frames, truths[name]), (name, used)
+        if decoded.decoder != "opencv" or "10bit" not in name:  # OpenCV converts 10-bit video its own way (below)
+            assert np.array_equal(frames, truths[name]), (name, decoded.decoder)
         reversed_frames, _ = decode_sampled_frames(lossless_reversal(name, path), spec)
         assert np.array_equal(reversed_frames, frames[::-1]), name
 
@@ -118,8 +127,9 @@ def test_a_header_whose_frame_count_is_off_still_gives_the_streams_frames(media)
 
 
 def test_av1_decodes_through_pyav_where_opencv_cannot(media):
-    frames, used = decode_sampled_frames(media["av1_mkv"], DecodeSpec(FPS, T_MAX, 32, "opencv"))
-    assert used == "pyav" and len(frames) == 12
+    frames, decoded = decode_sampled_frames(media["av1_mkv"], DecodeSpec(FPS, T_MAX, 32, "opencv"))
+    assert decoded.decoder == "pyav" and len(frames) == 12
+    assert decoded.fallback.startswith("OpenCV decoded no frame of it (av1")
 
 
 def test_a_codec_no_decoder_handles_is_named(media, tmp_path, monkeypatch):
@@ -129,7 +139,7 @@ def test_a_codec_no_decoder_handles_is_named(media, tmp_path, monkeypatch):
         decode_sampled_frames(unknown, DecodeSpec(FPS, T_MAX, 32))
     # an FFmpeg built without an AV1 decoder (some are) would decode no frame: the codec is named
     monkeypatch.setattr(
-        video_frames, "read_frames_pyav", lambda path, wanted: video_frames.Decoded({}, 0, None, None, "pyav")
+        video_frames, "read_frames_pyav", lambda path, wanted: video_frames.Decoded({}, 0, None, None, "pyav", [])
     )
     with pytest.raises(
         VideoError, match=r"zero frames: .*av1_mkv.*\(codec av1\) decodes to no frame with OpenCV or PyAV"
@@ -243,4 +253,70 @@ def test_verify_fails_a_reversal_of_other_footage(real_cache, capsys, tmp_path):
     for name, other in (("h264_bframes_mp4", "h264_bframes_later_mp4"), ("h264_bframes_later_mp4", "h264_bframes_mp4")):
         (swapped / f"{name}.mkv").symlink_to(root / "lossless" / f"{other}.mkv")
     passed, rows = run_verify(root, swapped, capsys)
-    assert not passed and " FAIL " in rows["reversed file = flip(cache)"]
+    row = rows["reversed file = flip(cache)"]
+    assert not passed and " FAIL " in row and "FAIL for 2 of 2 videos: h264_bframes" in row  # named, with a count
+    assert "--min-cosine 0.9995 were measured on ViT-B/32-shaped CLIP with lossy H.264 reversals" in row
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+def test_a_damaged_file_fails_naming_the_errors_ffmpeg_concealed(media, tmp_path, decoder):
+    damaged = damaged_copy(media["h264_bframes_mp4"], tmp_path / "damaged.mp4")
+    with pytest.raises(VideoError, match=r"damaged: .*damaged\.mp4: FFmpeg concealed decoding errors \(h264: "):
+        decode_sampled_frames(damaged, DecodeSpec(FPS, T_MAX, 32, decoder))
+    frames, decoded = decode_sampled_frames(damaged, DecodeSpec(FPS, T_MAX, 32, decoder, accept_concealed=True))
+    assert decoded.errors[:2] == ["h264: Reference 2 >= 2", "h264: error while decoding MB 8 2, bytestream 174"]
+    assert frames.shape == decode_sampled_frames(media["h264_bframes_mp4"], DecodeSpec(FPS, T_MAX, 32))[0].shape
+
+
+@pytest.fixture(scope="module")
+def short_clips(media, tmp_path_factory):
+    """Clips of 2, 3 and 4 real frames (every frame kept), extracted, with their lossless
+    reversals and their reversals one frame off."""
+    root = tmp_path_factory.mktemp("short")
+    names = {f"bikes_{n}": first_frames("bikes", media["bikes"], n) for n in (2, 3, 4)}
+    for folder, make in (("videos", None), ("lossless", lossless_reversal), ("off_by_one", off_by_one_reversal)):
+        (root / folder).mkdir()
+        for name, path in names.items():
+            (root / folder / f"{name}.mkv").symlink_to(make(name, path) if make else path)
+    (root / "annotations").mkdir()
+    (root / "annotations" / "test.json").write_text(json.dumps({name: {"sentences": [name]} for name in names}))
+    write_tiny_clip(root / "clip.pt", seed=0)
+    extract.main(
+        ["--annotations", str(root / "annotations"), "--videos", str(root / "videos"), "--clip", str(root / "clip.pt")]
+        + ["--out", str(root / "cache"), "--fps", "60", "--workers", "0"]
+    )
+    return root
+
+
+def test_verify_aligns_lossless_reversals_of_two_to_four_frames_and_fails_them_one_frame_off(short_clips, capsys):
+    # every frame is kept, so the ends' neighbours are clipped onto the frames themselves: no evidence
+    passed, rows = run_verify(short_clips, short_clips / "lossless", capsys)
+    assert passed and " ok " in rows["reversed file aligned"], rows
+    assert " ok " in rows["reversed file = flip(cache)"]
+    passed, rows = run_verify(short_clips, short_clips / "off_by_one", capsys, "--rel-tol", "1", "--min-cosine", "0")
+    assert not passed and "FAIL for 3 of 3 videos" in rows["reversed file aligned"], rows
+
+
+def test_a_fallback_to_pyav_is_one_line_and_recorded_and_opencvs_noise_is_kept_off_the_terminal(media, tmp_path, capfd):
+    (tmp_path / "videos").mkdir()
+    for name in ("av1_mkv", "h264_bframes_mp4"):
+        (tmp_path / "videos" / f"{name}{media[name].suffix}").symlink_to(media[name])
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "test.json").write_text(
+        json.dumps({"av1_mkv": {"sentences": ["a"]}, "h264_bframes_mp4": {"sentences": ["b"]}})
+    )
+    write_tiny_clip(tmp_path / "clip.pt", seed=0)
+    extract.main(
+        ["--annotations", str(tmp_path / "annotations"), "--videos", str(tmp_path / "videos"), "--clip"]
+        + [str(tmp_path / "clip.pt"), "--out", str(tmp_path / "cache"), "--workers", "0"]
+    )
+    out, err = capfd.readouterr()
+    fallback_lines = [line for line in out.splitlines() if "decoded with PyAV" in line]
+    assert fallback_lines == [
+        "[test] av1_mkv: OpenCV decoded no frame of it (av1: Your platform doesn't support hardware accelerated AV1 "
+        "decoding.); decoded with PyAV"
+    ]
+    assert "hardware accelerated" not in err and "Get current frame error" not in err
+    decoded_by = json.loads((tmp_path / "cache" / "cache_meta.json").read_text())["decoded_by"]["test"]
+    assert decoded_by["videos"] == {"opencv": 1, "pyav": 1}
+    assert [(f["video_id"], f["decoder"]) for f in decoded_by["fallbacks"]] == [("av1_mkv", "pyav")]

@@ -15,6 +15,7 @@ import torch
 import clip_vendor
 import evaluate
 import train_head
+from corpus.feature_cache import write_meta
 from fixtures.synthetic_cache import write_order_only_cache
 from heads import contrastive
 from infra.file_io import file_sha256
@@ -147,7 +148,7 @@ def test_resume_into_a_run_of_a_different_cache_is_refused(clip_path, small_cach
     shutil.copytree(small_cache, changed)
     meta = json.loads((changed / "cache_meta.json").read_text())
     meta["contract"]["sampling"]["fps"] = 2.0
-    (changed / "cache_meta.json").write_text(json.dumps(meta))
+    write_meta(changed, meta)
     with pytest.raises(SystemExit, match="cache_meta_sha256"):
         train_head.main(train_args(changed, clip_path, out, "seqTransf", "--epochs", "1", "--batch-size", "16"))
 

@@ -5,13 +5,16 @@ import json
 import os
 import shutil
 import signal
+import time
 from dataclasses import asdict
+from pathlib import Path
 
 import optuna
 import pytest
 
 import clip_vendor
 import tune
+from corpus.feature_cache import write_meta
 from fixtures.synthetic_cache import write_order_only_cache
 from make_demo_data import write_tiny_clip
 from tests.helpers import start_script, wait_until
@@ -29,7 +32,7 @@ def cache_without_test(tmp_path_factory):
     shutil.rmtree(root / "cache" / "test")
     meta = json.loads((root / "cache" / "cache_meta.json").read_text())
     del meta["counts"]["test"], meta["contract"]["annotations"]["test"]
-    (root / "cache" / "cache_meta.json").write_text(json.dumps(meta))
+    write_meta(root / "cache", meta)
     return root / "cache", root / "clip.pt"
 
 
@@ -61,14 +64,31 @@ def test_every_head_gets_the_same_trials_and_the_best_settings_are_written(cache
     assert len({t.params["lr"] for t in trials_of(out, "seqTransf")}) == 2
 
 
+def processes_naming(path):
+    """Pids of running processes whose command line names `path` (a trial's train_head.py)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and str(path) in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile
+            pass
+    return found
+
+
 def test_a_killed_search_resumes_to_the_full_number_of_trials(cache_without_test, tmp_path):
     cache, clip = cache_without_test
     out = tmp_path / "tuning"
     args = search_args(cache, clip, out, "mlpScore")
     process = start_script("tune.py", args)
     wait_until(lambda: (out / "trials" / "mlpScore" / "trial_001").exists(), process)  # trial 0 done, 1 running
+    wait_until(lambda: processes_naming(out / "trials"), process)  # trial 1's train_head.py has started
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+    deadline = time.time() + 1  # the kernel kills it at once; a trial left running would train for seconds
+    while processes_naming(out / "trials") and time.time() < deadline:
+        time.sleep(0.05)
+    assert not processes_naming(out / "trials"), "a trial's train_head.py outlived the killed search"
     tune.main(args)
     states = [t.state for t in trials_of(out, "mlpScore")]
     finished = [s for s in states if s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]

@@ -1,0 +1,166 @@
+"""Result files: what evaluate.py writes and report.py reads, and the rule that binds them.
+
+A result is OUT.json plus the folder OUT/ of its arrays (score matrices, gold, per-query values,
+Binary margins, ids). The JSON names each array by its path relative to the JSON's folder and its
+sha256, and is written after the folder is complete, so a result never points at the arrays of
+another run: a later evaluation of the same OUT, or one that died half-way, shows as a digest that
+does not match. Every number in the JSON must recompute from its per-query arrays and margins
+(`check_numbers`); a hand-edited metric is refused, naming the file and the key.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from evaluation.retrieval_metrics import RECALL_KS, binary_accuracy, summary
+from infra.file_io import atomic_folder, atomic_write_json, file_sha256
+
+# Columns of a {setting}_{direction}_per_query.npy array, in order.
+PER_QUERY_COLUMNS = (
+    "stable_rank",
+    "expected_rank",
+    "optimistic_rank",
+    "pessimistic_rank",
+    *(f"expected_recall@{k}" for k in RECALL_KS),
+)
+
+
+class ResultError(Exception):
+    """A result file that is not one, or whose numbers its own arrays do not back; names the file."""
+
+
+def write_result(out_path: Path, result: dict, arrays: dict) -> None:
+    """Write `arrays` ({name: numpy array, or a JSON value}) into the folder OUT/ as one unit, then
+    OUT.json: `result` with `provenance.arrays` naming each array's relative path and sha256."""
+    out_path = Path(out_path)
+    array_dir = out_path.with_suffix("")
+    named = {}
+    with atomic_folder(array_dir) as tmp_dir:
+        for name, value in arrays.items():
+            if isinstance(value, np.ndarray):
+                file = tmp_dir / f"{name}.npy"
+                np.save(file, np.ascontiguousarray(value))
+            else:
+                file = tmp_dir / f"{name}.json"
+                file.write_text(json.dumps(value, ensure_ascii=True) + "\n", encoding="utf-8")
+            named[name] = {"path": f"{array_dir.name}/{file.name}", "sha256": file_sha256(file)}
+    result["provenance"]["arrays"] = named
+    atomic_write_json(out_path, result)
+
+
+@dataclass
+class Result:
+    path: Path
+    data: dict  # the JSON: {setting: {direction: metrics}}, "binary", "provenance"
+    per_query: dict  # {"setting/direction": {column: [n_queries] array}}
+    margins: dict  # {direction: Binary margins}
+
+    @property
+    def provenance(self) -> dict:
+        return self.data["provenance"]
+
+    def array_path(self, name: str) -> Path:
+        return self.path.parent / self.provenance["arrays"][name]["path"]
+
+    def load_array(self, name: str):
+        path = self.array_path(name)
+        return np.load(path) if path.suffix == ".npy" else json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_result(path: Path) -> Result:
+    """A result file with its per-query arrays and margins, each checked against its recorded
+    sha256, and every number checked against them. Raises ResultError naming the file."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        arrays = data["provenance"]["arrays"]
+        if not all(isinstance(entry, dict) and {"path", "sha256"} <= entry.keys() for entry in arrays.values()):
+            raise KeyError("arrays")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError):
+        raise ResultError(
+            f"{path} is not an evaluate.py result (no provenance naming its arrays by path and sha256); keep only "
+            "result files of this version in the results folder, or evaluate again"
+        ) from None
+    bad = first_non_finite(data)
+    if bad:
+        raise ResultError(f"{path}: {bad} is not a finite number; no table is made from it")
+    result = Result(path, data, {}, {})
+    for name, entry in arrays.items():
+        array_path = result.array_path(name)
+        if not array_path.is_file():
+            raise ResultError(f"{path}: its array {name} ({array_path}) is missing; evaluate again into this --out")
+        if file_sha256(array_path) != entry["sha256"]:
+            raise ResultError(
+                f"{path}: its array {array_path} is not the one it was computed with (sha256 differs): the arrays "
+                "were overwritten or changed after it was written; evaluate again into this --out"
+            )
+    for name in arrays:
+        if name.endswith("_per_query"):
+            table = result.load_array(name)
+            setting, direction = name[: -len("_per_query")].rsplit("_", 1)
+            result.per_query[f"{setting}/{direction}"] = {c: table[:, i] for i, c in enumerate(PER_QUERY_COLUMNS)}
+        elif name.startswith("binary_") and name.endswith("_margins"):
+            result.margins[name[len("binary_") : -len("_margins")]] = result.load_array(name)
+    check_numbers(result)
+    return result
+
+
+def numbers_from_arrays(per_query: dict) -> dict:
+    """The metrics of one setting and direction, recomputed from its per-query columns."""
+    optimistic, pessimistic = per_query["optimistic_rank"], per_query["pessimistic_rank"]
+    expected_rank = per_query["expected_rank"]
+    expected = {f"R@{k}": float(100.0 * np.mean(per_query[f"expected_recall@{k}"])) for k in RECALL_KS}
+    expected.update(MdR=float(np.median(expected_rank)), MnR=float(np.mean(expected_rank)))
+    return {
+        **summary(per_query["stable_rank"]),
+        "expected": expected,
+        "optimistic": summary(optimistic),
+        "pessimistic": summary(pessimistic),
+        "n_queries": int(len(expected_rank)),
+        "n_tied": int((pessimistic > optimistic).sum()),
+    }
+
+
+def check_numbers(result: Result) -> None:
+    """Every metric in the JSON must equal its recomputation from the arrays (to rounding)."""
+    for key, per_query in result.per_query.items():
+        setting, direction = key.split("/")
+        recorded = result.data.get(setting, {}).get(direction)
+        if recorded is None:
+            raise ResultError(f"{result.path}: it has arrays for {key} but no numbers")
+        mismatch = first_difference(recorded, numbers_from_arrays(per_query), f"{setting}.{direction}")
+        if mismatch:
+            raise ResultError(f"{result.path}: {mismatch}, which its per-query arrays do not give; refused")
+    for direction, margins in result.margins.items():
+        recorded = result.data.get("binary", {}).get(direction)
+        mismatch = first_difference(recorded, binary_accuracy(margins), f"binary.{direction}")
+        if recorded is None or mismatch:
+            raise ResultError(
+                f"{result.path}: {mismatch or 'binary ' + direction + ' missing'}, not what its margins give"
+            )
+
+
+def first_difference(recorded, recomputed, where: str) -> str | None:
+    """The first key whose recorded value differs from the recomputed one, described, or None."""
+    if isinstance(recomputed, dict):
+        if not isinstance(recorded, dict):
+            return f"{where} is {recorded!r}"
+        for key, value in recomputed.items():
+            found = first_difference(recorded.get(key), value, f"{where}.{key}")
+            if found:
+                return found
+        return None
+    if not (isinstance(recorded, int | float) and math.isclose(recorded, recomputed, rel_tol=1e-9, abs_tol=1e-9)):
+        return f"{where} is {recorded!r} (the arrays give {recomputed!r})"
+    return None
+
+
+def first_non_finite(value, where="result"):
+    """The path of the first NaN or infinite number in a JSON value, or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where
+    children = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return next((found for key, child in children if (found := first_non_finite(child, f"{where}.{key}"))), None)

@@ -1,0 +1,164 @@
+"""The report as a reader sees it: every figure has labelled axes with units, a legend that covers
+no data, readable ticks and series that stay apart where they overlap (read through matplotlib's
+objects); tables write numbers the short way and say when a metric cannot fail."""
+
+import itertools
+import json
+import re
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.container import ErrorbarContainer
+
+import clip_vendor
+import evaluate
+import report
+from evaluation import report_plots
+from evaluation.report_tables import count, md, number
+from fixtures.synthetic_cache import write_order_only_cache
+from make_demo_data import write_tiny_clip
+
+METHODS = ["meanP zero-shot", "seqTransf", "seqTransf copy"]  # the last two identical: they overlap exactly
+SETTINGS = ["origin", "hard"]
+TITLES = {"origin": "RTime-Origin", "hard": "RTime-Hard"}
+
+
+def cell(mean, low, high):
+    return {"mean": mean, "std": 0.0, "ci": [low, high]}
+
+
+def tables():
+    rows = {
+        "meanP zero-shot": {"R@1": cell(0.0, 0.0, 0.0), "R@5": cell(10.0, 2.0, 20.0), "R@10": cell(30.0, 20.0, 40.0)},
+        "seqTransf": {"R@1": cell(40.0, 30.0, 50.0), "R@5": cell(80.0, 70.0, 90.0), "R@10": cell(95.0, 90.0, 100.0)},
+    }
+    rows["seqTransf copy"] = rows["seqTransf"]
+    return {f"{setting}/t2v": rows for setting in SETTINGS}
+
+
+def drawn(figure):
+    FigureCanvasAgg(figure).draw()
+    return figure
+
+
+def assert_legend_covers_no_axes(figure):
+    renderer = figure.canvas.get_renderer()
+    legends = figure.legends or [ax.get_legend() for ax in figure.axes if ax.get_legend()]
+    assert legends, "no legend"
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        for ax in figure.axes:
+            assert not box.overlaps(ax.get_window_extent(renderer)), "the legend sits on the data"
+
+
+def assert_labelled(ax, unit_pattern=r"\(.+\)"):
+    assert ax.get_xlabel() and ax.get_ylabel(), "an axis has no label"
+    assert re.search(unit_pattern, ax.get_ylabel()), f"no unit in {ax.get_ylabel()!r}"
+
+
+def assert_tick_labels_apart(ax, renderer):
+    boxes = [label.get_window_extent(renderer) for label in ax.get_xticklabels() if label.get_text()]
+    for left, right in itertools.pairwise(boxes):
+        assert left.x1 <= right.x0 + 0.5, "x tick labels overlap"
+
+
+def test_recall_bars_show_cis_zero_bars_and_a_legend_beside_the_data():
+    figure = drawn(report_plots.recall_figure(tables(), METHODS, SETTINGS, TITLES))
+    renderer = figure.canvas.get_renderer()
+    assert_legend_covers_no_axes(figure)
+    assert [text.get_text() for text in figure.legends[0].get_texts()] == ["R@1", "R@5", "R@10"]
+    for ax in figure.axes:
+        assert_labelled(ax, r"\(%\)")
+        assert "0" in [text.get_text() for text in ax.texts]  # meanP's R@1 of 0 is written, not invisible
+        assert len([c for c in ax.containers if isinstance(c, ErrorbarContainer)]) == 3
+        assert_tick_labels_apart(ax, renderer)
+
+
+def test_rank_cdf_has_plain_ticks_and_keeps_identical_curves_apart():
+    ranks = {s: {m: np.array([1.0, 2.0, 3.5, 3.5, 9.0]) for m in METHODS} for s in SETTINGS}
+    figure = drawn(report_plots.rank_cdf_figure(ranks, SETTINGS, TITLES))
+    renderer = figure.canvas.get_renderer()
+    assert_legend_covers_no_axes(figure)
+    for ax in figure.axes:
+        assert_labelled(ax, r"\(%\)")
+        assert "log scale" in ax.get_xlabel()
+        majors = [label.get_text() for label in ax.get_xticklabels() if label.get_text()]
+        assert majors and all(re.fullmatch(r"\d+(\.\d+)?", text) for text in majors), majors
+        assert not [label.get_text() for label in ax.get_xticklabels(minor=True) if label.get_text()]
+        assert_tick_labels_apart(ax, renderer)
+        styles = {(line.get_linestyle(), line.get_marker()) for line in ax.get_lines()}
+        assert len(styles) == len(METHODS)  # identical data, yet every curve has its own line and marker
+
+
+def test_origin_to_hard_has_cis_and_offsets_overlapping_methods():
+    figure = drawn(report_plots.origin_to_hard_figure(tables(), METHODS))
+    assert_legend_covers_no_axes(figure)
+    (ax,) = figure.axes
+    assert_labelled(ax, r"\(%\)")
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == len(METHODS)
+    x_positions = {tuple(np.round(c.lines[0].get_xdata(), 3)) for c in bars}
+    assert len(x_positions) == len(METHODS)  # identical methods are set side by side, not on one another
+
+
+def test_training_curves_show_loss_integer_epochs_and_each_seed_apart():
+    def history(scale):
+        return [{"epoch": e, "selection": scale * e, "train_loss": 5.0 / e} for e in range(1, 8)]
+
+    trained = {
+        m: [{"history": history(k + 1), "settings": {"seed": s}} for s in (0, 1)] for k, m in enumerate(METHODS[1:])
+    }
+    figure = drawn(report_plots.training_figure(trained, "valid hard text->video R@1"))
+    valid_ax, loss_ax = figure.axes
+    assert_legend_covers_no_axes(figure)
+    assert valid_ax.get_ylabel() == "validation R@1 (%)" and "loss" in loss_ax.get_ylabel()
+    for ax in (valid_ax, loss_ax):
+        assert ax.get_xlabel() == "epoch"
+        assert all(float(tick).is_integer() for tick in ax.get_xticks())
+        assert ax.title.get_fontsize() >= 9
+        styles = [(line.get_color(), line.get_linestyle(), line.get_marker()) for line in ax.get_lines()]
+        assert len(styles) == 4 and len(set(styles)) == 4  # 2 methods x 2 seeds, each its own look
+    labels = [text.get_text() for text in figure.legends[0].get_texts()]
+    assert labels == ["seqTransf, seed 0", "seqTransf, seed 1", "seqTransf copy, seed 0", "seqTransf copy, seed 1"]
+
+
+def test_numbers_and_names_are_written_the_short_safe_way():
+    assert [number(v) for v in (0.00044303752452182633, 3e-4, 0.2, 100.0, 5, "pooled")] == [
+        "4.4e-4",
+        "3e-4",
+        "0.2",
+        "100",
+        "5",
+        "pooled",
+    ]
+    assert count(8.0, 8) == "8/8" and count(7.5, 8) == "7.5/8"
+    assert md("a|b\nc") == "a\\|b c"
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory):
+    """meanP zero-shot on a test split of 2 videos: Hard ranks 4 candidates, Origin 2."""
+    root = tmp_path_factory.mktemp("tiny")
+    write_tiny_clip(root / "clip.pt", seed=0, matrix_std=0.05)
+    config = asdict(clip_vendor.load(root / "clip.pt")[0].config)
+    write_order_only_cache(root / "cache", root / "clip.pt", config, n_train=4, n_valid=2, n_test=2, n_frames=4)
+    evaluate.main(["--cache", str(root / "cache"), "--head", "meanP", "--out", str(root / "results" / "meanP.json")])
+    return root
+
+
+def test_a_report_of_one_method_says_when_recall_cannot_fail_and_what_each_stage_cost(tiny_results):
+    out = tiny_results / "report"
+    report.main(["--results", str(tiny_results / "results"), "--out", str(out)])
+    markdown = (out / "report.md").read_text()
+    assert "### Pairwise comparisons" not in markdown  # one method: nothing to compare
+    assert "Each query ranks only 2 candidates here, so R@5 and R@10 are 100 for any method." in markdown
+    assert "Each query ranks only 4 candidates here, so R@5 and R@10 are 100 for any method." in markdown
+    assert "`../results/meanP.json`" in markdown  # sources relative to the report's own folder
+    cost = markdown.split("## Cost\n", 1)[1].split("## Notes", 1)[0]
+    assert "| extract | synthetic test | not recorded | — |" in cost  # a synthetic cache: no extraction ran
+    assert re.search(r"\| evaluate \| meanP zero-shot on synthetic test \(1 seed\(s\)\) \| CPU .* \| \d", cost)
+    assert "## Dataset synthetic test: test split" in markdown
+    numbers = json.loads((out / "report_numbers.json").read_text())
+    assert "pairwise" not in numbers["datasets"]["synthetic test"]
