@@ -38,8 +38,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from corpus.annotations import EVALUATION_SETTINGS
+from corpus.annotations import EVALUATION_SETTINGS, PARAPHRASE_SETTINGS
 from corpus.feature_cache import (
     META_NAME,
     CacheError,
@@ -47,17 +48,28 @@ from corpus.feature_cache import (
     contract_mismatch,
     feature_contract,
     frames_per_video,
+    open_split,
     read_meta,
     read_timings,
     split_format,
     spread,
 )
+from evaluation.order_sensitivity import ORDER_FREE_HEADS, PERMUTATIONS, order_margins, order_summary
+from evaluation.postprocess import METHOD_SUFFIX, POSTPROCESS, dual_softmax, querybank_normalise
 from evaluation.results import PER_QUERY_COLUMNS, write_result
 from evaluation.retrieval_metrics import binary_accuracy, retrieval_metrics
-from evaluation.scoring import TIE_ORDER, autocast_for, binary_margins, directions, read_setting, score_matrix
+from evaluation.scoring import (
+    TIE_ORDER,
+    autocast_for,
+    binary_margins,
+    candidate_index,
+    directions,
+    read_setting,
+    score_matrix,
+)
 from heads.architectures import HEADS, build_head, parameter_free_heads
 from heads.checkpoints import CheckpointError, head_from_checkpoint, load_checkpoint
-from heads.split_tensors import frames_to_use, load_split_tensors
+from heads.split_tensors import PLACEMENTS, frames_to_use, load_split_tensors
 from infra.file_io import exclusive_folder, file_sha256, remove_stale_outputs
 from infra.runtime import HelpFormatter, device_name, fix_cpu_threads, resolve_device, whole_number
 
@@ -98,7 +110,25 @@ parser.add_argument(
 )
 parser.add_argument("--device", default="auto", help="where to score: auto (cuda if available), cuda or cpu")
 parser.add_argument(
+    "--data-on",
+    default="auto",
+    choices=PLACEMENTS,
+    help="where the split's frames live: the device, or the host, read in batches from the cache (same scores)",
+)
+parser.add_argument(
     "--pair-batch", type=whole_number(1), default=8192, help="tightTransf (text, video) pairs per forward"
+)
+parser.add_argument(
+    "--rewrites",
+    action="store_true",
+    help="RTime: also the `rewrites` setting, the paraphrases as queries against Hard's candidates (9x Hard's queries)",
+)
+parser.add_argument(
+    "--postprocess",
+    choices=POSTPROCESS,
+    default=None,
+    help="dsl: dual softmax over all test queries (transductive); qbnorm: querybank normalisation with the train "
+    "captions as the bank. Text->video only; the method is named '{method} +DSL' or '+QB-Norm'",
 )
 
 
@@ -175,14 +205,24 @@ def evaluate_one(args, checkpoint, cache_dir, split, label, out_path, device):
     head, config, training = load_head(args, checkpoint, meta, cache_dir, split, cached_frames)
     head = head.to(device).eval()
     try:
-        data = load_split_tensors(cache_dir, split, config["frames"], device, config["text_input"] == "tokens")
+        data = load_split_tensors(
+            cache_dir, split, config["frames"], device, config["text_input"] == "tokens", where=args.data_on
+        )
     except CacheError as err:
         sys.exit(str(err))
-    results, arrays = score_settings(args, head, data, cache_dir, split, annotation_format, device)
+    names = EVALUATION_SETTINGS[annotation_format] + (PARAPHRASE_SETTINGS[annotation_format] if args.rewrites else ())
+    settings = {name: read_setting(cache_dir, split, name) for name in names}
+    post = postprocessor(args, head, config, checkpoint, data, cache_dir, meta, device)
+    results, arrays = score_settings(args, head, data, settings, post, f"{cache_dir} ({split})", device)
+    if not args.postprocess:
+        results["order"], order_arrays = order_sensitivity(head, data, settings, config, device)
+        arrays.update(order_arrays)
     seen = np.minimum(cached_frames, config.get("select_frames") or config["frames"])
     contract = meta["contract"]
     results["provenance"] = {
-        "method": args.method or (config["head"] if training else f"{config['head']} zero-shot"),
+        "method": (args.method or (config["head"] if training else f"{config['head']} zero-shot"))
+        + (METHOD_SUFFIX[args.postprocess] if args.postprocess else ""),
+        "postprocess": args.postprocess,
         "head": config["head"],
         "trained": training is not None,
         "seed": config.get("seed"),
@@ -213,45 +253,103 @@ def evaluate_one(args, checkpoint, cache_dir, split, label, out_path, device):
         },
     }
     write_result(out_path, results, arrays)
-    for name in EVALUATION_SETTINGS[annotation_format]:
-        t2v, v2t = results[name]["t2v"], results[name]["v2t"]
+    for name in names:
+        t2v = results[name]["t2v"]
+        v2t = f", v2t R@1 {results[name]['v2t']['R@1']:.2f}" if "v2t" in results[name] else ""
         print(
-            f"{name:>6}: t2v R@1 {t2v['R@1']:.2f} (expected {t2v['expected']['R@1']:.2f}, "
-            f"{t2v['n_tied']} of {t2v['n_queries']} queries tied), v2t R@1 {v2t['R@1']:.2f}"
+            f"{name:>8}: t2v R@1 {t2v['R@1']:.2f} (expected {t2v['expected']['R@1']:.2f}, "
+            f"{t2v['n_tied']} of {t2v['n_queries']} queries tied){v2t}"
         )
     print(f"wrote {out_path}")
 
 
-def score_settings(args, head, data, cache_dir, split, annotation_format, device):
-    """({setting: {direction: metrics}, "binary": ...}, {array name: array}) of every setting."""
+def score_settings(args, head, data, settings, post, where, device):
+    """({setting: {direction: metrics}, "binary": ...}, {array name: array}) of every setting. With
+    a post-processing (`post`: raw scores -> text->video scores), text->video only."""
     results, arrays = {}, {}
-    for name in EVALUATION_SETTINGS[annotation_format]:
-        setting = read_setting(cache_dir, split, name)
+    for name, setting in settings.items():
         with autocast_for(device):
             scores = score_matrix(head, data, setting).numpy()
         non_finite = ~np.isfinite(scores).all(axis=1)
         if non_finite.any():
             sys.exit(
-                f"{args.ckpt or args.head} on {cache_dir} ({split}, {name}): {int(non_finite.sum())} of "
-                f"{len(scores)} queries have NaN or Inf scores (a diverged head or a damaged cache: run "
-                "verify.py); no result was written"
+                f"{args.ckpt or args.head} on {where}, {name}: {int(non_finite.sum())} of {len(scores)} queries have "
+                "NaN or Inf scores (a diverged head or a damaged cache: run verify.py); no result was written"
             )
         arrays[f"{name}_scores"] = scores
         arrays[f"{name}_ids"] = {"rows": setting.caption_ids, "columns": setting.candidate_ids}
         arrays[f"{name}_gold"] = setting.gold
         results[name] = {"n_candidates": int(scores.shape[1])}
-        for direction, (direction_scores, gold) in directions(scores, setting.gold).items():
+        if post:
+            scores = post(scores, setting)
+            arrays[f"{name}_scores_{args.postprocess}"] = scores
+            ranked = {"t2v": (scores, setting.gold)}
+        else:
+            ranked = directions(scores, setting.gold)
+            results[name]["v2t_per_caption"], _ = retrieval_metrics(scores.T, setting.gold.T)
+        for direction, (direction_scores, gold) in ranked.items():
             metrics, per_query = retrieval_metrics(direction_scores, gold)
             results[name][direction] = metrics
             table = np.stack([per_query[column] for column in PER_QUERY_COLUMNS], axis=1).astype(np.float64)
             arrays[f"{name}_{direction}_per_query"] = table
-        results[name]["v2t_per_caption"], _ = retrieval_metrics(scores.T, setting.gold.T)
         if name == "hard":
             results["binary"] = {}
-            for direction, margins in binary_margins(scores, setting).items():
-                results["binary"][direction] = binary_accuracy(margins)
-                arrays[f"binary_{direction}_margins"] = margins
+            for direction, (margins, sides) in binary_margins(scores, setting).items():
+                if direction in ranked:
+                    results["binary"][direction] = binary_accuracy(margins)
+                    arrays[f"binary_{direction}_margins"], arrays[f"binary_{direction}_sides"] = margins, sides
     return results, arrays
+
+
+def order_sensitivity(head, data, settings, config, device):
+    """({change: share dropped, mean margin}, {array name: margins}) over the main setting's
+    queries (Hard, or all captions), each against its own video with its frames changed. An
+    order-blind head that moves under a permutation is a broken head, refused here."""
+    main_setting = settings.get("hard") or settings["all"]
+    with autocast_for(device):
+        margins = order_margins(head, data, main_setting)
+    if config["head"] in ORDER_FREE_HEADS:
+        moved = [name for name in PERMUTATIONS if np.any(margins[name] != 0)]
+        if moved:
+            sys.exit(
+                f"built-in check failed: {config['head']} scored a query differently with its frames {moved[0]} "
+                "(an order-free sum must not move under a permutation); no result was written"
+            )
+    return (
+        {name: order_summary(values) for name, values in margins.items()},
+        {f"order_{name}_margins": values for name, values in margins.items()},
+    )
+
+
+def postprocessor(args, head, config, checkpoint, data, cache_dir, meta, device):
+    """raw scores, setting -> post-processed text->video scores, or None (--postprocess)."""
+    if args.postprocess == "dsl":
+        # the scale the head was trained at: its temperature for cosines, 1 for tightTransf's logits
+        temperature = 1.0 if config["head"] == "tightTransf" else 100.0
+        if checkpoint is not None and config["head"] != "tightTransf":
+            temperature = float(checkpoint["log_scale"].exp())
+        return lambda scores, setting: dual_softmax(scores, temperature)
+    if args.postprocess == "qbnorm":
+        if config["head"] == "tightTransf":
+            parser.error(
+                "--postprocess qbnorm: the bank of training queries would need a cross-encoder pass per bank "
+                "query and candidate, and tightTransf's logits have no cosine scale for the paper's beta; use dsl"
+            )
+        if "train" not in meta["counts"]:
+            sys.exit(f"--postprocess qbnorm: {cache_dir} has no train split, whose captions are the querybank")
+        bank = open_split(cache_dir, "train").text_feats
+        return lambda scores, setting: querybank_normalise(scores, bank_scores(head, data, setting, bank, device))
+    return None
+
+
+def bank_scores(head, data, setting, bank, device, block=4096):
+    """The querybank's scores against the setting's candidates, a block of bank captions at a time."""
+    with torch.no_grad(), autocast_for(device):
+        index = candidate_index(head, data, setting)
+        for start in range(0, len(bank), block):
+            text = torch.from_numpy(np.asarray(bank[start : start + block])).to(device).float().unsqueeze(1)
+            mask = torch.ones(text.shape[:2], dtype=torch.bool, device=device)
+            yield head.score_matrix(text, mask, *index).float().cpu().numpy()
 
 
 def load_head(args, checkpoint, meta, cache_dir, split, cached_frames):

@@ -185,6 +185,7 @@ def main(argv=None):
     contract = build_contract(args, plan.spec, annotations, model, preprocess, runtime.device, dtype_name, cpu_threads)
     with exclusive_folder(args.out) if runtime.master else contextlib.nullcontext():
         runtime.barrier()  # no rank writes before rank 0 holds the folder
+        runtime.check_shared_folder(args.out)  # several machines: every rank writes where rank 0 merges
         try:
             extract(args, plan, annotations, contract, model, video_folder, runtime)
         except KeyboardInterrupt:

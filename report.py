@@ -24,8 +24,24 @@ from pathlib import Path
 import numpy as np
 
 from evaluation import report_plots
-from evaluation.report_tables import binary_table, cost_table, md, methods_table, metric_table, number, pairwise_table
-from evaluation.results import ResultError, read_result
+from evaluation.examples import write_examples
+from evaluation.postprocess import POSTPROCESS_NOTES, POSTPROCESS_TITLES
+from evaluation.report_tables import (
+    CSV_HEADER,
+    binary_table,
+    cost_table,
+    csv_rows,
+    direction_table,
+    latex_table,
+    md,
+    methods_table,
+    metric_table,
+    number,
+    order_table,
+    pairwise_table,
+    paraphrase_table,
+)
+from evaluation.results import ResultError, read_result, seed_averaged
 from evaluation.retrieval_stats import (
     CONFIDENCE,
     METRICS,
@@ -33,9 +49,12 @@ from evaluation.retrieval_stats import (
     N_RESAMPLES,
     bootstrap_ci,
     holm_adjust,
+    minimum_detectable_difference,
     paired_difference,
+    two_level_bootstrap_ci,
 )
-from infra.file_io import atomic_write_bytes, atomic_write_json, exclusive_folder
+from evaluation.rtime_analyses import direction_split, order_sensitivity, paraphrase_drop
+from infra.file_io import atomic_write_bytes, atomic_write_csv, atomic_write_json, exclusive_folder
 from infra.runtime import HelpFormatter, whole_number
 
 SETTING_TITLES = {"origin": "Table A: RTime-Origin", "hard": "Table B: RTime-Hard", "all": "Retrieval, all captions"}
@@ -77,10 +96,21 @@ parser.add_argument(
     help=f"bootstrap and permutation resamples (at least {MIN_RESAMPLES}: fewer leave a 95%% CI's tails to chance)",
 )
 parser.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+parser.add_argument(
+    "--examples",
+    type=whole_number(1),
+    default=None,
+    help="N: also an HTML page (and a PNG) of the N Hard queries where the heads part ways, with their frames",
+)
+parser.add_argument(
+    "--videos", type=Path, help="with --examples: the folder of the video files the cache was made from"
+)
 
 
 def main(argv=None):
     args = parser.parse_args(argv)
+    if args.examples and not args.videos:
+        parser.error("--examples needs --videos: the frames are decoded again from the video files")
     try:
         datasets = load_results(args.results)
     except ResultError as err:
@@ -109,6 +139,27 @@ def write_report(datasets, args):
         del info["trainings"]  # histories are in the result files; the numbers file keeps the tables
     atomic_write_json(args.out / "report_numbers.json", numbers)
     atomic_write_bytes(args.out / "report.md", "\n".join(lines).encode("utf-8"))
+    write_paste_tables(datasets, numbers, args.out)
+
+
+def write_paste_tables(datasets, numbers, out_dir):
+    """tables.tex (booktabs, one table per dataset, setting and direction) and results.csv (one row
+    per method x setting x direction x metric), each group of post-processed methods apart."""
+    latex_lines, csv_lines = [], []
+    for label, dataset in numbers["datasets"].items():
+        seeds = {m: [run.provenance["seed"] for run in runs] for m, runs in datasets[label].items()}
+        groups = [("", "", dataset["tables"])] + [
+            (post, POSTPROCESS_TITLES[post] + ", ", group["tables"])
+            for post, group in dataset.get("postprocessed", {}).items()
+        ]
+        for post, title, tables in groups:
+            for key, rows in tables.items():
+                setting, direction = key.split("/")
+                caption = f"{label}, {title}{SETTING_TITLES[setting]}, {DIRECTION_TITLES[direction]}"
+                latex_lines += latex_table(caption, rows)
+            csv_lines += csv_rows(label, post, tables, seeds)
+    atomic_write_bytes(out_dir / "tables.tex", "\n".join(latex_lines).encode("utf-8"))
+    atomic_write_csv(out_dir / "results.csv", CSV_HEADER, csv_lines)
 
 
 def load_results(results_dir):
@@ -159,11 +210,11 @@ def load_results(results_dir):
 def method_identity(provenance):
     """What makes a method: its head, zero-shot or trained, the frames it reads, and every training
     setting but the per-seed ones. Seeds of one method must share all of it."""
-    training = provenance["training"]
+    training, post = provenance["training"], provenance.get("postprocess")
     if training is None:
-        return {"head": provenance["head"], "trained": False, "frames": provenance["frames"]}
+        return {"head": provenance["head"], "trained": False, "frames": provenance["frames"], "postprocess": post}
     settings = {key: value for key, value in training["settings"].items() if key not in PER_SEED_SETTINGS}
-    return {"trained": True, **settings}
+    return {"trained": True, "postprocess": post, **settings}
 
 
 def methods_section(datasets):
@@ -216,41 +267,90 @@ def method_settings(entry):
     return settings
 
 
-def seed_averaged(runs, key, column):
-    """[n_queries] a per-query column averaged over the seeds of a method."""
-    return np.mean([run.per_query[key][column] for run in runs], axis=0)
-
-
 def dataset_section(label, methods, args):
-    """One dataset's tables, plots and notes; returns (markdown lines, numbers)."""
+    """One dataset's tables, plots and notes; returns (markdown lines, numbers). Methods with a
+    post-processing (DSL, QB-Norm) get tables of their own, never mixed with raw numbers."""
+    groups = {}
+    for method, runs in methods.items():
+        groups.setdefault(runs[0].provenance.get("postprocess"), {})[method] = runs
+    raw = groups.pop(None, {})
     first = next(iter(methods.values()))[0]
     provenance = first.provenance
     settings = [name for name in ("origin", "hard", "all") if name in first.data]
+    lines = [f"## Dataset {md(label)}: {provenance['split']} split ({provenance['annotation_format']} annotations)", ""]
     numbers = {
         "tables": {},
         "binary": {},
-        "sources": {m: [os.path.relpath(r.path, args.out) for r in runs] for m, runs in methods.items()},
+        "sources": {m: [os.path.relpath(r.path, args.out) for r in runs] for m, runs in raw.items()},
     }
-    lines = [f"## Dataset {md(label)}: {provenance['split']} split ({provenance['annotation_format']} annotations)", ""]
-    for setting in settings:
-        for direction in ("t2v", "v2t"):
-            rows = {method: method_row(runs, setting, direction, args) for method, runs in methods.items()}
-            numbers["tables"][f"{setting}/{direction}"] = rows
-            title = f"{SETTING_TITLES[setting]}, {DIRECTION_TITLES[direction]}"
-            lines += metric_table(title, rows, trivial_recall_note(first.data[setting]))
-    if "hard" in settings:
-        numbers["binary"] = {method: binary_row(runs) for method, runs in methods.items()}
-        lines += binary_table(numbers["binary"])
-    if len(methods) > 1:
-        numbers["pairwise"] = pairwise(methods, settings, args)
-        lines += pairwise_table(numbers["pairwise"])
-    lines += dataset_plots(label, methods, numbers["tables"], settings, args.out)
+    if raw:
+        numbers["tables"], numbers["binary"], table_lines = result_tables(raw, settings, ("t2v", "v2t"), first, args)
+        lines += table_lines
+        if len(raw) > 1:
+            numbers["pairwise"] = pairwise(raw, settings, args)
+            lines += pairwise_table(numbers["pairwise"])
+        analyses, analysis_lines = rtime_sections(raw, args)
+        numbers.update(analyses)
+        lines += analysis_lines
+        lines += dataset_plots(label, raw, numbers["tables"], settings, args.out)
+        if args.examples and "hard" in settings:
+            page, picture = write_examples(label, raw, args.videos, args.out, args.examples, file_stem(label))
+            lines += [f"Where the heads part ways: [{page}]({page})", "", f"![examples]({picture})", ""]
+    for post, group in groups.items():
+        tables, binary, table_lines = result_tables(group, settings, ("t2v",), first, args, POSTPROCESS_TITLES[post])
+        numbers.setdefault("postprocessed", {})[post] = {
+            "tables": tables,
+            "binary": binary,
+            "pairwise": pairwise(group, settings, args) if len(group) > 1 else [],
+            "sources": {m: [os.path.relpath(r.path, args.out) for r in runs] for m, runs in group.items()},
+        }
+        lines += [f"### {POSTPROCESS_TITLES[post]}", "", POSTPROCESS_NOTES[post], ""] + table_lines
+        if len(group) > 1:
+            lines += pairwise_table(numbers["postprocessed"][post]["pairwise"])
     return lines + dataset_notes(methods, args), numbers
+
+
+def result_tables(methods, settings, directions, first, args, prefix=""):
+    """(tables, binary, markdown lines) of a group of methods: each setting and direction, and Binary."""
+    tables, lines = {}, []
+    for setting in settings:
+        for direction in directions:
+            rows = {method: method_row(runs, setting, direction, args) for method, runs in methods.items()}
+            tables[f"{setting}/{direction}"] = rows
+            title = f"{prefix + ': ' if prefix else ''}{SETTING_TITLES[setting]}, {DIRECTION_TITLES[direction]}"
+            lines += metric_table(title, rows, trivial_recall_note(first.data[setting]))
+    binary = {}
+    if "hard" in settings:
+        binary = {method: binary_row(runs, directions) for method, runs in methods.items()}
+        lines += binary_table(binary, directions)
+    return tables, binary, lines
+
+
+def rtime_sections(methods, args):
+    """Direction split and bias, paraphrase robustness and order sensitivity, where the results hold them."""
+    numbers, lines = {}, []
+    if all("hard" in runs[0].data and runs[0].sides for runs in methods.values()):
+        numbers["direction_split"] = {
+            m: direction_split(runs, args.seed, args.n_resamples) for m, runs in methods.items()
+        }
+        lines += direction_table(numbers["direction_split"])
+    if all("rewrites" in runs[0].data for runs in methods.values()):
+        numbers["paraphrase"] = {m: paraphrase_drop(runs, args.seed, args.n_resamples) for m, runs in methods.items()}
+        lines += paraphrase_table(numbers["paraphrase"])
+    if all("order" in runs[0].data for runs in methods.values()):
+        numbers["order_sensitivity"] = {m: order_sensitivity(runs) for m, runs in methods.items()}
+        lines += order_table(numbers["order_sensitivity"])
+    return numbers, lines
+
+
+def file_stem(label):
+    """A dataset label as the start of a file name: "RTime test" -> "RTime_test_"."""
+    return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in label) + "_"
 
 
 def dataset_plots(label, methods, tables, settings, out_dir):
     titles = {setting: SETTING_TITLES[setting].split(": ")[-1] for setting in settings}
-    prefix = "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in label) + "_"
+    prefix = file_stem(label)
     names = list(methods)
     ranks = {s: {m: seed_averaged(methods[m], f"{s}/t2v", METRICS["MnR"][0]) for m in names} for s in settings}
     figures = [
@@ -291,22 +391,29 @@ def mean_std(per_seed):
 
 
 def method_row(runs, setting, direction, args):
-    """{metric: {mean, std, ci}} over the seeds of one method, plus tied-query counts."""
+    """{metric: {mean, std, ci[, ci_seeds_and_queries]}} over the seeds of one method, plus
+    tied-query counts. `ci` resamples the queries of the seed-averaged values; with two seeds or
+    more, `ci_seeds_and_queries` resamples the seeds too (the table shows it)."""
     key = f"{setting}/{direction}"
     row = {}
     for metric, (column, statistic) in METRICS.items():
         per_seed = [run.data[setting][direction]["expected"][metric] for run in runs]
         low, high = bootstrap_ci(seed_averaged(runs, key, column), statistic, args.seed, args.n_resamples)
         row[metric] = {**mean_std(per_seed), "ci": [low, high]}
+        if len(runs) > 1:
+            values = np.stack([run.per_query[key][column] for run in runs])
+            row[metric]["ci_seeds_and_queries"] = list(
+                two_level_bootstrap_ci(values, statistic, args.seed, args.n_resamples)
+            )
     row["n_tied"] = float(np.mean([run.data[setting][direction]["n_tied"] for run in runs]))
     row["n_queries"] = runs[0].data[setting][direction]["n_queries"]
     row["n_seeds"] = len(runs)
     return row
 
 
-def binary_row(runs):
+def binary_row(runs, directions=("t2v", "v2t")):
     row = {}
-    for direction in ("t2v", "v2t"):
+    for direction in directions:
         accuracy = [run.data["binary"][direction]["accuracy"] for run in runs]
         row[direction] = {
             **mean_std(accuracy),
@@ -339,10 +446,14 @@ def pairwise(methods, settings, args):
                     "difference": diff,
                     "ci": [low, high],
                     "p": p,
+                    "differences": 100.0
+                    * (seed_averaged(methods[method_a], key, column) - seed_averaged(methods[method_b], key, column)),
                 }
             )
     for comparison, adjusted in zip(comparisons, holm_adjust([c["p"] for c in comparisons]), strict=True):
         comparison["p_holm"] = float(adjusted)
+        # the smallest difference these queries could show at 80% power, at Holm's strictest level
+        comparison["min_detectable"] = minimum_detectable_difference(comparison.pop("differences"), len(comparisons))
     return comparisons
 
 
@@ -423,12 +534,16 @@ def general_notes(args):
         "3. Video→text follows CLIP4Clip: each candidate's caption set is scored by its best caption, and a video's "
         "query is right when its own set ranks first (the result files also hold `v2t_per_caption`, which ranks "
         "single captions).",
-        f"4. CIs: {CONFIDENCE:.0%} percentile bootstrap over queries of the seed-averaged per-query values, "
-        f"{args.n_resamples} resamples, seed {args.seed} (scipy.stats.bootstrap). Pairwise: paired bootstrap CI of "
-        "the difference; two-sided p from a paired sign-flip permutation test (scipy.stats.permutation_test, "
-        f"{args.n_resamples} resamples); Holm–Bonferroni over the comparisons of each dataset.",
+        f"4. CIs ({CONFIDENCE:.0%}, percentile, {args.n_resamples} resamples, seed {args.seed}): for a method with "
+        "two seeds or more, a two-level bootstrap that resamples the seeds, then the queries, so the spread between "
+        "seeds counts too; for one seed, the bootstrap over queries (scipy.stats.bootstrap). `report_numbers.json` "
+        "keeps both: `ci` over the queries of the seed-averaged values, `ci_seeds_and_queries` over both. "
+        "Pairwise: paired bootstrap CI of the difference; two-sided p from a paired sign-flip permutation test "
+        f"(scipy.stats.permutation_test, {args.n_resamples} resamples); Holm–Bonferroni over the comparisons of each "
+        "dataset; the smallest difference detectable at 80% power is (z(1 − 0.05 / 2m) + z(0.8)) standard errors "
+        "of the per-query paired differences, m the number of comparisons (Holm's strictest level).",
         "5. Every number was recomputed from the per-query arrays each result names by sha256. All numbers: "
-        "`report_numbers.json`.",
+        "`report_numbers.json`; the tables to paste: `tables.tex` (booktabs) and `results.csv`.",
         "",
     ]
 

@@ -5,16 +5,22 @@
 #   bash run_all.sh --annotations DIR --videos DIR --clip CKPT [--gpus N] [--reversed-videos DIR] [--work DIR]
 #   options for either: --heads "seqTransf tightTransf"  --seeds "0 1"  --epochs N  --train-args "--lr 1e-4 ..."
 #                       --tune N   (first tune each head's settings on valid with tune.py, N trials per head)
+#                       --jobs N   (run the heads x seeds matrix N at a time; --gpus N: N at a time, one GPU each)
+#                       --print-runs  (print the matrix, one self-contained command per line, and run nothing)
+#                       --skip-runs   (everything but the matrix and the report: for a cluster, see README)
 #
-# Everything goes under --work (default: work_demo/ or work/): cache/, runs/, results/, report/.
+# Everything goes under --work (default: work_demo/ or work/): cache/, runs/, results/, logs/, report/.
 # --train-args is appended to every train_head.py call (after the demo's per-head settings, so it
 # wins). Re-running reuses a cache whose meta matches and finished training runs. Stops at the
-# first failing stage, naming it.
+# first failing stage or run, naming it.
 set -euo pipefail
+CALLER="$(pwd)"
 cd "$(dirname "$0")"
+REPO="$(pwd)"
 
-ANNOTATIONS="" VIDEOS="" CLIP="" REVERSED="" WORK="" GPUS=1
+ANNOTATIONS="" VIDEOS="" CLIP="" REVERSED="" WORK="" GPUS=1 GPU_SLOTS=false JOBS=1
 HEADS="seqTransf tightTransf mlpScore" SEEDS="0 1 2" EPOCHS="" EXTRA_TRAIN_ARGS="" TUNE_TRIALS=""
+PRINT_RUNS=false SKIP_RUNS=false
 while [ $# -gt 0 ]; do
   case "$1" in
     --annotations) ANNOTATIONS="$2"; shift 2 ;;
@@ -22,21 +28,27 @@ while [ $# -gt 0 ]; do
     --clip) CLIP="$2"; shift 2 ;;
     --reversed-videos) REVERSED="$2"; shift 2 ;;
     --work) WORK="$2"; shift 2 ;;
-    --gpus) GPUS="$2"; shift 2 ;;
+    --gpus) GPUS="$2"; JOBS="$2"; GPU_SLOTS=true; shift 2 ;;
+    --jobs) JOBS="$2"; shift 2 ;;
     --heads) HEADS="$2"; shift 2 ;;
     --seeds) SEEDS="$2"; shift 2 ;;
     --epochs) EPOCHS="$2"; shift 2 ;;
     --train-args) EXTRA_TRAIN_ARGS="$2"; shift 2 ;;
     --tune) TUNE_TRIALS="$2"; shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --print-runs) PRINT_RUNS=true; shift ;;
+    --skip-runs) SKIP_RUNS=true; shift ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
 
+for NAME in ANNOTATIONS VIDEOS CLIP REVERSED WORK; do  # paths are the caller's, whatever folder this runs in
+  if [ -n "${!NAME}" ] && [ "${!NAME:0:1}" != / ]; then printf -v "$NAME" '%s/%s' "$CALLER" "${!NAME}"; fi
+done
 case "$GPUS" in
   ''|*[!0-9]*|0) echo "run_all.sh: --gpus '$GPUS': give a whole number of GPUs, at least 1" >&2; exit 2 ;;
 esac
-for FLAG in EPOCHS TUNE_TRIALS; do
+for FLAG in EPOCHS TUNE_TRIALS JOBS; do
   if [ -n "${!FLAG}" ] && ! [ "${!FLAG}" -ge 1 ] 2>/dev/null; then
     echo "run_all.sh: --$(echo "$FLAG" | tr 'A-Z_' 'a-z-' | sed 's/-trials//') '${!FLAG}': give a whole number, at least 1" >&2; exit 2
   fi
@@ -44,19 +56,22 @@ done
 
 STAGE="set-up"
 trap 'echo "run_all.sh: stage \"$STAGE\" failed; the messages above say why." >&2' ERR
-bash setup_env.sh
-PY=.venv/bin/python
+if ! $PRINT_RUNS; then
+  bash setup_env.sh
+fi
+PY="$REPO/.venv/bin/python"
 
 if [ -z "$ANNOTATIONS$VIDEOS$CLIP" ]; then
   # Demo: small data and a tiny random CLIP, so heads train for many short epochs on the CPU.
   WORK="${WORK:-work_demo}"
   STAGE="demo data"
-  if [ ! -f "$WORK/demo/clip_tiny.pt" ]; then
+  if [ ! -f "$WORK/demo/clip_tiny.pt" ] && ! $PRINT_RUNS; then
     $PY make_demo_data.py --out "$WORK/demo"
   fi
   ANNOTATIONS="$WORK/demo/annotations" VIDEOS="$WORK/demo/videos" CLIP="$WORK/demo/clip_tiny.pt"
   REVERSED="$WORK/demo/videos_reversed"
   EXTRACT_ARGS=(--fps 4)
+  VERIFY_ARGS=(--n-videos 8)  # lossless demo files: 8 re-extracted videos show as much as 20
   MEANP_FRAMES=8
   declare -A TRAIN_ARGS=(
     [seqTransf]="--frames 8 --epochs 60 --batch-size 32 --learn-temp"
@@ -70,12 +85,49 @@ else
   fi
   WORK="${WORK:-work}"
   EXTRACT_ARGS=()
+  VERIFY_ARGS=()
   MEANP_FRAMES=""
   declare -A TRAIN_ARGS=()
   HAND_SET_ARGS=""
 fi
+WORK="$(realpath -m "$WORK")" CLIP="$(realpath -m "$CLIP")"  # the printed runs work from any folder
 CACHE="$WORK/cache"
-mkdir -p "$WORK/runs" "$WORK/results"
+
+# The matrix: one self-contained command per (head, seed), training then evaluation. Each is
+# idempotent and resumable: training resumes from last.pt (a finished run is a no-op), and the
+# evaluation rewrites its result whole.
+RUN_NAMES=() RUNS=()
+plan_runs() {
+  local head seed args=() chosen=()
+  for head in $HEADS; do
+    # shellcheck disable=SC2206  # the settings are word lists
+    chosen=($HAND_SET_ARGS)  # the demo's hand-set settings, or the ones tune.py chose
+    if [ -n "$TUNE_TRIALS" ]; then
+      local best="$WORK/tuning/$head/best/$head.json"
+      if [ ! -f "$best" ]; then
+        echo "run_all.sh: $best is missing: run the search first (the same command without --print-runs)" >&2
+        exit 2
+      fi
+      mapfile -t chosen < <(python3 -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["train_args"]))' "$best")
+    fi
+    for seed in $SEEDS; do
+      # shellcheck disable=SC2206
+      args=(--cache "$CACHE" --head "$head" --seed "$seed" --out "$WORK/runs/${head}_seed${seed}" --clip "$CLIP"
+        --reverse-negatives ${TRAIN_ARGS[$head]:-} ${EPOCHS:+--epochs $EPOCHS} "${chosen[@]}" $EXTRA_TRAIN_ARGS)
+      RUN_NAMES+=("${head}_seed${seed}")
+      RUNS+=("cd $(printf %q "$REPO") && $(printf '%q ' "$PY" train_head.py "${args[@]}")&& $(printf '%q ' \
+        "$PY" evaluate.py --cache "$CACHE" --split test --ckpt "$WORK/runs/${head}_seed${seed}/best.pt" \
+        --method "$head" --rewrites --out "$WORK/results/${head}_seed${seed}.json")")
+    done
+  done
+}
+
+if $PRINT_RUNS; then
+  plan_runs
+  printf '%s\n' "${RUNS[@]}"
+  exit 0
+fi
+mkdir -p "$WORK/runs" "$WORK/results" "$WORK/logs"
 
 STAGE="extract"
 if [ "$GPUS" -gt 1 ]; then
@@ -87,34 +139,63 @@ fi
 
 STAGE="verify"
 $PY verify.py --cache "$CACHE" --annotations "$ANNOTATIONS" --videos "$VIDEOS" --clip "$CLIP" \
-  ${REVERSED:+--reversed-videos "$REVERSED"}
+  ${REVERSED:+--reversed-videos "$REVERSED"} "${VERIFY_ARGS[@]}"
 
 STAGE="evaluate meanP"
-$PY evaluate.py --cache "$CACHE" --split test --head meanP ${MEANP_FRAMES:+--frames $MEANP_FRAMES} \
+$PY evaluate.py --cache "$CACHE" --split test --head meanP ${MEANP_FRAMES:+--frames $MEANP_FRAMES} --rewrites \
   --out "$WORK/results/meanP.json"
 
-for HEAD in $HEADS; do
-  HEAD_ARGS="--reverse-negatives ${TRAIN_ARGS[$HEAD]:-} ${EPOCHS:+--epochs $EPOCHS}"
-  CHOSEN_ARGS=($HAND_SET_ARGS)  # the demo's hand-set settings, or the ones tune.py chose
-  if [ -n "$TUNE_TRIALS" ]; then
+if [ -n "$TUNE_TRIALS" ]; then
+  for HEAD in $HEADS; do
     STAGE="tune $HEAD"
     $PY tune.py --cache "$CACHE" --clip "$CLIP" --heads "$HEAD" --trials "$TUNE_TRIALS" --out "$WORK/tuning/$HEAD" \
-      --train-args "$HEAD_ARGS $EXTRA_TRAIN_ARGS"
-    mapfile -t CHOSEN_ARGS < <($PY -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["train_args"]))' \
-      "$WORK/tuning/$HEAD/best/$HEAD.json")
-  fi
-  for SEED in $SEEDS; do
-    RUN="$WORK/runs/${HEAD}_seed${SEED}"
-    STAGE="train $HEAD seed $SEED"
-    # shellcheck disable=SC2086  # the settings are word lists; --train-args comes last, so it wins
-    $PY train_head.py --cache "$CACHE" --head "$HEAD" --seed "$SEED" --out "$RUN" --clip "$CLIP" $HEAD_ARGS \
-      "${CHOSEN_ARGS[@]}" $EXTRA_TRAIN_ARGS
-    STAGE="evaluate $HEAD seed $SEED"
-    $PY evaluate.py --cache "$CACHE" --split test --ckpt "$RUN/best.pt" --method "$HEAD" \
-      --out "$WORK/results/${HEAD}_seed${SEED}.json"
+      --train-args "--reverse-negatives ${TRAIN_ARGS[$HEAD]:-} ${EPOCHS:+--epochs $EPOCHS} $EXTRA_TRAIN_ARGS"
   done
+fi
+if $SKIP_RUNS; then
+  echo "Done (--skip-runs): the cache, the zero-shot result and any search are ready; the runs: --print-runs"
+  exit 0
+fi
+
+# Run the matrix JOBS at a time, each in its own process group with its own log; with --gpus, each
+# on one GPU (CUDA_VISIBLE_DEVICES), else with the CPU's threads divided among the runs. The first
+# failure stops the others and is named.
+STAGE="runs"
+plan_runs
+THREADS=$(( $(nproc) / JOBS )); THREADS=$(( THREADS > 0 ? THREADS : 1 ))
+declare -A NAME_OF=() SLOT_OF=() STARTED=()
+FREE_SLOTS=()
+for ((slot = 0; slot < JOBS; slot++)); do FREE_SLOTS+=("$slot"); done
+stop_runs() {
+  local pid
+  for pid in "${!NAME_OF[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap 'stop_runs; echo "run_all.sh: interrupted; finished runs are kept, rerun to resume" >&2; exit 130' INT TERM
+echo "running ${#RUNS[@]} runs, $JOBS at a time (logs: $WORK/logs/)"
+NEXT=0 FINISHED=0
+while [ "$FINISHED" -lt "${#RUNS[@]}" ]; do
+  while [ "$NEXT" -lt "${#RUNS[@]}" ] && [ "${#FREE_SLOTS[@]}" -gt 0 ]; do
+    SLOT="${FREE_SLOTS[0]}"; FREE_SLOTS=("${FREE_SLOTS[@]:1}")
+    if $GPU_SLOTS; then DEVICE_ENV=(CUDA_VISIBLE_DEVICES="$SLOT"); else DEVICE_ENV=(OMP_NUM_THREADS="$THREADS"); fi
+    env "${DEVICE_ENV[@]}" setsid bash -c "${RUNS[$NEXT]}" > "$WORK/logs/${RUN_NAMES[$NEXT]}.log" 2>&1 &
+    NAME_OF[$!]="${RUN_NAMES[$NEXT]}" SLOT_OF[$!]="$SLOT" STARTED[$!]="$SECONDS"
+    NEXT=$((NEXT + 1))
+  done
+  if wait -n -p DONE_PID; then STATUS=0; else STATUS=$?; fi
+  NAME="${NAME_OF[$DONE_PID]}"
+  FREE_SLOTS+=("${SLOT_OF[$DONE_PID]}")
+  unset "NAME_OF[$DONE_PID]" "SLOT_OF[$DONE_PID]"
+  FINISHED=$((FINISHED + 1))
+  if [ "$STATUS" -ne 0 ]; then
+    echo "run_all.sh: run $NAME failed (exit $STATUS); see $WORK/logs/$NAME.log. Stopping the ${#NAME_OF[@]} other running run(s)." >&2
+    stop_runs
+    exit 1
+  fi
+  echo "[$FINISHED/${#RUNS[@]}] $NAME done in $((SECONDS - STARTED[$DONE_PID])) s"
 done
+trap - INT TERM
 
 STAGE="report"
-$PY report.py --results "$WORK/results" --out "$WORK/report"
+$PY report.py --results "$WORK/results" --out "$WORK/report" --examples 3 --videos "$VIDEOS"
 echo "Done. Report: $WORK/report/report.md"

@@ -1,16 +1,30 @@
 #!/usr/bin/env bash
-# Create .venv with the pinned dependencies and CLIP's BPE vocabulary. Safe to re-run.
+# Create .venv with the pinned dependencies and CLIP's BPE vocabulary. Safe to re-run: a requirements
+# file installed before, unchanged since (its sha256 is kept in .venv), is not handed to pip again.
 # Usage: bash setup_env.sh [--dev]     (--dev adds the test-only packages)
 set -euo pipefail
 cd "$(dirname "$0")"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --disable-pip-version-check -r requirements.txt
+
+install() {  # install FILE [more pip arguments]: once per content of the file and the arguments
+  local file="$1" stamp=".venv/.installed-$1"
+  shift
+  local key
+  key="$(sha256sum "$file" | cut -d' ' -f1) $*"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$key" ]; then
+    return
+  fi
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r "$file"
+  if [ $# -gt 0 ]; then .venv/bin/python -m pip install -q --disable-pip-version-check "$@"; fi
+  echo "$key" > "$stamp"
+}
+
+install requirements.txt
 if [ "${1:-}" = "--dev" ]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check -r requirements-dev.txt
   # OpenAI's reference clip/model.py and simple_tokenizer.py, for parity tests only. --no-deps:
   # its declared torchvision does not import beside this torch, and the tests load the two files by path.
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps clip-anytorch==2.6.0
+  install requirements-dev.txt --no-deps clip-anytorch==2.6.0
 fi
 .venv/bin/python -m clip_vendor.fetch_vocab

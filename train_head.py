@@ -47,7 +47,7 @@ from evaluation.scoring import autocast_for, directions, read_setting, score_mat
 from heads.architectures import HEADS, build_head, clamp_log_scale_, clip_logit_scale, init_from_clip_text
 from heads.checkpoints import CheckpointError, head_checkpoint, init_from, load_checkpoint, save_checkpoint
 from heads.contrastive import average_gradients, batch_loss, epoch_batches, lr_scale, param_groups, set_lr, train_items
-from heads.split_tensors import frames_to_use, load_split_tensors
+from heads.split_tensors import PLACEMENTS, HostSplit, frames_to_use, load_split_tensors
 from infra.file_io import atomic_write_bytes, atomic_write_json, exclusive_folder, file_sha256
 from infra.runtime import HelpFormatter, Progress, device_name, fix_cpu_threads, setup_runtime, whole_number
 
@@ -89,6 +89,13 @@ add("--settings-note", default="given on the command line", help="how these sett
 add("--reverse-negatives", action="store_true", help="add flip(V) of each reversible video with its reverse captions")
 add("--patience", type=whole_number(0), default=0, help="stop after this many epochs without improvement (0: never)")
 add("--device", default="auto", help="where to train: auto (cuda if available), cuda or cpu")
+add(
+    "--data-on",
+    default="auto",
+    choices=PLACEMENTS,
+    help="where a split's frames live: the device, or the host, read batch by batch from the memory-mapped cache "
+    "(same results); auto: the host when the split would take over half the free device memory",
+)
 add(
     "--pair-batch",
     type=whole_number(1),
@@ -132,7 +139,7 @@ def train(args, runtime):
     device = runtime.device
     cpu_threads = fix_cpu_threads(device)
     seed_everything(args.seed, deterministic=not device.startswith("cuda"))
-    meta, valid_setting_name = open_cache(args.cache)
+    meta, valid_setting_name = open_cache(args.cache, runtime)
     config = run_config(args, meta, valid_setting_name, cpu_threads)
     head = make_head(args, meta, config, runtime.log).to(device)
     log_scale = clip_logit_scale(args.learn_temp, args.logit_scale).to(device)
@@ -146,8 +153,10 @@ def train(args, runtime):
 
     items = train_items(read_pairs(args.cache, "train", "train"), args.reverse_negatives)
     my_videos = sorted(items)[runtime.rank :: runtime.world_size]  # features sharded: this rank loads only its videos
-    train = load_split_tensors(args.cache, "train", config["frames"], device, args.text_input == "tokens", my_videos)
-    valid = load_split_tensors(args.cache, "valid", config["frames"], device, args.text_input == "tokens")
+    tokens = args.text_input == "tokens"
+    train = load_split_tensors(args.cache, "train", config["frames"], device, tokens, my_videos, args.data_on)
+    valid = load_split_tensors(args.cache, "valid", config["frames"], device, tokens, where=args.data_on)
+    runtime.log(f"frames on the {placed(train)} (train) and the {placed(valid)} (valid)")
     valid_setting = read_setting(args.cache, "valid", valid_setting_name)
     steps_per_epoch = len(items) // args.batch_size
     if steps_per_epoch == 0:
@@ -169,12 +178,13 @@ def train(args, runtime):
         loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
         first_bad_step = torch.full((), -1, device=device)  # the first non-finite loss, also without a sync
         progress = Progress(f"  epoch {epoch} steps", steps_per_epoch, runtime.log, PROGRESS_SECONDS)
-        for step, batch in enumerate(
-            epoch_batches(items, args.batch_size, steps_per_epoch, args.seed, epoch, my_videos)
-        ):
+        batches = list(epoch_batches(items, args.batch_size, steps_per_epoch, args.seed, epoch, my_videos))
+        for step, batch in enumerate(batches):
             set_lr(optimizer, args.lr * lr_scale((epoch - 1) * steps_per_epoch + step, total_steps, args.warmup))
             with autocast:
                 loss = batch_loss(head, log_scale, train, batch, runtime)
+            if step + 1 < len(batches):
+                train.prefetch(batches[step + 1][0])  # host frames: gathered while this step's backward runs
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             average_gradients(trainable, runtime)
@@ -246,18 +256,31 @@ def check_arguments(args):
         parser.error(f"--warmup {args.warmup}: a share of the steps, between 0 and 1")
 
 
-def open_cache(cache_dir):
-    """The cache's meta and the setting training selects on; exits naming what is missing."""
+def open_cache(cache_dir, runtime):
+    """The cache's meta and the setting training selects on; exits naming what is missing. Every
+    rank must read the same cache (on several machines, a folder each mounts), or all stop."""
     advice = "training needs the train and valid splits extracted (extract.py --splits train valid ...)"
     try:
         meta = read_meta(cache_dir)
         valid_setting_name = SELECTION_SETTING[split_format(meta, "valid")]
+        problem = next(
+            (
+                f"{pairs_path(cache_dir, split, setting)} not found"
+                for split, setting in (("train", "train"), ("valid", valid_setting_name))
+                if not pairs_path(cache_dir, split, setting).exists()
+            ),
+            None,
+        )
     except CacheError as err:
-        sys.exit(f"{err}; {advice}")
-    for split, setting in (("train", "train"), ("valid", valid_setting_name)):
-        if not pairs_path(cache_dir, split, setting).exists():
-            sys.exit(f"{pairs_path(cache_dir, split, setting)} not found: {advice}")
+        meta, problem = None, str(err)
+    runtime.agree(content_digest(meta) if meta else "none", f"the content of the cache each reads ({cache_dir})")
+    if problem:
+        sys.exit(f"{problem}; {advice}")
     return meta, valid_setting_name
+
+
+def placed(data):
+    return "host" if isinstance(data, HostSplit) else "device"
 
 
 def seed_everything(seed, deterministic):
@@ -274,7 +297,7 @@ def run_config(args, meta, valid_setting_name, cpu_threads):
     config = {
         key: (str(value) if isinstance(value, Path) else value)
         for key, value in vars(args).items()
-        if key not in ("out", "device", "pair_batch")
+        if key not in ("out", "device", "pair_batch", "data_on")  # where and how fast, not what is computed
     }
     try:
         cached = frames_per_video(args.cache, "train")

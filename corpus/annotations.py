@@ -204,8 +204,11 @@ def pair_rows(captions: list[Caption], video_row_of: dict[str, int], include: Ca
     return rows
 
 
-# The evaluation settings of each format, and the one training selects its best epoch on.
+# The evaluation settings of each format, and the one training selects its best epoch on. `rewrites`
+# (RTime's paraphrases as queries against Hard's candidates) is evaluated on request only: it has
+# nine times Hard's queries.
 EVALUATION_SETTINGS = {"rtime": ("origin", "hard"), "generic": ("all",)}
+PARAPHRASE_SETTINGS = {"rtime": ("rewrites",), "generic": ()}
 SELECTION_SETTING = {"rtime": "hard", "generic": "all"}
 
 
@@ -221,15 +224,28 @@ def is_forward_human(caption: Caption) -> bool:
     return caption.kind == "human" and caption.direction == "forward"
 
 
+def is_rewrite(caption: Caption) -> bool:
+    return caption.kind == "rewrite"
+
+
 # Which captions each pair list holds. train: every caption (human and rewrite, forward and
-# reverse). RTime valid/test: `hard`, the human captions of originals and of reversed videos, and
-# `origin`, the human forward captions of the originals. Generic valid/test: `all` human captions.
-PAIR_RULES = {"train": every_caption, "hard": is_human, "origin": is_forward_human, "all": is_human}
+# reverse). RTime valid/test: `hard`, the human captions of originals and of reversed videos,
+# `origin`, the human forward captions of the originals, and `rewrites`, the rewrites of originals
+# and of reversed videos. Generic valid/test: `all` human captions.
+PAIR_RULES = {
+    "train": every_caption,
+    "hard": is_human,
+    "origin": is_forward_human,
+    "rewrites": is_rewrite,
+    "all": is_human,
+}
 
 
 def pair_settings(split: str, annotation_format: str) -> tuple[str, ...]:
     """The pair lists a split has (feature_cache.pair_file names their files)."""
-    return ("train",) if split == "train" else EVALUATION_SETTINGS[annotation_format]
+    if split == "train":
+        return ("train",)
+    return EVALUATION_SETTINGS[annotation_format] + PARAPHRASE_SETTINGS[annotation_format]
 
 
 def pair_lists(split: str, annotation_format: str, captions: list[Caption], video_row_of: dict[str, int]) -> dict:

@@ -49,8 +49,11 @@ PAIR_COLUMNS = ("caption_row", "caption_id", "video_row", "video_id", "reversed"
 
 def pair_file(split: str, setting: str) -> str:
     """File name of a split's pair list for `setting` (annotations.pair_lists names the settings):
-    Origin has its own file; the split's main list (train, hard or all) is `{split}_pairs.csv`."""
-    return f"{split}_origin_pairs.csv" if setting == "origin" else f"{split}_pairs.csv"
+    Origin and the rewrites have their own files; the split's main list (train, hard or all) is
+    `{split}_pairs.csv`."""
+    return {"origin": f"{split}_origin_pairs.csv", "rewrites": f"{split}_rewrite_pairs.csv"}.get(
+        setting, f"{split}_pairs.csv"
+    )
 
 
 # The contract fields a trained head depends on: what the features mean, not which annotations or

@@ -5,6 +5,8 @@ break in it cannot break a row. Numbers are written the one way `number` says: a
 3e-4, not 0.0003000000000000001.
 """
 
+from evaluation.order_sensitivity import PERTURBATIONS
+
 METRIC_NAMES = ("R@1", "R@5", "R@10", "MdR", "MnR")
 
 
@@ -30,7 +32,9 @@ def count(value: float, total: int) -> str:
 
 
 def cell(value: dict) -> str:
-    return f"{value['mean']:.2f} ± {value['std']:.2f} [{value['ci'][0]:.2f}, {value['ci'][1]:.2f}]"
+    """mean ± std [95% CI]: the CI over seeds and queries where there are seeds, else over queries."""
+    low, high = value.get("ci_seeds_and_queries", value["ci"])
+    return f"{value['mean']:.2f} ± {value['std']:.2f} [{low:.2f}, {high:.2f}]"
 
 
 def table(header: list[str], rows: list[list]) -> list[str]:
@@ -52,15 +56,17 @@ def metric_table(title: str, rows: dict, footnote: str = "") -> list[str]:
     return [f"### {title}", "", *table(header, body)] + ([footnote, ""] if footnote else [])
 
 
-def binary_table(rows: dict) -> list[str]:
-    header = ["Method", "text→video accuracy", "tied", "video→text accuracy", "tied"]
+def binary_table(rows: dict, directions=("t2v", "v2t")) -> list[str]:
+    names = {"t2v": "text→video", "v2t": "video→text"}
+    header = ["Method", *(name for d in directions for name in (f"{names[d]} accuracy", "tied"))]
     body = [
         [
             md(method),
-            f"{row['t2v']['mean']:.2f} ± {row['t2v']['std']:.2f}",
-            count(row["t2v"]["n_tied"], row["t2v"]["n_pairs"]),
-            f"{row['v2t']['mean']:.2f} ± {row['v2t']['std']:.2f}",
-            count(row["v2t"]["n_tied"], row["v2t"]["n_pairs"]),
+            *(
+                cell
+                for d in directions
+                for cell in (f"{row[d]['mean']:.2f} ± {row[d]['std']:.2f}", count(row[d]["n_tied"], row[d]["n_pairs"]))
+            ),
         ]
         for method, row in rows.items()
     ]
@@ -68,7 +74,7 @@ def binary_table(rows: dict) -> list[str]:
 
 
 def pairwise_table(comparisons: list[dict]) -> list[str]:
-    header = ["Setting", "A", "B", "A − B", "95% CI", "p", "p (Holm)"]
+    header = ["Setting", "A", "B", "A − B", "95% CI", "p", "p (Holm)", "detectable at 80% power"]
     body = [
         [
             c["setting"],
@@ -78,10 +84,19 @@ def pairwise_table(comparisons: list[dict]) -> list[str]:
             f"[{c['ci'][0]:.2f}, {c['ci'][1]:.2f}]",
             f"{c['p']:.4f}",
             f"{c['p_holm']:.4f}",
+            f"±{c['min_detectable']:.2f}",
         ]
         for c in comparisons
     ]
-    return ["### Pairwise comparisons (text→video R@1, expected)", "", *table(header, body)]
+    return [
+        "### Pairwise comparisons (text→video R@1, expected)",
+        "",
+        *table(header, body),
+        "The last column is the smallest difference in R@1 these queries could show with 80% power at Holm's "
+        'strictest level (5% / the number of comparisons): below it, "no significant difference" means too '
+        "few queries to tell, not no difference.",
+        "",
+    ]
 
 
 def methods_table(info: dict, columns: list[str]) -> list[str]:
@@ -105,3 +120,163 @@ def cost_table(rows: list[tuple[str, str, str, float | None]]) -> list[str]:
         for stage, what, device, seconds in rows
     ]
     return ["## Cost", "", *table(["Stage", "what", "device", "seconds"], body)]
+
+
+def direction_table(rows: dict) -> list[str]:
+    header = ["Method", "forward captions R@1", "reverse captions R@1", "forward − reverse", "95% CI", "p"]
+    header += ["Binary forward", "Binary reverse", "original ranked first"]
+    body = [
+        [
+            md(method),
+            f"{row['forward']['R@1']:.2f}",
+            f"{row['reverse']['R@1']:.2f}",
+            f"{row['difference']:.2f}",
+            f"[{row['ci'][0]:.2f}, {row['ci'][1]:.2f}]",
+            f"{row['p']:.4f}",
+            f"{row['binary_forward']:.2f}",
+            f"{row['binary_reverse']:.2f}",
+            f"{row['bias_original_first']:.2f}",
+        ]
+        for method, row in rows.items()
+    ]
+    return [
+        "### Direction: Table B and Binary by the query's side",
+        "",
+        *table(header, body),
+        "Text→video, expected R@1 over seeds. A forward caption's video is the original, a reverse caption's the "
+        "reversal; the difference is paired by record (sign-flip permutation p). 'original ranked first': the share "
+        "of Binary pairs where the head scores the original above the reversal whatever the caption (a tie counts "
+        "½): 50 is unbiased, 100 always prefers the natural direction.",
+        "",
+    ]
+
+
+def paraphrase_table(rows: dict) -> list[str]:
+    header = ["Method", "human captions R@1", "rewrites R@1", "drop", "95% CI", "p", "candidates"]
+    body = [
+        [
+            md(method),
+            f"{row['human_R@1']:.2f}",
+            f"{row['rewrites_R@1']:.2f}",
+            f"{row['drop']:.2f}",
+            f"[{row['ci'][0]:.2f}, {row['ci'][1]:.2f}]",
+            f"{row['p']:.4f}",
+            row["n_candidates"],
+        ]
+        for method, row in rows.items()
+    ]
+    return [
+        "### Paraphrase robustness: RTime's rewrites as queries",
+        "",
+        *table(header, body),
+        "Hard, text→video expected R@1 with the human captions and with their rewrites as queries; the drop is "
+        "paired by candidate (each original and reversal: the mean over its human queries minus the mean over its "
+        "rewrites). A head that learned word cues rather than the video's direction drops here.",
+        "",
+    ]
+
+
+def order_table(rows: dict) -> list[str]:
+    changes = [change for change in PERTURBATIONS if change in next(iter(rows.values()))]
+    header = ["Method", *(f"{change.replace('_', ' ')}: dropped (%) / mean margin" for change in changes)]
+    body = [
+        [
+            md(method),
+            *(
+                f"{row[change]['share_dropped']['mean']:.1f} / {row[change]['mean_margin']['mean']:.4g}"
+                for change in changes
+            ),
+        ]
+        for method, row in rows.items()
+    ]
+    return [
+        "### Order sensitivity: each query against its own video, its frames changed",
+        "",
+        *table(header, body),
+        "Hard queries; mean over seeds. 'dropped': the share of queries whose score falls; the margin is the score "
+        "as cached minus the score changed. Reversed, shuffled and halves swapped are permutations: an order-blind "
+        "head (meanP, mlpScore) scores exactly 0 there, which evaluation checks; the repeated middle frame also "
+        "changes what is shown.",
+        "",
+    ]
+
+
+LATEX_SPECIALS = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+LOWER_IS_BETTER = ("MdR", "MnR")
+
+
+def latex(text) -> str:
+    """A text safe in LaTeX: its special characters escaped, line breaks made spaces, arrows in math."""
+    escaped = "".join(LATEX_SPECIALS.get(ch, ch) for ch in " ".join(str(text).splitlines()))
+    return escaped.replace("→", r"$\rightarrow$")
+
+
+def latex_table(caption: str, rows: dict) -> list[str]:
+    """A booktabs table: mean ± std over seeds per metric, the best of each column in bold."""
+    best = {
+        metric: (min if metric in LOWER_IS_BETTER else max)(row[metric]["mean"] for row in rows.values())
+        for metric in METRIC_NAMES
+    }
+    arrows = {metric: r"$\downarrow$" if metric in LOWER_IS_BETTER else r"$\uparrow$" for metric in METRIC_NAMES}
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{latex(caption)} (mean $\pm$ std over seeds; best in bold)}}",
+        r"\begin{tabular}{l" + "c" * len(METRIC_NAMES) + "}",
+        r"\toprule",
+        "Method & " + " & ".join(f"{metric} {arrows[metric]}" for metric in METRIC_NAMES) + r" \\",
+        r"\midrule",
+    ]
+    for method, row in rows.items():
+        cells = []
+        for metric in METRIC_NAMES:
+            text = f"{row[metric]['mean']:.2f} $\\pm$ {row[metric]['std']:.2f}"
+            cells.append(rf"\textbf{{{text}}}" if row[metric]["mean"] == best[metric] else text)
+        lines.append(f"{latex(method)} & " + " & ".join(cells) + r" \\")
+    return lines + [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+
+
+CSV_HEADER = (
+    "dataset",
+    "method",
+    "postprocess",
+    "setting",
+    "direction",
+    "metric",
+    "mean",
+    "std",
+    "ci_low",
+    "ci_high",
+    "ci_over",
+    "n_seeds",
+    "seeds",
+    "n_queries",
+)
+
+
+def csv_rows(dataset: str, postprocess: str, tables: dict, seeds: dict) -> list[list]:
+    """One row per method x setting x direction x metric (the CI shown in the tables, and what it resamples)."""
+    rows = []
+    for key, methods in tables.items():
+        setting, direction = key.split("/")
+        for method, row in methods.items():
+            for metric in METRIC_NAMES:
+                value = row[metric]
+                over = "seeds and queries" if "ci_seeds_and_queries" in value else "queries"
+                low, high = value.get("ci_seeds_and_queries", value["ci"])
+                rows.append(
+                    [dataset, method, postprocess, setting, direction, metric, value["mean"], value["std"], low, high]
+                    + [over, row["n_seeds"], " ".join(str(s) for s in seeds[method] if s is not None), row["n_queries"]]
+                )
+    return rows

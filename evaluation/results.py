@@ -10,11 +10,12 @@ does not match. Every number in the JSON must recompute from its per-query array
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from evaluation.order_sensitivity import order_summary
 from evaluation.retrieval_metrics import RECALL_KS, binary_accuracy, summary
 from infra.file_io import atomic_folder, atomic_write_json, file_sha256
 
@@ -54,9 +55,11 @@ def write_result(out_path: Path, result: dict, arrays: dict) -> None:
 @dataclass
 class Result:
     path: Path
-    data: dict  # the JSON: {setting: {direction: metrics}}, "binary", "provenance"
-    per_query: dict  # {"setting/direction": {column: [n_queries] array}}
-    margins: dict  # {direction: Binary margins}
+    data: dict  # the JSON: {setting: {direction: metrics}}, "binary", "order", "provenance"
+    per_query: dict = field(default_factory=dict)  # {"setting/direction": {column: [n_queries] array}}
+    margins: dict = field(default_factory=dict)  # {direction: Binary margins}
+    sides: dict = field(default_factory=dict)  # {direction: [n] 0 forward caption / original video, 1 reverse}
+    order: dict = field(default_factory=dict)  # {change: [n_queries] score as cached minus score changed}
 
     @property
     def provenance(self) -> dict:
@@ -68,6 +71,12 @@ class Result:
     def load_array(self, name: str):
         path = self.array_path(name)
         return np.load(path) if path.suffix == ".npy" else json.loads(path.read_text(encoding="utf-8"))
+
+
+def seed_averaged(runs: list[Result], key: str, column: str) -> np.ndarray:
+    """[n_queries] a per-query column ("expected_rank", ...) of `key` ("hard/t2v") averaged over
+    the seeds of a method: their queries are the same, in the same order."""
+    return np.mean([run.per_query[key][column] for run in runs], axis=0)
 
 
 def read_result(path: Path) -> Result:
@@ -87,7 +96,7 @@ def read_result(path: Path) -> Result:
     bad = first_non_finite(data)
     if bad:
         raise ResultError(f"{path}: {bad} is not a finite number; no table is made from it")
-    result = Result(path, data, {}, {})
+    result = Result(path, data)
     for name, entry in arrays.items():
         array_path = result.array_path(name)
         if not array_path.is_file():
@@ -102,8 +111,12 @@ def read_result(path: Path) -> Result:
             table = result.load_array(name)
             setting, direction = name[: -len("_per_query")].rsplit("_", 1)
             result.per_query[f"{setting}/{direction}"] = {c: table[:, i] for i, c in enumerate(PER_QUERY_COLUMNS)}
+        elif name.startswith("order_") and name.endswith("_margins"):
+            result.order[name[len("order_") : -len("_margins")]] = result.load_array(name)
         elif name.startswith("binary_") and name.endswith("_margins"):
             result.margins[name[len("binary_") : -len("_margins")]] = result.load_array(name)
+        elif name.startswith("binary_") and name.endswith("_sides"):
+            result.sides[name[len("binary_") : -len("_sides")]] = result.load_array(name)
     check_numbers(result)
     return result
 
@@ -141,6 +154,11 @@ def check_numbers(result: Result) -> None:
             raise ResultError(
                 f"{result.path}: {mismatch or 'binary ' + direction + ' missing'}, not what its margins give"
             )
+    for change, margins in result.order.items():
+        recorded = result.data.get("order", {}).get(change)
+        mismatch = first_difference(recorded, order_summary(margins), f"order.{change}")
+        if recorded is None or mismatch:
+            raise ResultError(f"{result.path}: {mismatch or 'order ' + change + ' missing'}, not what its margins give")
 
 
 def first_difference(recorded, recomputed, where: str) -> str | None:

@@ -86,3 +86,35 @@ def holm_adjust(p_values: np.ndarray) -> np.ndarray:
     adjusted = np.empty_like(p_values)
     adjusted[order] = np.minimum(1.0, np.maximum.accumulate(scaled))
     return adjusted
+
+
+def two_level_bootstrap_ci(
+    values: np.ndarray, statistic: Callable, seed: int = 0, n_resamples: int = N_RESAMPLES, chunk: int = 100
+) -> tuple[float, float]:
+    """Percentile CI of statistic(mean over seeds of the per-query values) by a two-level
+    (hierarchical) bootstrap: resample the seeds, then the queries, both with replacement, so the
+    spread between seeds counts as well as the spread between queries. values: [n_seeds, n_queries]."""
+    values = np.asarray(values, dtype=np.float64)
+    n_seeds, n_queries = values.shape
+    rng = np.random.default_rng(seed)
+    estimates = []
+    for start in range(0, n_resamples, chunk):
+        size = min(chunk, n_resamples - start)
+        seeds = rng.integers(n_seeds, size=(size, n_seeds))
+        queries = rng.integers(n_queries, size=(size, n_queries))
+        per_query = values[seeds].mean(axis=1)  # [size, n_queries]: this draw's seeds, averaged
+        estimates.append(statistic(np.take_along_axis(per_query, queries, axis=1), axis=-1))
+    low, high = np.percentile(np.concatenate(estimates), [50 * (1 - CONFIDENCE), 50 * (1 + CONFIDENCE)])
+    return float(low), float(high)
+
+
+def minimum_detectable_difference(
+    differences: np.ndarray, n_comparisons: int, power: float = 0.8, alpha: float = 1 - CONFIDENCE
+) -> float:
+    """The smallest difference in mean (of the per-query paired differences, in their unit) that a
+    two-sided test at Holm's strictest level, alpha / n_comparisons, detects with `power`: (z of
+    the level + z of the power) standard errors (normal approximation of the paired test)."""
+    differences = np.asarray(differences, dtype=np.float64)
+    standard_error = differences.std(ddof=1) / np.sqrt(len(differences))
+    level = alpha / max(1, n_comparisons)
+    return float((stats.norm.ppf(1 - level / 2) + stats.norm.ppf(power)) * standard_error)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from corpus.feature_cache import read_pairs
-from heads.split_tensors import SplitTensors
+from heads.split_tensors import HostSplit, SplitTensors
 
 TIE_ORDER = "candidates: originals by video row, then reversed videos by video row; queries: captions by caption row"
 
@@ -70,18 +70,25 @@ def read_setting(cache_dir: Path, split: str, setting: str) -> Setting:
 
 
 @torch.no_grad()
-def score_matrix(head: torch.nn.Module, data: SplitTensors, setting: Setting, video_batch: int = 1024) -> torch.Tensor:
-    """Scores [n_queries, n_candidates] (float32 on the CPU) of `head` over a setting: the
-    candidates' video index is built `video_batch` videos at a time, then every query is scored."""
-    device = data.frames.device
+def candidate_index(head: torch.nn.Module, data: SplitTensors | HostSplit, setting: Setting, video_batch: int = 1024):
+    """The head's video index of every candidate of a setting (a tuple of tensors, one row per
+    candidate), built `video_batch` videos at a time."""
+    device = data.device
     video_rows = torch.tensor([row for row, _ in setting.candidates], device=device)
     reversed_flags = torch.tensor([flag for _, flag in setting.candidates], device=device)
     parts = [
         head.video_index(*data.video_batch(video_rows[i : i + video_batch], reversed_flags[i : i + video_batch]))
         for i in range(0, len(video_rows), video_batch)
     ]
-    video_index = [torch.cat(columns) for columns in zip(*parts, strict=True)]
-    text, text_mask = data.text_input(torch.from_numpy(setting.caption_rows).to(device), head.text_input)
+    return [torch.cat(columns) for columns in zip(*parts, strict=True)]
+
+
+@torch.no_grad()
+def score_matrix(head: torch.nn.Module, data: SplitTensors | HostSplit, setting: Setting) -> torch.Tensor:
+    """Scores [n_queries, n_candidates] (float32 on the CPU) of `head` over a setting: the
+    candidates' video index is built once, then every query is scored."""
+    video_index = candidate_index(head, data, setting)
+    text, text_mask = data.text_input(torch.from_numpy(setting.caption_rows).to(data.device), head.text_input)
     return head.score_matrix(text, text_mask, *video_index).float().cpu()
 
 
@@ -92,24 +99,29 @@ def autocast_for(device: str):
     return contextlib.nullcontext()
 
 
-def binary_margins(scores: np.ndarray, setting: Setting) -> dict[str, np.ndarray]:
+def binary_margins(scores: np.ndarray, setting: Setting) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per record with both an original and a reversed candidate: t2v margins (each caption, its
-    video minus the other direction's) and v2t margins (each video, its caption minus the other)."""
+    video minus the other direction's) and v2t margins (each video, its caption minus the other),
+    each with its side: 0 for a forward caption or the original video, 1 for a reverse caption or
+    the reversal. {direction: (margins, sides)}."""
     column_of = {item: column for column, item in enumerate(setting.candidates)}
     gold_column = setting.gold.argmax(axis=1)
     queries_of = {}
     for query, column in enumerate(gold_column):
         queries_of.setdefault(setting.candidates[column], []).append(query)
-    t2v, v2t = [], []
+    t2v, v2t = [], []  # (margin, side)
     for (video_row, flag), forward_queries in sorted(queries_of.items()):
         if flag or (video_row, 1) not in queries_of:
             continue
         original, reversal = column_of[(video_row, 0)], column_of[(video_row, 1)]
         reverse_queries = queries_of[(video_row, 1)]
-        t2v += [scores[q, original] - scores[q, reversal] for q in forward_queries]
-        t2v += [scores[q, reversal] - scores[q, original] for q in reverse_queries]
+        t2v += [(scores[q, original] - scores[q, reversal], 0) for q in forward_queries]
+        t2v += [(scores[q, reversal] - scores[q, original], 1) for q in reverse_queries]
         for forward_query in forward_queries:
             for reverse_query in reverse_queries:
-                v2t.append(scores[forward_query, original] - scores[reverse_query, original])
-                v2t.append(scores[reverse_query, reversal] - scores[forward_query, reversal])
-    return {"t2v": np.array(t2v, dtype=np.float64), "v2t": np.array(v2t, dtype=np.float64)}
+                v2t.append((scores[forward_query, original] - scores[reverse_query, original], 0))
+                v2t.append((scores[reverse_query, reversal] - scores[forward_query, reversal], 1))
+    return {
+        direction: (np.array([m for m, _ in pairs], dtype=np.float64), np.array([s for _, s in pairs], dtype=np.int64))
+        for direction, pairs in (("t2v", t2v), ("v2t", v2t))
+    }

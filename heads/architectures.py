@@ -4,7 +4,7 @@ Inputs everywhere: `frame_feats` [B, T, D] unnormalised frame embeddings, `frame
 (True = a real frame), `text_feats` [Bt, D] unnormalised pooled text embeddings, and for
 tightTransf with token input, `token_feats` [Bt, L, D] + `token_mask` [Bt, L].
 
-Every head answers the same two calls:
+Every head answers the same three calls:
 - `video_index(frame_feats, frame_mask)`: what is kept per video for search, a tuple of tensors
   with one row per video. Query-independent heads (meanP, seqTransf, mlpScore) keep one unit
   vector per video; the cross-encoder (tightTransf) keeps the frames themselves.
@@ -12,6 +12,8 @@ Every head answers the same two calls:
   against every video. Text is [Bt, L, D] with a mask [Bt, L]: the pooled embedding (L = 1) or
   token features. Query-independent heads score cosines, times CLIP's temperature when training
   passes one; tightTransf's similarity output is already a logit (CLIP4Clip scales it by nothing).
+- `pair_scores(text, text_mask, *video_index)`: [P] scores of text i against video i only (the
+  order-sensitivity analysis scores each query against its own video, changed).
 
 Parameter names, shapes and LayerNorm eps follow CLIP4Clip (`frame_position_embeddings`,
 `transformerClip.resblocks.{i}.*`, `cross.*`, `similarity_dense`; position tables of CLIP's 77
@@ -49,6 +51,11 @@ def cosine_score_matrix(text: torch.Tensor, video_emb: torch.Tensor, logit_scale
     return text_emb @ video_emb.T
 
 
+def cosine_pair_scores(text: torch.Tensor, video_emb: torch.Tensor) -> torch.Tensor:
+    """Text i against video i: the unit pooled texts [P, 1, D] and unit video vectors [P, D] -> [P] cosines."""
+    return (unit(text[:, 0]) * video_emb).sum(dim=-1)
+
+
 def order_free_sum(x: torch.Tensor, dim: int) -> torch.Tensor:
     """Sum along `dim` in sorted order: floating-point addition depends on order, and the sum of a
     video's frames must be bit-identical to the sum of its reversal's, or Hard's ties would hide."""
@@ -77,6 +84,9 @@ class MeanP(nn.Module):
     def score_matrix(self, text, text_mask, video_emb, logit_scale=None):
         return cosine_score_matrix(text, video_emb, logit_scale)
 
+    def pair_scores(self, text, text_mask, video_emb):
+        return cosine_pair_scores(text, video_emb)
+
 
 class SeqTransf(nn.Module):
     """Frames + position embeddings -> 4 non-causal CLIP blocks -> + input (residual) -> meanP."""
@@ -96,6 +106,9 @@ class SeqTransf(nn.Module):
 
     def score_matrix(self, text, text_mask, video_emb, logit_scale=None):
         return cosine_score_matrix(text, video_emb, logit_scale)
+
+    def pair_scores(self, text, text_mask, video_emb):
+        return cosine_pair_scores(text, video_emb)
 
 
 class MlpScore(nn.Module):
@@ -119,6 +132,9 @@ class MlpScore(nn.Module):
 
     def score_matrix(self, text, text_mask, video_emb, logit_scale=None):
         return cosine_score_matrix(text, video_emb, logit_scale)
+
+    def pair_scores(self, text, text_mask, video_emb):
+        return cosine_pair_scores(text, video_emb)
 
 
 class CrossEmbeddings(nn.Module):

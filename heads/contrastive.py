@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from heads.split_tensors import SplitTensors
+from heads.split_tensors import HostSplit, SplitTensors
 from infra.runtime import Runtime
 
 
@@ -71,11 +71,11 @@ def epoch_batches(items: dict, batch_size: int, steps: int, seed: int, epoch: in
 
 
 def batch_loss(
-    head: torch.nn.Module, log_scale: torch.Tensor, data: SplitTensors, batch: tuple, runtime: Runtime
+    head: torch.nn.Module, log_scale: torch.Tensor, data: SplitTensors | HostSplit, batch: tuple, runtime: Runtime
 ) -> torch.Tensor:
     """Symmetric InfoNCE over the (gathered) batch; item i's caption is item i's positive. Each
     rank scores its own captions against every video of the gathered batch."""
-    video_rows, reversed_flags, caption_rows = (torch.from_numpy(column).to(data.frames.device) for column in batch)
+    video_rows, reversed_flags, caption_rows = (torch.from_numpy(column).to(data.device) for column in batch)
     video_index = [
         runtime.gather_with_grad(part) for part in head.video_index(*data.video_batch(video_rows, reversed_flags))
     ]

@@ -80,3 +80,6 @@ class SelectFrames(nn.Module):
 
     def score_matrix(self, *text_and_index, logit_scale=None):
         return self.head.score_matrix(*text_and_index, logit_scale=logit_scale)
+
+    def pair_scores(self, *text_and_index):
+        return self.head.pair_scores(*text_and_index)

@@ -1,20 +1,31 @@
-"""A cache split on the device, as the heads read it (shared by training and evaluation).
+"""A cache split as the heads read it (shared by training and evaluation), on the device or on the host.
 
-The whole split goes to the device once: frames padded to [n_videos, T, D] fp16 with a mask,
-pooled text [n_captions, D] fp16, and the flat token features with a padded index. Batches are
-index gathers, handed to the heads in fp32. A reversed video is `flip_frames` of its row: the
-real frames in reverse order, padding left at the end.
+`SplitTensors`: the whole split goes to the device once: frames padded to [n_videos, T, D] fp16
+with a mask, pooled text [n_captions, D] fp16, and the flat token features with a padded index.
+Batches are index gathers, handed to the heads in fp32.
+
+`HostSplit`: for a split larger than the device (or than the process's memory), nothing is loaded
+whole: each batch's rows are gathered from the cache's memory-mapped files on the host, into
+pinned memory on a GPU, the next batch while the current one computes (`prefetch`). It answers
+the same calls with the same values to the bit: the same fp16 rows, padded to the same widths.
+
+A reversed video is `flip_frames` of its row: the real frames in reverse order, padding at the end.
 """
 
+import resource
 from collections.abc import Sequence
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from corpus.feature_cache import open_split
+from corpus.feature_cache import CacheSplit, open_split
 from corpus.sampling import frame_subset
+
+PLACEMENTS = ("auto", "device", "host")
+DEVICE_SHARE = 0.5  # auto: a split goes to the device when its padded frames take at most this share of what is free
 
 
 @dataclass
@@ -26,6 +37,13 @@ class SplitTensors:
     token_feats: torch.Tensor  # [total_tokens + 1, D] fp16; the last row is zeros, for padding
     token_index: torch.Tensor  # [n_captions, L] int64 rows of token_feats (padding -> last row)
     token_mask: torch.Tensor  # [n_captions, L] bool
+
+    @property
+    def device(self) -> torch.device:
+        return self.frames.device
+
+    def prefetch(self, video_rows: np.ndarray) -> None:
+        """Nothing to fetch: the split is on the device already."""
 
     def video_batch(self, video_rows: torch.Tensor, reversed_flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Frames [B, T, D] fp32 of the given video rows, each flipped in time where its flag is set, and the mask."""
@@ -39,6 +57,60 @@ class SplitTensors:
             text = self.text[caption_rows].unsqueeze(1).float()
             return text, torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
         return self.token_feats[self.token_index[caption_rows]].float(), self.token_mask[caption_rows]
+
+
+@dataclass
+class HostSplit:
+    cache: CacheSplit  # memory-mapped: only the rows a batch asks for are read
+    n_frames: int
+    device: torch.device
+    token_width: int  # the split's longest caption in tokens: every batch is padded to it, as on the device
+    fetcher: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1))
+    pending: tuple | None = None  # (video rows, future of their gathered frames)
+
+    def gather(self, video_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[B, T, D] fp16 frames (the evenly spaced subset of each video, zero-padded) and [B, T] mask."""
+        frames = np.zeros((len(video_rows), self.n_frames, self.cache.video_feats.shape[1]), dtype=np.float16)
+        mask = np.zeros((len(video_rows), self.n_frames), dtype=bool)
+        for index, row in enumerate(video_rows):
+            start, stop = int(self.cache.video_offsets[row]), int(self.cache.video_offsets[row + 1])
+            keep = frame_subset(stop - start, self.n_frames)
+            frames[index, : len(keep)] = self.cache.video_feats[start + np.asarray(keep)]
+            mask[index, : len(keep)] = True
+        return frames, mask
+
+    def prefetch(self, video_rows: np.ndarray) -> None:
+        """Start gathering the next batch's frames while the current one computes."""
+        self.pending = (np.asarray(video_rows).copy(), self.fetcher.submit(self.gather, np.asarray(video_rows)))
+
+    def to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            return tensor.pin_memory().to(self.device, non_blocking=True)
+        return tensor
+
+    def video_batch(self, video_rows: torch.Tensor, reversed_flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = video_rows.cpu().numpy()
+        if self.pending is not None and np.array_equal(self.pending[0], rows):
+            frames, mask = self.pending[1].result()
+        else:
+            frames, mask = self.gather(rows)
+        self.pending = None
+        frames, mask = self.to_device(frames), self.to_device(mask)
+        return flip_frames(frames, mask, reversed_flags.to(self.device)).float(), mask
+
+    def text_input(self, caption_rows: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = caption_rows.cpu().numpy()
+        if mode == "pooled":
+            text = self.to_device(np.asarray(self.cache.text_feats[rows])).unsqueeze(1).float()
+            return text, torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+        tokens = np.zeros((len(rows), self.token_width, self.cache.text_feats.shape[1]), dtype=np.float16)
+        mask = np.zeros((len(rows), self.token_width), dtype=bool)
+        for index, row in enumerate(rows):
+            caption_tokens = self.cache.tokens(row)
+            tokens[index, : len(caption_tokens)] = caption_tokens
+            mask[index, : len(caption_tokens)] = True
+        return self.to_device(tokens).float(), self.to_device(mask)
 
 
 def frames_to_use(requested: int | None, cached_counts: np.ndarray, t_max: int, where: str) -> int:
@@ -56,6 +128,49 @@ def frames_to_use(requested: int | None, cached_counts: np.ndarray, t_max: int, 
     return requested
 
 
+def free_memory(device: torch.device) -> int:
+    """Bytes this process can still fill on `device`: the GPU's free memory, or on the CPU the
+    least of the machine's available memory, its cgroup's limit and its address-space limit."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    limits = [int(meminfo["MemAvailable"].split()[0]) * 1024]
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    if soft != resource.RLIM_INFINITY:
+        limits.append(soft)
+    return min(limits + cgroup_memory_limits())
+
+
+def cgroup_memory_limits() -> list[int]:
+    """The memory limit of this process's cgroup (v2 memory.max or v1 memory.limit_in_bytes), if set."""
+    limits = []
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, group = line.split(":", 2)
+        if controllers == "":
+            candidates = [Path("/sys/fs/cgroup") / group.lstrip("/") / "memory.max"]
+        elif "memory" in controllers.split(","):
+            candidates = [Path("/sys/fs/cgroup/memory") / group.lstrip("/") / "memory.limit_in_bytes"]
+        else:
+            continue
+        for path in candidates:
+            try:
+                value = path.read_text().strip()
+            except OSError:
+                continue
+            if value.isdigit():
+                limits.append(int(value))
+    return limits
+
+
+def placement(requested: str, cache: CacheSplit, n_videos: int, n_frames: int, device: torch.device) -> str:
+    """Where a split's frames live: `requested`, or for auto the device when its padded frames
+    ([videos, T, D] fp16) take at most DEVICE_SHARE of the free memory, else the host."""
+    if requested != "auto":
+        return requested
+    padded_bytes = n_videos * n_frames * cache.video_feats.shape[1] * 2
+    return "device" if padded_bytes <= DEVICE_SHARE * free_memory(device) else "host"
+
+
 def load_split_tensors(
     cache_dir: Path,
     split: str,
@@ -63,10 +178,15 @@ def load_split_tensors(
     device: str,
     with_tokens: bool = False,
     video_rows: Sequence | None = None,
-) -> SplitTensors:
-    """Load `split` to `device`: every video, or only `video_rows` (a rank's shard)."""
+    where: str = "device",
+) -> SplitTensors | HostSplit:
+    """`split` as the heads read it: every video, or only `video_rows` (a rank's shard), on the
+    device, or read batch by batch from the host (`where`: device, host or auto)."""
     cache = open_split(cache_dir, split)
     rows = list(range(len(cache.video_ids)) if video_rows is None else video_rows)
+    if placement(where, cache, len(rows), n_frames, torch.device(device)) == "host":
+        token_lengths = np.diff(cache.text_token_offsets)
+        return HostSplit(cache, n_frames, torch.device(device), int(token_lengths.max()) if with_tokens else 1)
     dim = cache.video_feats.shape[1]
     frames = np.zeros((len(rows), n_frames, dim), dtype=np.float16)
     frame_mask = np.zeros((len(rows), n_frames), dtype=bool)

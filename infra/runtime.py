@@ -7,9 +7,12 @@ GPU, gloo on CPU), and only rank 0 prints. With one process every collective is 
 
 import argparse
 import os
+import secrets
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -92,6 +95,48 @@ class Runtime:
     def finish(self) -> None:
         if self.world_size > 1:
             dist.destroy_process_group()
+
+    def agree(self, value, what: str) -> None:
+        """Every rank must hold the same `value` (a JSON-able fact: a digest, a token seen); else
+        every rank stops with one message naming the ranks, their hosts and values. A collective:
+        every rank calls it, so a rank that disagrees cannot leave the others waiting forever."""
+        if self.world_size == 1:
+            return
+        facts = [None] * self.world_size
+        dist.all_gather_object(facts, (value, socket.gethostname()))
+        if any(fact[0] != facts[0][0] for fact in facts):
+            seen = "; ".join(f"rank {rank} on {host}: {value!r}" for rank, (value, host) in enumerate(facts))
+            raise SystemExit(f"the ranks disagree on {what} ({seen})")
+
+    def check_shared_folder(self, folder: Path) -> None:
+        """Every rank must see the files rank 0 writes into `folder` (chunks are written by their
+        rank and merged by rank 0): rank 0 writes a token there, every rank reads it back."""
+        if self.world_size == 1:
+            return
+        token = [secrets.token_hex(8) if self.master else None]
+        dist.broadcast_object_list(token)
+        path = Path(folder) / f".shared_check_{token[0]}"
+        if self.master:
+            path.write_text(token[0])
+        self.barrier()
+        try:
+            seen = path.read_text() == token[0]
+        except OSError:
+            seen = False
+        facts = [None] * self.world_size
+        dist.all_gather_object(facts, (seen, socket.gethostname(), str(Path(folder).resolve())))
+        self.barrier()
+        if self.master:
+            path.unlink()
+        blind = [
+            f"rank {rank} on {host} (its --out: {where})" for rank, (seen, host, where) in enumerate(facts) if not seen
+        ]
+        if blind:
+            raise SystemExit(
+                f"--out is not shared between the nodes: rank 0 wrote into {facts[0][2]}, and {', '.join(blind)} "
+                "cannot see it, so their chunks would never reach the merge; give every node the same --out on a "
+                "file system they all mount (NFS, Lustre, a shared disk)"
+            )
 
 
 def gather_rows(tensor: torch.Tensor) -> list[torch.Tensor]:

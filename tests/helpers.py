@@ -78,3 +78,21 @@ def wait_until(condition, process):
     while not condition():
         assert process.poll() is None, "the process ended before the moment it was to be interrupted"
         time.sleep(0.002)
+
+
+def two_nodes(script, arguments_of_node, port):
+    """Run `script` under torchrun as two "nodes" of one process each on this machine (loopback
+    rendezvous, gloo): node r gets arguments_of_node(r). Returns [(exit code, output)] per node."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1"]
+            + ["--master_addr=127.0.0.1", f"--master_port={port}", str(PROJECT / script), *arguments_of_node(node)],
+            cwd=PROJECT,
+            env={**os.environ, "PYTHONPATH": str(PROJECT)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for node in (0, 1)
+    ]
+    return [(process.wait(timeout=600), process.communicate()[0]) for process in processes]

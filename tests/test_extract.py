@@ -15,7 +15,7 @@ import verify
 from corpus.feature_cache import open_split, read_pairs
 from corpus.sampling import sample_frame_indices
 from corpus.video_frames import DecodeSpec, decode_sampled_frames
-from tests.helpers import PROJECT, cache_files, extract_args, verify_args
+from tests.helpers import PROJECT, cache_files, extract_args, two_nodes, verify_args
 
 
 @pytest.fixture(scope="module")
@@ -110,13 +110,21 @@ def test_the_cache_does_not_depend_on_the_thread_count_the_environment_sets(demo
     assert json.loads((demo_cache / "cache_meta.json").read_text())["contract"]["compute"]["cpu_threads"] == 1
 
 
-def test_torchrun_two_ranks_equals_one_process(demo_data, demo_cache, tmp_path):
-    out = tmp_path / "two_ranks"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
-    process = run_extract(demo_data, out, launcher=torchrun)
-    output, _ = process.communicate()
-    assert process.returncode == 0, output
+def test_torchrun_on_two_nodes_equals_one_process(demo_data, demo_cache, tmp_path):
+    out = tmp_path / "two_nodes"  # a folder both "nodes" see, as a shared file system is
+    for code, output in two_nodes("extract.py", lambda node: extract_args(demo_data, out), port=29517):
+        assert code == 0, output
     assert cache_files(out) == cache_files(demo_cache)
+
+
+def test_an_output_folder_the_nodes_do_not_share_is_refused_naming_it(demo_data, tmp_path):
+    outs = [tmp_path / "node0" / "cache", tmp_path / "node1" / "cache"]  # each node its own disk
+    nodes = two_nodes("extract.py", lambda node: extract_args(demo_data, outs[node]), port=29519)
+    for code, output in nodes:
+        assert code == 1, output
+        assert f"--out is not shared between the nodes: rank 0 wrote into {outs[0]}, and rank 1 on " in output
+        assert f"(its --out: {outs[1]}) cannot see it" in output
+    assert not list(outs[0].rglob("*.npy")) and not outs[1].exists()  # stopped before any chunk
 
 
 @pytest.fixture

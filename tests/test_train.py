@@ -18,8 +18,10 @@ import train_head
 from corpus.feature_cache import write_meta
 from fixtures.synthetic_cache import write_order_only_cache
 from heads import contrastive
+from heads.split_tensors import HostSplit, SplitTensors
 from infra.file_io import file_sha256
 from make_demo_data import write_tiny_clip
+from tests.helpers import two_nodes
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +63,7 @@ def test_order_aware_heads_beat_meanp_on_hard_where_only_order_matters(clip_path
     settings = {
         "meanP": [],
         "seqTransf": ["--epochs", "8", "--batch-size", "32", "--lr", "3e-3"],
-        "tightTransf": ["--epochs", "10", "--batch-size", "16", "--lr", "3e-3"],
+        "tightTransf": ["--epochs", "8", "--batch-size", "8", "--lr", "3e-3"],
     }
     hard_r1, tied = {}, {}
     for head, extra in settings.items():
@@ -207,34 +209,27 @@ def partly_reversible_cache(clip_path, tmp_path_factory):
     )
 
 
-def test_torchrun_two_ranks_with_reversals_equals_one_process(clip_path, partly_reversible_cache, tmp_path):
-    """Ranks hold different numbers of reversals; the 2-rank run must still compute the one-process
-    loss over the same global batches (float tolerance: only summation orders differ)."""
-    extra = ["--reverse-negatives", "--epochs", "8", "--batch-size", "32", "--lr", "3e-3"]
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_port=29533",
-        str(PROJECT / "train_head.py"),
-        *train_args(partly_reversible_cache, clip_path, tmp_path / "ddp", "seqTransf", *extra),
-    ]
-    result = subprocess.run(
-        command, cwd=PROJECT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(PROJECT)}
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "8 steps/epoch of 32 videos" in result.stdout
+def test_torchrun_on_two_nodes_with_reversals_equals_one_process(clip_path, partly_reversible_cache, tmp_path):
+    """Two "nodes" of one rank each (loopback, gloo) hold different numbers of reversals; they must
+    still compute the one-process loss over the same global batches and end with the same head
+    (float tolerance: only summation orders differ)."""
+    extra = ["--reverse-negatives", "--epochs", "4", "--batch-size", "32", "--lr", "3e-3"]
+    args = train_args(partly_reversible_cache, clip_path, tmp_path / "ddp", "seqTransf", *extra)
+    for code, output in two_nodes("train_head.py", lambda node: args, port=29533):
+        assert code == 0, output
     train_head.main(train_args(partly_reversible_cache, clip_path, tmp_path / "alone", "seqTransf", *extra))
     ddp, alone = (
         [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
         for name in ("ddp", "alone")
     )
-    assert len(ddp) == len(alone) == 8
+    assert len(ddp) == len(alone) == 4
     loss_gap = max(abs(a["train_loss"] - b["train_loss"]) for a, b in zip(ddp, alone, strict=True))
     assert loss_gap < 1e-5, [(a["train_loss"], b["train_loss"]) for a, b in zip(ddp, alone, strict=True)]
     assert [a["selection"] for a in ddp] == pytest.approx([b["selection"] for b in alone], abs=2.1)
-    assert best_record(tmp_path / "ddp")["selection"] >= 80.0
+    heads = [torch.load(tmp_path / name / "last.pt", weights_only=True)["head"] for name in ("ddp", "alone")]
+    # Adam magnifies the summation-order noise of near-zero gradients: weights agree to 1% of their scale
+    scale_gap = max(((heads[0][k] - heads[1][k]).abs().max() / heads[1][k].abs().max()).item() for k in heads[1])
+    assert scale_gap < 0.01, scale_gap
 
 
 def test_tighttransf_reads_token_features_when_asked(small_cache, clip_path, tmp_path):
@@ -342,3 +337,36 @@ def test_init_from_starts_from_another_heads_weights_and_refuses_other_kinds(
         train_head.main(
             train_args(small_cache, clip_path, tmp_path / "narrow", "seqTransf", "--init-from", str(narrow))
         )
+
+
+@pytest.mark.parametrize(
+    "head, extra", [("seqTransf", []), ("tightTransf", ["--text-input", "tokens"]), ("mlpScore", [])]
+)
+def test_frames_read_from_the_host_train_and_score_exactly_as_on_the_device(
+    clip_path, small_cache, tmp_path, head, extra
+):
+    heads, scores = {}, {}
+    for where in ("device", "host"):
+        run = tmp_path / where
+        train_head.main(
+            train_args(small_cache, clip_path, run, head, "--epochs", "1", "--batch-size", "16", "--reverse-negatives")
+            + [*extra, "--data-on", where]
+        )
+        heads[where] = torch.load(run / "last.pt", weights_only=True)["head"]
+        out = tmp_path / f"{where}.json"
+        evaluate.main(
+            ["--cache", str(small_cache), "--ckpt", str(run / "best.pt"), "--out", str(out), "--data-on", where]
+        )
+        scores[where] = np.load(out.with_suffix("") / "hard_scores.npy")
+    assert all(torch.equal(heads["device"][key], heads["host"][key]) for key in heads["device"])
+    assert np.array_equal(scores["device"], scores["host"])
+
+
+def test_auto_leaves_a_split_on_the_host_when_it_would_take_over_half_the_free_memory(small_cache, monkeypatch):
+    from heads import split_tensors
+
+    padded = 64 * 4 * 64 * 2  # train: 64 videos x 4 frames x 64 wide, fp16
+    monkeypatch.setattr(split_tensors, "free_memory", lambda device: 2 * padded)
+    assert isinstance(split_tensors.load_split_tensors(small_cache, "train", 4, "cpu", where="auto"), SplitTensors)
+    monkeypatch.setattr(split_tensors, "free_memory", lambda device: 2 * padded - 1)
+    assert isinstance(split_tensors.load_split_tensors(small_cache, "train", 4, "cpu", where="auto"), HostSplit)

@@ -1,0 +1,169 @@
+"""Search a cache's videos with a head and free text: our CLIP encodes the query, the head ranks the videos.
+
+    python search.py --cache OUT --ckpt runs/seqTransf_seed0/best.pt --clip ViT-B-32.pt "a man puts a cup down"
+    python search.py --cache OUT --head meanP --clip ViT-B-32.pt --queries queries.txt --top-k 10
+    python search.py --cache OUT --split test --reversals ...   (RTime: the reversals are candidates too)
+
+The text goes through the same CLIP the cache was extracted with (by sha256), the same tokenizer
+settings and precision, and is stored as the cache stores captions (fp16), so a query equal to a
+cached caption scores as that caption does. A query-independent head (meanP, seqTransf, mlpScore)
+embeds the videos once into an index, saved beside the checkpoint (INDEX/index.npy, the unit video
+vectors, and INDEX/ids.json; plus INDEX/index.faiss, an inner-product index, when faiss is
+installed) and reused while the checkpoint and the cache are the same; a cross-encoder
+(tightTransf) has no index: it scores every video for every query.
+"""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import clip_vendor
+from corpus.feature_cache import CacheError, content_digest, frames_per_video, open_split, read_meta
+from evaluation.scoring import Setting, candidate_index
+from heads.architectures import build_head, parameter_free_heads
+from heads.checkpoints import CheckpointError, head_from_checkpoint, load_checkpoint
+from heads.split_tensors import frames_to_use, load_split_tensors
+from infra.file_io import atomic_folder, file_sha256
+from infra.runtime import HelpFormatter, fix_cpu_threads, resolve_device, whole_number
+
+try:  # optional: a faiss index of the video vectors, for search outside this script
+    import faiss
+except ImportError:
+    faiss = None
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+parser.add_argument("queries", nargs="*", help="texts to search for")
+parser.add_argument("--queries", dest="queries_file", type=Path, help="a file of queries, one per line")
+parser.add_argument("--cache", required=True, type=Path, help="feature cache written by extract.py")
+parser.add_argument("--split", default="test", help="the split whose videos are searched")
+source = parser.add_mutually_exclusive_group(required=True)
+source.add_argument("--ckpt", type=Path, help="a checkpoint written by train_head.py")
+source.add_argument("--head", choices=parameter_free_heads(), help="a parameter-free head, zero-shot")
+parser.add_argument("--clip", required=True, type=Path, help="the CLIP checkpoint the cache was extracted with")
+parser.add_argument("--top-k", type=whole_number(1), default=5, help="videos shown per query")
+parser.add_argument("--reversals", action="store_true", help="RTime: the reversal of every video is a candidate too")
+parser.add_argument("--index", type=Path, help="folder of the saved index (default: beside the checkpoint, or --cache)")
+parser.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu")
+
+
+def main(argv=None):
+    args = parser.parse_args(argv)
+    queries = list(args.queries) + (read_queries(args.queries_file) if args.queries_file else [])
+    if not queries:
+        parser.error("give queries as arguments or --queries FILE")
+    device = resolve_device(args.device)
+    fix_cpu_threads(device)
+    for query, hits in zip(queries, search(args, queries, device), strict=True):
+        print(f"\n{query}")
+        for rank, (video_id, reversed_flag, score) in enumerate(hits, 1):
+            print(f"  {rank:>3}. {video_id}{' (reversed)' if reversed_flag else ''}  {score:.4f}")
+
+
+def read_queries(path):
+    try:
+        return [line.strip() for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+    except (OSError, UnicodeDecodeError) as err:
+        sys.exit(f"--queries {path}: cannot be read ({err})")
+
+
+def search(args, queries, device):
+    """For each query, the top-k candidates as (video id, reversed, score), best first."""
+    try:
+        meta = read_meta(args.cache)
+        cached_frames = frames_per_video(args.cache, args.split)
+    except CacheError as err:
+        sys.exit(str(err))
+    head, config = load_head(args, meta, cached_frames)
+    head = head.to(device).eval()
+    data = load_split_tensors(args.cache, args.split, config["frames"], device, config["text_input"] == "tokens")
+    video_ids = open_split(args.cache, args.split).video_ids
+    candidates = [(row, 0) for row in range(len(video_ids))] + (
+        [(row, 1) for row in range(len(video_ids))] if args.reversals else []
+    )
+    setting = Setting(np.zeros(0, dtype=np.int64), candidates, np.zeros((0, len(candidates)), bool), [], [])
+    text, text_mask = encode_queries(args, meta, queries, head.text_input, device)
+    with torch.no_grad():
+        if head.text_input == "pooled" and config["head"] != "tightTransf":
+            index = video_index(args, meta, head, data, setting, video_ids, device)
+            scores = head.score_matrix(text, text_mask, index).float().cpu().numpy()
+        else:  # a cross-encoder: every query against every video, nothing to index
+            scores = head.score_matrix(text, text_mask, *candidate_index(head, data, setting)).float().cpu().numpy()
+    hits = []
+    for row in scores:
+        order = np.argsort(-row, kind="stable")[: args.top_k]  # ties kept in candidate order, as evaluate's stable rank
+        hits.append([(video_ids[candidates[c][0]], candidates[c][1], float(row[c])) for c in order])
+    return hits
+
+
+def load_head(args, meta, cached_frames):
+    """The head and its settings; a checkpoint must have been trained on features like the cache's."""
+    if args.ckpt is None:
+        frames = frames_to_use(None, cached_frames, meta["contract"]["sampling"]["t_max"], args.cache)
+        head = build_head(args.head, meta["contract"]["clip"]["config"]["embed_dim"], 0)
+        return head, {"head": args.head, "frames": frames, "text_input": "pooled"}
+    try:
+        checkpoint = load_checkpoint(args.ckpt)
+        head = head_from_checkpoint(checkpoint, args.ckpt, 8192)
+    except (CheckpointError, ValueError) as err:
+        sys.exit(str(err))
+    if checkpoint["config"]["feature_contract"]["clip"]["sha256"] != meta["contract"]["clip"]["sha256"]:
+        sys.exit(f"{args.ckpt} was trained on features of another CLIP than {args.cache}'s")
+    return head, checkpoint["config"]
+
+
+def encode_queries(args, meta, queries, text_input, device):
+    """The queries as the cache encodes captions: the cache's CLIP, context length, long-text rule
+    and precision, stored in its storage dtype; as a head reads them ([Q, L, D], [Q, L])."""
+    contract = meta["contract"]
+    if file_sha256(args.clip) != contract["clip"]["sha256"]:
+        sys.exit(f"--clip {args.clip} is not the checkpoint {args.cache} was extracted with")
+    model, _ = clip_vendor.load(args.clip, device, clip_vendor.DTYPES[contract["compute"]["dtype"]])
+    pooled, tokens = clip_vendor.encode_texts(
+        model, queries, contract["tokenizer"]["context_length"], contract["tokenizer"]["long_text"]
+    )
+    storage = getattr(torch, contract["storage_dtype"])
+    if text_input == "pooled":
+        text = pooled.to(storage).float().unsqueeze(1)
+        return text, torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
+    width = max(len(t) for t in tokens)
+    text = torch.zeros((len(tokens), width, pooled.shape[1]), device=pooled.device)
+    mask = torch.zeros((len(tokens), width), dtype=torch.bool, device=pooled.device)
+    for row, features in enumerate(tokens):
+        text[row, : len(features)] = features.to(storage).float()
+        mask[row, : len(features)] = True
+    return text, mask
+
+
+def video_index(args, meta, head, data, setting, video_ids, device):
+    """[n_candidates, D] unit video vectors, from the saved index when it was built from the same
+    checkpoint, cache and candidates, else built and saved."""
+    folder = args.index or ((args.ckpt.parent if args.ckpt else args.cache) / f"index_{args.split}")
+    key = {
+        "head": file_sha256(args.ckpt) if args.ckpt else args.head,
+        "cache_content_sha256": content_digest(meta),
+        "split": args.split,
+        "reversals": args.reversals,
+    }
+    if (folder / "key.json").exists() and json.loads((folder / "key.json").read_text()) == key:
+        return torch.from_numpy(np.load(folder / "index.npy")).to(device)
+    (vectors,) = candidate_index(head, data, setting)
+    vectors = vectors.float().cpu().numpy()
+    with atomic_folder(folder) as tmp:
+        np.save(tmp / "index.npy", vectors)
+        ids = [{"video_id": video_ids[row], "reversed": flag} for row, flag in setting.candidates]
+        (tmp / "ids.json").write_text(json.dumps(ids))
+        if faiss is not None:
+            flat = faiss.IndexFlatIP(vectors.shape[1])
+            flat.add(vectors)
+            faiss.write_index(flat, str(tmp / "index.faiss"))
+        (tmp / "key.json").write_text(json.dumps(key))
+    print(f"index of {len(vectors)} videos saved in {folder}" + ("" if faiss else " (faiss not installed: .npy only)"))
+    return torch.from_numpy(vectors).to(device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,315 @@
+"""What no peer reports, each number checked against an independent computation: the direction
+split and bias, paraphrase robustness and order sensitivity, the two-level bootstrap and the power
+of the pairwise tests, DSL and QB-Norm, the tables people paste, the examples page in a real
+browser, and search.py."""
+
+import csv
+import itertools
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+import evaluate
+import extract
+import report
+import search
+import train_head
+from evaluation.order_sensitivity import PERMUTATIONS, frame_order, order_margins
+from evaluation.postprocess import dual_softmax, querybank_normalise
+from evaluation.results import read_result
+from evaluation.retrieval_stats import METRICS, minimum_detectable_difference, two_level_bootstrap_ci
+from evaluation.scoring import read_setting
+from heads import architectures
+from heads.checkpoints import head_from_checkpoint, load_checkpoint
+from heads.split_tensors import load_split_tensors
+from tests.helpers import extract_args
+
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=5000",
+]
+
+
+@pytest.fixture(scope="module")
+def demo(demo_data, tmp_path_factory):
+    """The small demo extracted; meanP zero-shot, mlpScore and seqTransf (two seeds) evaluated with
+    the rewrites; seqTransf with DSL too; the report with examples."""
+    root = tmp_path_factory.mktemp("analyses")
+    cache, results, clip = root / "cache", root / "results", demo_data / "clip_tiny.pt"
+    extract.main(extract_args(demo_data, cache))
+    evaluate.main(["--cache", str(cache), "--head", "meanP", "--rewrites", "--out", str(results / "meanP.json")])
+    for head, seed, epochs in (("mlpScore", 0, "1"), ("seqTransf", 0, "4"), ("seqTransf", 1, "4")):
+        run = root / f"{head}_{seed}"
+        train_head.main(
+            ["--cache", str(cache), "--head", head, "--seed", str(seed), "--out", str(run), "--clip", str(clip)]
+            + ["--epochs", epochs, "--batch-size", "4", "--lr", "3e-3", "--reverse-negatives"]
+        )
+        ckpt = ["--cache", str(cache), "--ckpt", str(run / "best.pt"), "--method", head]
+        evaluate.main([*ckpt, "--rewrites", "--out", str(results / f"{head}_{seed}.json")])
+        if head == "seqTransf":
+            evaluate.main([*ckpt, "--postprocess", "dsl", "--out", str(results / f"{head}_{seed}_dsl.json")])
+    videos = demo_data / "videos"
+    report.main(["--results", str(results), "--out", str(root / "report"), "--examples", "2", "--videos", str(videos)])
+    return root
+
+
+def numbers(demo):
+    return json.loads((demo / "report" / "report_numbers.json").read_text())["datasets"]["RTime test"]
+
+
+def runs_of(demo, method):
+    names = {"meanP zero-shot": ["meanP"], "mlpScore": ["mlpScore_0"], "seqTransf": ["seqTransf_0", "seqTransf_1"]}
+    return [read_result(demo / "results" / f"{name}.json") for name in names[method]]
+
+
+def gold_pairs(run, setting):
+    """Per query: its own column and the column of the same video in the other direction."""
+    gold, columns = run.load_array(f"{setting}_gold"), run.load_array(f"{setting}_ids")["columns"]
+    column_of = {(c["video_id"], c["reversed"]): i for i, c in enumerate(columns)}
+    own = gold.argmax(axis=1)
+    other = [column_of[(columns[c]["video_id"], 1 - columns[c]["reversed"])] for c in own]
+    return own, np.array(other), np.array([columns[c]["reversed"] for c in own]), [columns[c]["video_id"] for c in own]
+
+
+def expected_hit(scores, own):
+    """Expected R@1 of each query by brute force over the orders of its ties: 1 / (tied best) if
+    its own candidate is among the best, else 0."""
+    best = scores.max(axis=1, keepdims=True)
+    return np.where(scores[np.arange(len(own)), own] == best[:, 0], 1.0 / (scores == best).sum(axis=1), 0.0)
+
+
+def test_direction_split_and_bias_recompute_from_the_score_matrices(demo):
+    for method in ("meanP zero-shot", "seqTransf"):
+        runs = runs_of(demo, method)
+        own, other, side, videos = gold_pairs(runs[0], "hard")
+        hits = np.mean([expected_hit(run.load_array("hard_scores"), own) for run in runs], axis=0)
+        row = numbers(demo)["direction_split"][method]
+        assert row["forward"]["R@1"] == pytest.approx(100 * hits[side == 0].mean())
+        assert row["reverse"]["R@1"] == pytest.approx(100 * hits[side == 1].mean())
+        assert row["difference"] == pytest.approx(100 * (hits[side == 0].mean() - hits[side == 1].mean()))
+        credits = []
+        for run in runs:  # the original above the reversal, whatever the caption; a tie counts half
+            scores = run.load_array("hard_scores")
+            original = np.where(side == 0, own, other)
+            reversal = np.where(side == 0, other, own)
+            diff = scores[np.arange(len(own)), original] - scores[np.arange(len(own)), reversal]
+            credits.append(np.where(diff > 0, 1.0, np.where(diff == 0, 0.5, 0.0)))
+        assert row["bias_original_first"] == pytest.approx(100 * np.mean(np.mean(credits, axis=0)))
+    assert numbers(demo)["direction_split"]["meanP zero-shot"]["bias_original_first"] == 50.0  # all tied
+
+
+def test_paraphrase_drop_recomputes_from_the_score_matrices(demo):
+    runs = runs_of(demo, "seqTransf")
+    per_setting = {}
+    for setting in ("hard", "rewrites"):
+        own, _, side, videos = gold_pairs(runs[0], setting)
+        hits = np.mean([expected_hit(run.load_array(f"{setting}_scores"), own) for run in runs], axis=0)
+        per_item = {}
+        for hit, item in zip(hits, zip(videos, side, strict=True), strict=True):
+            per_item.setdefault(item, []).append(hit)
+        per_setting[setting] = {item: np.mean(values) for item, values in per_item.items()}
+    row = numbers(demo)["paraphrase"]["seqTransf"]
+    items = sorted(per_setting["hard"])
+    assert row["n_candidates"] == len(items) == 8
+    assert row["human_R@1"] == pytest.approx(100 * np.mean([per_setting["hard"][i] for i in items]))
+    assert row["rewrites_R@1"] == pytest.approx(100 * np.mean([per_setting["rewrites"][i] for i in items]))
+    assert row["drop"] == pytest.approx(row["human_R@1"] - row["rewrites_R@1"])
+
+
+def test_order_sensitivity_equals_a_direct_computation_and_order_blind_heads_stay_at_zero(demo):
+    for method in ("meanP zero-shot", "mlpScore"):
+        for run in runs_of(demo, method):
+            for change in PERMUTATIONS:
+                assert np.all(run.order[change] == 0.0), (method, change)
+            assert run.order["repeated_frame"].any()  # a change of content does move them
+    checkpoint = load_checkpoint(demo / "seqTransf_0" / "best.pt")
+    head = head_from_checkpoint(checkpoint, "seqTransf_0", 8192).eval()
+    data = load_split_tensors(demo / "cache", "test", 8, "cpu")
+    setting = read_setting(demo / "cache", "test", "hard")
+    margins = order_margins(head, data, setting)
+    with torch.no_grad():  # a direct computation, no training
+        for query in range(0, len(setting.caption_rows), 7):  # each query alone, its frames rearranged by hand
+            row, flag = setting.candidates[setting.gold[query].argmax()]
+            frames, mask = data.video_batch(torch.tensor([row]), torch.tensor([flag]))
+            n_real = int(mask.sum())
+            text, text_mask = data.text_input(torch.tensor([setting.caption_rows[query]]), "pooled")
+            cached = head.score_matrix(text, text_mask, *head.video_index(frames, mask))[0, 0]
+            for change in margins:
+                order = frame_order(change, n_real, row, frames.shape[1])
+                changed = head.score_matrix(text, text_mask, *head.video_index(frames[:, order], mask))[0, 0]
+                assert margins[change][query] == pytest.approx(float(cached - changed), abs=1e-6), (query, change)
+    table = numbers(demo)["order_sensitivity"]["seqTransf"]
+    runs = runs_of(demo, "seqTransf")
+    for change in margins:
+        shares = [100 * np.mean(run.order[change] > 0) for run in runs]
+        assert table[change]["share_dropped"]["mean"] == pytest.approx(np.mean(shares))
+
+
+def test_a_head_that_should_be_order_blind_but_moves_is_refused(demo, tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        architectures, "order_free_sum", lambda x, dim: x.select(dim, 0) + x.sum(dim)
+    )  # first frame counts twice
+    with pytest.raises(SystemExit, match="built-in check failed: meanP scored a query differently with its frames"):
+        evaluate.main(["--cache", str(demo / "cache"), "--head", "meanP", "--out", str(tmp_path / "r.json")])
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_dual_softmax_and_querybank_normalisation_follow_their_formulas():
+    rng = np.random.default_rng(0)
+    scores, bank = rng.uniform(-0.3, 0.6, (5, 4)), rng.uniform(-0.3, 0.6, (9, 4))
+    expected = np.empty_like(scores)
+    for q, c in itertools.product(range(5), range(4)):
+        expected[q, c] = scores[q, c] * np.exp(30 * scores[q, c]) / sum(np.exp(30 * scores[p, c]) for p in range(5))
+    np.testing.assert_allclose(dual_softmax(scores, 30.0), expected, rtol=1e-12)
+
+    hubs = {int(np.argmax(bank[b])) for b in range(9)}
+    expected = scores.copy()
+    for q in range(5):
+        if int(np.argmax(scores[q])) in hubs:
+            for c in range(4):
+                expected[q, c] = np.exp(20 * scores[q, c]) / sum(np.exp(20 * bank[b, c]) for b in range(9))
+    np.testing.assert_allclose(querybank_normalise(scores, iter([bank[:4], bank[4:]])), expected, rtol=1e-12)
+
+
+def test_postprocessed_results_are_reported_apart_from_the_raw_ones(demo):
+    markdown = (demo / "report" / "report.md").read_text()
+    raw_tables, dsl_tables = markdown.split("### With dual softmax (DSL)", 1)
+    assert "+DSL" not in raw_tables.split("## Dataset")[1]  # the raw tables hold no DSL row
+    assert "| seqTransf +DSL |" in dsl_tables.split("## Training")[0]
+    dsl = numbers(demo)["postprocessed"]["dsl"]
+    assert sorted(dsl["tables"]) == ["hard/t2v", "origin/t2v"] and "seqTransf +DSL" in dsl["tables"]["hard/t2v"]
+    assert "seqTransf +DSL" not in numbers(demo)["tables"]["hard/t2v"]
+
+
+def test_two_level_bootstrap_resamples_seeds_then_queries():
+    rng = np.random.default_rng(1)
+    values = rng.random((3, 40)) + np.array([[0.0], [0.3], [0.6]])  # the seeds differ
+    statistic = METRICS["MnR"][1]
+    draws, brute = np.random.default_rng(7), []
+    for _ in range(2):  # the same draws as the function's two chunks, made one at a time
+        seeds, queries = draws.integers(3, size=(100, 3)), draws.integers(40, size=(100, 40))
+        brute += [statistic(values[seeds[b]].mean(axis=0)[queries[b]]) for b in range(100)]
+    assert two_level_bootstrap_ci(values, statistic, seed=7, n_resamples=200) == pytest.approx(
+        tuple(np.percentile(brute, [2.5, 97.5]))
+    )
+    same = np.repeat(values[:1], 3, axis=0)  # identical seeds: only the queries vary
+    wide, narrow = (two_level_bootstrap_ci(v, statistic, seed=3, n_resamples=1000) for v in (values, same))
+    assert wide[1] - wide[0] > narrow[1] - narrow[0]
+
+
+def test_the_minimum_detectable_difference_is_detected_80_percent_of_the_time():
+    rng = np.random.default_rng(2)
+    n, m, planted_rejections = 300, 3, 0
+    sigma = 0.4
+    mdd = minimum_detectable_difference(rng.normal(0, sigma, 5000)[:n] * 100, m) / 100  # from one sample's spread
+    for _ in range(200):
+        differences = rng.normal(mdd, sigma, n)
+        test = stats.permutation_test(
+            (differences,), np.mean, permutation_type="samples", n_resamples=999, vectorized=True, random_state=rng
+        )
+        planted_rejections += test.pvalue <= 0.05 / m  # Holm's strictest level: the planted one leads the nulls
+    assert 0.68 <= planted_rejections / 200 <= 0.92
+
+
+def test_the_tables_to_paste_hold_the_reported_numbers(demo):
+    tex = (demo / "report" / "tables.tex").read_text()
+    hard = numbers(demo)["tables"]["hard/t2v"]
+    best = max(hard, key=lambda m: hard[m]["R@1"]["mean"])
+    row = next(
+        line
+        for line in tex.split("Table B: RTime-Hard, text$\\rightarrow$video")[1].splitlines()
+        if line.startswith(best)
+    )
+    assert row.split(" & ")[1] == f"\\textbf{{{hard[best]['R@1']['mean']:.2f} $\\pm$ {hard[best]['R@1']['std']:.2f}}}"
+    assert tex.count(r"\begin{table}") == 6 and r"\toprule" in tex and "zero-shot" in tex
+    with open(demo / "report" / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    raw = [r for r in rows if not r["postprocess"]]
+    assert len(raw) == 3 * 2 * 2 * 5  # methods x settings x directions x metrics
+    seq = next(
+        r
+        for r in raw
+        if r["method"] == "seqTransf" and r["setting"] == "hard" and r["metric"] == "MnR" and r["direction"] == "t2v"
+    )
+    assert float(seq["mean"]) == pytest.approx(hard["seqTransf"]["MnR"]["mean"]) and seq["seeds"] == "0 1"
+    assert [float(seq["ci_low"]), float(seq["ci_high"])] == pytest.approx(
+        hard["seqTransf"]["MnR"]["ci_seeds_and_queries"]
+    )
+    assert seq["ci_over"] == "seeds and queries"
+
+
+def test_the_examples_page_opens_in_a_browser_with_every_image_loaded(demo, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip(
+            "no chromium: tests/run.sh installs Debian's package when it runs as root; else apt-get install chromium"
+        )
+    page = demo / "report" / "RTime_test_examples.html"
+    html = page.read_text()
+    assert html.count("<section>") == 2 and html.count("<img ") > 0
+
+    def loaded(path):
+        command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", path.as_uri()]
+        dom = subprocess.run(command, capture_output=True, text=True, timeout=120).stdout
+        body = re.search(r'<body data-images-loaded="(\d+)" data-images-total="(\d+)"', dom)
+        assert body, dom[:500]
+        return int(body.group(1)), int(body.group(2))
+
+    assert loaded(page) == (html.count("<img "),) * 2
+    copy = tmp_path / "copy"
+    shutil.copytree(demo / "report", copy)
+    next((copy / "RTime_test_examples").glob("*.png")).unlink()  # the check can fail
+    images_loaded, total = loaded(copy / page.name)
+    assert images_loaded == total - 1
+
+
+def test_search_finds_the_demo_captions_videos_at_the_heads_r1(demo, demo_data, tmp_path):
+    captions = [
+        json.loads(line) for line in (demo / "cache" / "test" / "captions.jsonl").read_text().split("\n") if line
+    ]
+    origin = [c for c in captions if c["kind"] == "human" and c["direction"] == "forward"]
+    index = tmp_path / "index"
+    args = search.parser.parse_args(
+        [
+            "--cache",
+            str(demo / "cache"),
+            "--ckpt",
+            str(demo / "seqTransf_0" / "best.pt"),
+            "--clip",
+            str(demo_data / "clip_tiny.pt"),
+        ]
+        + ["--top-k", "1", "--index", str(index), "q"]
+    )
+    hits = search.search(args, [c["text"] for c in origin], "cpu")
+    rate = 100 * np.mean([found[0][0] == caption["video_id"] for found, caption in zip(hits, origin, strict=True)])
+    assert rate == pytest.approx(read_result(demo / "results" / "seqTransf_0.json").data["origin"]["t2v"]["R@1"])
+    assert json.loads((index / "ids.json").read_text())[0] == {"video_id": origin[0]["video_id"], "reversed": 0}
+    vectors = np.load(index / "index.npy")
+    faiss = pytest.importorskip("faiss", reason="faiss is optional: the .npy index is always written")
+    _, nearest = faiss.read_index(str(index / "index.faiss")).search(vectors[:3], 1)
+    assert nearest[:, 0].tolist() == [0, 1, 2]
+
+
+def test_the_report_says_which_frames_the_cache_holds_and_each_head_read(demo):
+    markdown = (demo / "report" / "report.md").read_text()
+    # the demo's videos hold 12 frames at 4 fps; trained without --frames, a head reads them all (t_max is 24)
+    assert "Frames cached per video: 12." in markdown
+    assert "seqTransf: 12" in markdown.split("Frames each head read per video")[1].split("\n")[0]
+    assert json.loads((demo / "results" / "seqTransf_0.json").read_text())["provenance"]["frames_seen"] == {
+        "min": 12,
+        "median": 12.0,
+        "max": 12,
+    }

@@ -1,0 +1,85 @@
+"""run_all.sh at the scale users run: the heads x seeds matrix N at a time (each run its own log,
+one line when it ends, the first failure stopping the rest), the same report as one at a time,
+and the matrix printed as self-contained commands for any scheduler."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[1]
+# A small matrix keeps the suite fast (the full demo is what `bash run_all.sh` runs): one seed of
+# an order-aware head and of an order-blind one.
+MATRIX = ["--heads", "seqTransf mlpScore", "--seeds", "0"]
+
+
+def run_all(work, *args):
+    command = ["bash", str(PROJECT / "run_all.sh"), "--work", str(work), *args]
+    return subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def outcome(process):
+    stdout, stderr = process.communicate()
+    return process.returncode, stdout, stderr
+
+
+def prepared_copy(work, destination):
+    """A work folder holding the demo's data and cache, but no run yet."""
+    for name in ("demo", "cache"):
+        shutil.copytree(work / name, destination / name)
+    return destination
+
+
+@pytest.fixture(scope="module")
+def demo_work(tmp_path_factory):
+    """The demo's matrix run two at a time."""
+    work = tmp_path_factory.mktemp("demo") / "work"
+    code, stdout, stderr = outcome(run_all(work, *MATRIX, "--jobs", "2"))
+    assert code == 0, stdout[-3000:] + stderr[-3000:]
+    return work, stdout
+
+
+def test_demo_run_shows_the_order_aware_head_above_the_order_blind_ones_on_hard(demo_work):
+    work, stdout = demo_work
+    assert f"Report: {work}/report/report.md" in stdout
+    assert "running 2 runs, 2 at a time" in stdout and stdout.count(" done in ") == 2  # one line per run
+    assert all((work / "logs" / f"{head}_seed0.log").read_text() for head in ("seqTransf", "mlpScore"))
+    hard = json.loads((work / "report" / "report_numbers.json").read_text())["datasets"]["RTime test"]["tables"]
+    hard = hard["hard/t2v"]
+    for blind in ("meanP zero-shot", "mlpScore"):  # V and flip(V) score alike: every Hard query tied
+        assert hard[blind]["n_tied"] == hard[blind]["n_queries"]
+    assert hard["seqTransf"]["R@1"]["mean"] > hard["meanP zero-shot"]["R@1"]["mean"] + 5.0, hard
+    assert hard["seqTransf"]["n_tied"] == 0
+
+
+def test_one_at_a_time_gives_the_same_report_and_a_failed_run_stops_the_others(demo_work, tmp_path):
+    work, _ = demo_work
+    one_at_a_time = run_all(prepared_copy(work, tmp_path / "one"), *MATRIX, "--jobs", "1")
+    failing_work = prepared_copy(work, tmp_path / "failing")
+    failing = run_all(failing_work, *MATRIX, "--jobs", "2", "--train-args", "--frames 3")
+    code, stdout, stderr = outcome(one_at_a_time)
+    assert code == 0, stdout[-3000:] + stderr[-3000:]
+    numbers = "report/report_numbers.json"
+    assert (tmp_path / "one" / numbers).read_bytes() == (work / numbers).read_bytes()
+
+    code, _, stderr = outcome(failing)
+    assert code == 1 and "Stopping the 1 other running run(s)." in stderr
+    failed = next(head for head in ("seqTransf", "mlpScore") if f"run {head}_seed0 failed (exit 2); see " in stderr)
+    assert "--frames 3: use an even number" in (failing_work / "logs" / f"{failed}_seed0.log").read_text()
+    assert not (failing_work / "report").exists()
+
+
+def test_the_printed_matrix_is_one_self_contained_resumable_command_per_run(demo_work, tmp_path):
+    work, _ = demo_work
+    code, stdout, _ = outcome(run_all(work, "--heads", "seqTransf tightTransf", "--seeds", "0 1", "--print-runs"))
+    lines = stdout.strip().split("\n")
+    assert code == 0 and len(lines) == 4 and all(line.startswith(f"cd {PROJECT} && ") for line in lines)
+    assert not (work / "runs" / "seqTransf_seed1").exists()  # printing ran nothing
+    before = json.loads((work / "results" / "seqTransf_seed0.json").read_text())
+    completed = subprocess.run(["bash", "-c", lines[0]], cwd=tmp_path, capture_output=True, text=True)  # any folder
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "resuming" in completed.stdout  # the finished run is resumed, not redone
+    after = json.loads((work / "results" / "seqTransf_seed0.json").read_text())
+    assert after["hard"] == before["hard"] and after["origin"] == before["origin"]
