@@ -211,7 +211,10 @@ def load_split_tensors(
         token_mask = np.zeros((len(token_lengths), 1), dtype=bool)
 
     def to_device(array):
-        return torch.from_numpy(np.array(array)).to(device)  # a writable copy of the memmap
+        # a memmap is copied (torch wants writable memory); arrays built here are handed over as they are
+        return torch.from_numpy(
+            array if isinstance(array, np.ndarray) and array.flags.writeable else np.array(array)
+        ).to(device)
 
     return SplitTensors(
         to_device(frames),

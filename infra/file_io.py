@@ -185,28 +185,31 @@ def atomic_write_csv(path: Path, header: Iterable[str], rows: Iterable[Iterable]
 
 
 def atomic_write_npy_blocks(path: Path, blocks: Iterable[np.ndarray], shape: tuple, dtype) -> None:
-    """Write row blocks, in order, into one .npy of `shape` (it carries its own dtype and shape)
-    through a memmap, so a large array never has to sit in memory whole."""
-    with atomic_output(path) as tmp_path:
-        out = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=dtype, shape=tuple(shape))
-        # reserve the blocks now: writing into a memory map on a full disk is a bus error, not an OSError
-        with open(tmp_path, "r+b") as f:
-            try:
-                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
-            except OSError as err:
-                if err.errno in NO_SPACE:
-                    del out
-                    raise OutOfSpace(path, os.fstat(f.fileno()).st_size) from None
-                if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve
-                    raise
-        row = 0
+    """Write row blocks, in order, into one .npy of `shape` (it carries its own dtype and shape),
+    appending each block to the file: neither the array nor its pages are ever held whole (a
+    memory map would keep every page it wrote resident: 2.7 GB for a 100k-video merge)."""
+    dtype = np.dtype(dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+    with atomic_output(path) as tmp_path, open(tmp_path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.flush()
+        size = f.tell() + int(np.prod(shape)) * dtype.itemsize
+        try:  # reserve the whole file now: a full disk shows before any block is written, with the bytes
+            os.posix_fallocate(f.fileno(), 0, size)
+        except OSError as err:
+            if err.errno in NO_SPACE:
+                raise OutOfSpace(path, size) from None
+            if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system that cannot reserve
+                raise
+        rows = 0
         for block in blocks:
-            out[row : row + len(block)] = block
-            row += len(block)
-        if row != shape[0]:
-            raise ValueError(f"{path}: blocks hold {row} rows, expected {shape[0]}")
-        out.flush()
-        del out
+            block = np.ascontiguousarray(block, dtype=dtype)
+            if block.shape[1:] != tuple(shape[1:]):
+                raise ValueError(f"{path}: a block of shape {block.shape} in an array of shape {tuple(shape)}")
+            f.write(block.data)
+            rows += len(block)
+        if rows != shape[0]:
+            raise ValueError(f"{path}: blocks hold {rows} rows, expected {shape[0]}")
 
 
 def atomic_write_npy(path: Path, array: np.ndarray) -> None:
