@@ -66,7 +66,7 @@ from evaluation.scoring import read_setting
 from fixtures.synthetic_cache import write_random_clip
 from heads.architectures import build_head
 from heads.split_tensors import load_split_tensors
-from infra.file_io import file_sha256
+from infra.file_io import atomic_write_bytes, atomic_write_json, file_sha256
 from infra.runtime import fix_cpu_threads
 
 FRAMES, DIM, TOKENS = 24, 512, 4
@@ -284,7 +284,7 @@ def plot(table, sizes, path):
     figure.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=8)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110)
-    path.write_bytes(buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def run_sizes(args):
@@ -314,28 +314,40 @@ def run_sizes(args):
             table[stage][size] = {"seconds": seconds, "peak_bytes": peak, "gpu_peak_bytes": gpu_peak}
             print(f"N={size:>7}: {stage:<16} {seconds:10.3f} s   peak {peak / 2**20:8.0f} MiB", flush=True)
         shutil.rmtree(root)
-    fitted = [size for size in args.sizes if size >= 4000] or args.sizes
-    exponents = {
-        stage: growth_exponent(
-            *zip(*((s, table[stage][s]["seconds"]) for s in fitted if s in table[stage]), strict=True)
-        )
-        for stage in STAGES
-    }
-    print(f"\n| stage | {' | '.join(f'{s:,} videos' for s in args.sizes)} | growth exponent (time) |")
-    print("|---" * (len(args.sizes) + 2) + "|")
+        # saved after every size: the 100k row takes most of an hour on a CPU, and a lost session
+        # should not take the smaller sizes with it
+        write_results(table, args.sizes, args.device, args.out)
+    print_table(table, args.sizes)
+    print(f"\nwrote {args.out / 'scale.json'} and {args.out / 'scale.png'}")
+
+
+def exponents_of(table, sizes):
+    fitted = [size for size in sizes if size >= 4000] or sizes
+    exponents = {}
+    for stage in STAGES:
+        timed = [size for size in fitted if size in table[stage]]
+        exponents[stage] = growth_exponent(timed, [table[stage][size]["seconds"] for size in timed])
+    return exponents
+
+
+def write_results(table, sizes, device, out):
+    exponents = exponents_of(table, sizes)
+    atomic_write_json(out / "scale.json", {"sizes": sizes, "device": device, "table": table, "exponents": exponents})
+    plot(table, sizes, out / "scale.png")
+
+
+def print_table(table, sizes):
+    exponents = exponents_of(table, sizes)
+    print(f"\n| stage | {' | '.join(f'{s:,} videos' for s in sizes)} | growth exponent (time) |")
+    print("|---" * (len(sizes) + 2) + "|")
     for stage in STAGES:
         cells = [
             f"{table[stage][s]['seconds']:.3g} s, {table[stage][s]['peak_bytes'] / 2**30:.2f} GiB"
             if s in table[stage]
             else "not timed"
-            for s in args.sizes
+            for s in sizes
         ]
         print(f"| {stage} | {' | '.join(cells)} | {exponents[stage]:.2f} |")
-    (args.out / "scale.json").write_text(
-        json.dumps({"sizes": args.sizes, "device": args.device, "table": table, "exponents": exponents}, indent=1)
-    )
-    plot(table, args.sizes, args.out / "scale.png")
-    print(f"\nwrote {args.out / 'scale.json'} and {args.out / 'scale.png'}")
 
 
 def capped_run(args):
