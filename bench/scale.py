@@ -15,8 +15,9 @@ own: the process's peak resident set, and on CUDA the most torch allocated):
 - digests: verify.py's sha256 check of every cache file against the meta;
 - train: one epoch of meanP (learned temperature), seqTransf and mlpScore, batch 128 + reversals,
   validation on valid included;
-- evaluate: Hard evaluation (test x its reversals, both directions, Binary) of meanP zero-shot and
-  the two trained query-independent heads, every array written;
+- evaluate: evaluate.py on test (Origin, Hard: test x its reversals, both directions, Binary, and
+  the order-sensitivity passes), every array written: meanP zero-shot and the two trained heads,
+  each its own stage;
 - tightTransf: all-pairs scoring of 16 test queries against (up to) 1024 test candidates, per 1k pairs;
 - report: report.py over those three results.
 
@@ -72,7 +73,15 @@ from infra.runtime import fix_cpu_threads
 FRAMES, DIM, TOKENS = 24, 512, 4
 VALID_SHARE, TEST_SHARE = 500 / 21500, 1000 / 21500  # RTime: 20k train, 500 valid, 1k test
 VIDEOS_PER_PART, CAPTIONS_PER_PART = 32, 512  # extract.py's default chunks
-STAGES = ("merge", "digests", "train meanP", "train seqTransf", "train mlpScore", "evaluate", "tightTransf", "report")
+HEADS = ("meanP", "seqTransf", "mlpScore")
+STAGES = (
+    "merge",
+    "digests",
+    *(f"train {head}" for head in HEADS),
+    *(f"evaluate {head}" for head in HEADS),
+    "tightTransf",
+    "report",
+)
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000, 21500, 100000], help="videos per cache")
@@ -192,26 +201,12 @@ def stage_train(cache_dir, clip_path, head, device):
     return time.perf_counter() - started
 
 
-def stage_evaluate(cache_dir, device, with_seqtransf=True):
-    started = time.perf_counter()
+def stage_evaluate(cache_dir, device, head):
+    """meanP zero-shot, or the head trained by stage_train."""
+    weights = ["--head", "meanP"] if head == "meanP" else ["--ckpt", str(cache_dir.parent / "runs" / head / "best.pt")]
     results = cache_dir.parent / "results"
-    evaluate.main(
-        ["--cache", str(cache_dir), "--head", "meanP", "--out", str(results / "meanP.json"), "--device", device]
-    )
-    for head in ("seqTransf", "mlpScore") if with_seqtransf else ("mlpScore",):
-        checkpoint = cache_dir.parent / "runs" / head / "best.pt"
-        evaluate.main(
-            [
-                "--cache",
-                str(cache_dir),
-                "--ckpt",
-                str(checkpoint),
-                "--out",
-                str(results / f"{head}.json"),
-                "--device",
-                device,
-            ]
-        )
+    started = time.perf_counter()
+    evaluate.main(["--cache", str(cache_dir), *weights, "--out", str(results / f"{head}.json"), "--device", device])
     return time.perf_counter() - started
 
 
@@ -275,7 +270,7 @@ def plot(table, sizes, path):
     ax = figure.subplots()
     for index, stage in enumerate(STAGES):
         timed = [size for size in sizes if size in table[stage]]
-        ax.plot(timed, [table[stage][size]["seconds"] for size in timed], marker="osv^D<>P"[index], label=stage)
+        ax.plot(timed, [table[stage][size]["seconds"] for size in timed], marker="osv^D<>Pxh"[index], label=stage)
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("videos in the cache (log scale)")
@@ -297,15 +292,12 @@ def run_sizes(args):
         clip_path = root / "clip.pt"
         write_random_clip(clip_path, clip_config())
         cache = root / "cache"
+        heads = [head for head in HEADS if head != "seqTransf" or size <= seqtransf_limit]
         jobs = [
             ("merge", stage_merge, (cache, size, clip_path)),
             ("digests", stage_digests, (cache,)),
-            *(
-                (f"train {head}", stage_train, (cache, clip_path, head, args.device))
-                for head in ("meanP", "seqTransf", "mlpScore")
-                if head != "seqTransf" or size <= seqtransf_limit
-            ),
-            ("evaluate", stage_evaluate, (cache, args.device, size <= seqtransf_limit)),
+            *((f"train {head}", stage_train, (cache, clip_path, head, args.device)) for head in heads),
+            *((f"evaluate {head}", stage_evaluate, (cache, args.device, head)) for head in heads),
             ("tightTransf", stage_tight, (cache, args.device)),
             ("report", stage_report, (cache,)),
         ]
