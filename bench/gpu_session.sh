@@ -52,7 +52,7 @@ commands_for() {  # the bench's command lines, one per line: GPU sizes, or tiny 
     parity:0) echo "$PY -m bench.device_parity --videos .gpu_kit/media" ;;
     parity:1) echo "$PY -m bench.device_parity --device cpu --dtype fp16 --shape tiny --seeds 0 --heads seqTransf --videos .gpu_kit/media" ;;
     train:0) echo "$PY -m bench.train_speed --device cuda --epochs 1" ;;
-    train:1) echo "$PY -m bench.train_speed --device cpu --videos 128 --valid-videos 8 --dim 64 --heads seqTransf tightTransf --epochs 1" ;;
+    train:1) echo "$PY -m bench.train_speed --device cpu --videos 32 --valid-videos 8 --dim 64 --heads seqTransf tightTransf --epochs 1 --batch-size 16" ;;
     extract:0) echo "$PY -m bench.extract_speed --device cuda --videos-from .gpu_kit/media --videos 480 --workers 16 --worker-counts 4 8 12"
                echo "$PY -m bench.extract_speed --device cuda --videos 160 --workers 16 --worker-counts 8" ;;
     extract:1) echo "$PY -m bench.extract_speed --device cpu --shape tiny --videos-from .gpu_kit/media --videos 14 --workers 2 --worker-counts 1 --batch-videos 4" ;;

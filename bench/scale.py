@@ -32,9 +32,7 @@ import argparse
 import io
 import json
 import math
-import multiprocessing
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -49,6 +47,7 @@ import evaluate
 import report
 import train_head
 import verify
+from bench.isolated import measured
 from clip_vendor.model import ClipConfig
 from corpus.annotations import VideoRecord, make_caption, split_captions
 from corpus.feature_cache import (
@@ -95,7 +94,7 @@ parser.add_argument(
     type=int,
     default=None,
     help="time seqTransf's epoch only up to this many videos (default: 21500 on a CPU, where an epoch costs about "
-    "60 ms per video with one thread; every size on a GPU)",
+    "50 ms per video with one thread; every size on a GPU)",
 )
 
 
@@ -237,26 +236,6 @@ def stage_report(cache_dir):
     return time.perf_counter() - started
 
 
-def child(stage, arguments, device, queue):
-    """Run one stage here and put (seconds, peak resident bytes, peak CUDA bytes) in the queue."""
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    seconds = stage(*arguments)
-    gpu_peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
-    queue.put((seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, gpu_peak))  # KiB on Linux
-
-
-def measured(stage, arguments, device):
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    process = context.Process(target=child, args=(stage, arguments, device, queue))
-    process.start()
-    process.join()
-    if process.exitcode != 0:
-        raise SystemExit(f"{stage.__name__} failed (exit {process.exitcode})")
-    return queue.get()
-
-
 def growth_exponent(sizes, values):
     """Least-squares slope of log(value) against log(size): 1 linear, 2 quadratic."""
     points = [(math.log(s), math.log(v)) for s, v in zip(sizes, values, strict=True) if v and v > 0]
@@ -304,7 +283,7 @@ def run_sizes(args):
         for stage, function, arguments in jobs:
             seconds, peak, gpu_peak = measured(function, arguments, args.device)
             table[stage][size] = {"seconds": seconds, "peak_bytes": peak, "gpu_peak_bytes": gpu_peak}
-            print(f"N={size:>7}: {stage:<16} {seconds:10.3f} s   peak {peak / 2**20:8.0f} MiB", flush=True)
+            print(f"N={size:>7}: {stage:<18} {seconds:10.3f} s   peak {peak / 2**20:8.0f} MiB", flush=True)
         shutil.rmtree(root)
         # saved after every size: the 100k row takes most of an hour on a CPU, and a lost session
         # should not take the smaller sizes with it

@@ -14,8 +14,6 @@ within 24 GB with the default --pair-batch. Weights are random: speed and memory
 
 import argparse
 import json
-import multiprocessing
-import resource
 import sys
 import tempfile
 import time
@@ -25,6 +23,7 @@ from pathlib import Path
 import torch
 
 import train_head
+from bench.isolated import measured
 from clip_vendor.model import ClipConfig
 from evaluation.scoring import autocast_for, read_setting, score_matrix
 from fixtures.synthetic_cache import write_order_only_cache, write_random_clip
@@ -44,15 +43,6 @@ parser.add_argument(
 parser.add_argument("--epochs", type=int, default=2, help="epochs timed per head")
 parser.add_argument("--batch-size", type=int, default=128, help="train_head.py --batch-size")
 parser.add_argument("--pair-batch", type=int, default=None, help="train_head.py --pair-batch (default: its own)")
-
-
-def train_and_measure(arguments, device):
-    """Child process: train, then report this process's peak memory in bytes."""
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    train_head.main(arguments)
-    gpu_peak = torch.cuda.max_memory_allocated() if device.startswith("cuda") else None
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, gpu_peak  # ru_maxrss is in KiB on Linux
 
 
 def main(argv=None):
@@ -75,7 +65,6 @@ def main(argv=None):
             non_reversible_every=10,
         )
         print(f"synthetic cache written in {time.perf_counter() - start:.0f} s", flush=True)
-        context = multiprocessing.get_context("spawn")
         for head in args.heads:
             out = tmp / f"run_{head}"
             arguments = [
@@ -94,12 +83,12 @@ def main(argv=None):
                 "--batch-size",
                 str(args.batch_size),
                 "--reverse-negatives",
-                "--learn-temp",
             ]
+            if head != "tightTransf":  # its score is a logit, which no temperature scales: it refuses --learn-temp
+                arguments.append("--learn-temp")
             if args.pair_batch:
                 arguments += ["--pair-batch", str(args.pair_batch)]
-            with context.Pool(1) as pool:
-                rss_peak, gpu_peak = pool.apply(train_and_measure, (arguments, args.device))
+            _, rss_peak, gpu_peak = measured(train_head.main, (arguments,), args.device)
             log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
             seconds = sum(record["seconds"] for record in log) / len(log)
             rows.append((head, seconds, 15 * seconds, rss_peak, gpu_peak))
