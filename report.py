@@ -281,7 +281,7 @@ def dataset_section(label, methods, args):
     numbers = {
         "tables": {},
         "binary": {},
-        "sources": {m: [os.path.relpath(r.path, args.out) for r in runs] for m, runs in raw.items()},
+        "sources": source_files(raw, args.out),
     }
     if raw:
         numbers["tables"], numbers["binary"], table_lines = result_tables(raw, settings, ("t2v", "v2t"), first, args)
@@ -302,12 +302,17 @@ def dataset_section(label, methods, args):
             "tables": tables,
             "binary": binary,
             "pairwise": pairwise(group, settings, args) if len(group) > 1 else [],
-            "sources": {m: [os.path.relpath(r.path, args.out) for r in runs] for m, runs in group.items()},
+            "sources": source_files(group, args.out),
         }
         lines += [f"### {POSTPROCESS_TITLES[post]}", "", POSTPROCESS_NOTES[post], ""] + table_lines
         if len(group) > 1:
             lines += pairwise_table(numbers["postprocessed"][post]["pairwise"])
     return lines + dataset_notes(methods, args), numbers
+
+
+def source_files(methods, out_dir):
+    """{method: its result files, relative to the report}."""
+    return {method: [os.path.relpath(run.path, out_dir) for run in runs] for method, runs in methods.items()}
 
 
 def result_tables(methods, settings, directions, first, args, prefix=""):

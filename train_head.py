@@ -263,16 +263,11 @@ def open_cache(cache_dir, runtime):
     try:
         meta = read_meta(cache_dir)
         valid_setting_name = SELECTION_SETTING[split_format(meta, "valid")]
-        problem = next(
-            (
-                f"{pairs_path(cache_dir, split, setting)} not found"
-                for split, setting in (("train", "train"), ("valid", valid_setting_name))
-                if not pairs_path(cache_dir, split, setting).exists()
-            ),
-            None,
-        )
     except CacheError as err:
         meta, problem = None, str(err)
+    else:
+        needed = [pairs_path(cache_dir, "train", "train"), pairs_path(cache_dir, "valid", valid_setting_name)]
+        problem = next((f"{path} not found" for path in needed if not path.exists()), None)
     runtime.agree(content_digest(meta) if meta else "none", f"the content of the cache each reads ({cache_dir})")
     if problem:
         sys.exit(f"{problem}; {advice}")

@@ -15,10 +15,17 @@ from scipy import stats
 N_RESAMPLES = 1000
 MIN_RESAMPLES = 1000  # fewer leave a 95% percentile CI's tails (25 resamples each) to chance
 CONFIDENCE = 0.95
+
+
+def percent_mean(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    """100 x the mean along `axis`: R@K in % from per-query recalls (0..1)."""
+    return 100.0 * np.mean(values, axis=axis)
+
+
 METRICS = {  # metric -> (per-query column, statistic over queries along `axis`)
-    "R@1": ("expected_recall@1", lambda x, axis=-1: 100.0 * np.mean(x, axis=axis)),
-    "R@5": ("expected_recall@5", lambda x, axis=-1: 100.0 * np.mean(x, axis=axis)),
-    "R@10": ("expected_recall@10", lambda x, axis=-1: 100.0 * np.mean(x, axis=axis)),
+    "R@1": ("expected_recall@1", percent_mean),
+    "R@5": ("expected_recall@5", percent_mean),
+    "R@10": ("expected_recall@10", percent_mean),
     "MdR": ("expected_rank", lambda x, axis=-1: np.median(x, axis=axis)),
     "MnR": ("expected_rank", lambda x, axis=-1: np.mean(x, axis=axis)),
 }

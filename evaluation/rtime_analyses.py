@@ -17,7 +17,7 @@ Per-query values are averaged over a method's seeds (their queries are the same,
 import numpy as np
 
 from evaluation.results import seed_averaged
-from evaluation.retrieval_stats import METRICS, paired_difference
+from evaluation.retrieval_stats import METRICS, paired_difference, percent_mean
 
 R1 = "expected_recall@1"
 
@@ -56,17 +56,14 @@ def direction_split(runs, seed: int, n_resamples: int) -> dict:
     }
     records = [video for video in sides[0] if video in sides[1]]
     forward, reverse = (np.array([sides[side][video] for video in records]) for side in (0, 1))
-    diff, low, high, p = paired_difference(
-        forward, reverse, lambda x, axis=-1: 100.0 * np.mean(x, axis=axis), seed, n_resamples
-    )
+    diff, low, high, p = paired_difference(forward, reverse, percent_mean, seed, n_resamples)
     # Binary per pair: right 1, tied 1/2, wrong 0, averaged over the seeds (each seed's pairs are the same)
     credit = np.mean(
         [np.where(m > 0, 1.0, np.where(m == 0, 0.5, 0.0)) for m in (r.margins["t2v"] for r in runs)], axis=0
     )
     margin_sides = runs[0].sides["t2v"]
-    original_first = np.where(
-        margin_sides == 0, credit, 1.0 - credit
-    )  # a reverse caption's right answer is the reversal
+    # a reverse caption's right answer is the reversal: there, a wrong answer ranked the original first
+    original_first = np.where(margin_sides == 0, credit, 1.0 - credit)
     return {
         **by_side,
         "difference": diff,
@@ -87,7 +84,7 @@ def paraphrase_drop(runs, seed: int, n_resamples: int) -> dict:
     rewrites = per_group(seed_averaged(runs, "rewrites/t2v", R1), gold_items(runs[0], "rewrites"))
     items = [item for item in human if item in rewrites]
     a, b = np.array([human[item] for item in items]), np.array([rewrites[item] for item in items])
-    drop, low, high, p = paired_difference(a, b, lambda x, axis=-1: 100.0 * np.mean(x, axis=axis), seed, n_resamples)
+    drop, low, high, p = paired_difference(a, b, percent_mean, seed, n_resamples)
     return {
         "human_R@1": float(100.0 * a.mean()),
         "rewrites_R@1": float(100.0 * b.mean()),

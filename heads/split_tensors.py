@@ -68,20 +68,10 @@ class HostSplit:
     fetcher: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1))
     pending: tuple | None = None  # (video rows, future of their gathered frames)
 
-    def gather(self, video_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[B, T, D] fp16 frames (the evenly spaced subset of each video, zero-padded) and [B, T] mask."""
-        frames = np.zeros((len(video_rows), self.n_frames, self.cache.video_feats.shape[1]), dtype=np.float16)
-        mask = np.zeros((len(video_rows), self.n_frames), dtype=bool)
-        for index, row in enumerate(video_rows):
-            start, stop = int(self.cache.video_offsets[row]), int(self.cache.video_offsets[row + 1])
-            keep = frame_subset(stop - start, self.n_frames)
-            frames[index, : len(keep)] = self.cache.video_feats[start + np.asarray(keep)]
-            mask[index, : len(keep)] = True
-        return frames, mask
-
     def prefetch(self, video_rows: np.ndarray) -> None:
         """Start gathering the next batch's frames while the current one computes."""
-        self.pending = (np.asarray(video_rows).copy(), self.fetcher.submit(self.gather, np.asarray(video_rows)))
+        rows = np.array(video_rows)  # a copy: the caller's array may change before the fetch ends
+        self.pending = (rows, self.fetcher.submit(padded_frames, self.cache, rows, self.n_frames))
 
     def to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array)
@@ -94,7 +84,7 @@ class HostSplit:
         if self.pending is not None and np.array_equal(self.pending[0], rows):
             frames, mask = self.pending[1].result()
         else:
-            frames, mask = self.gather(rows)
+            frames, mask = padded_frames(self.cache, rows, self.n_frames)
         self.pending = None
         frames, mask = self.to_device(frames), self.to_device(mask)
         return flip_frames(frames, mask, reversed_flags.to(self.device)).float(), mask
@@ -111,6 +101,19 @@ class HostSplit:
             tokens[index, : len(caption_tokens)] = caption_tokens
             mask[index, : len(caption_tokens)] = True
         return self.to_device(tokens).float(), self.to_device(mask)
+
+
+def padded_frames(cache: CacheSplit, video_rows: Sequence, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """[B, T, D] fp16 frames of the given rows (each video's evenly spaced subset, zero-padded at
+    the end) and their [B, T] mask: one rule for a split loaded whole and a batch read from the host."""
+    frames = np.zeros((len(video_rows), n_frames, cache.video_feats.shape[1]), dtype=np.float16)
+    mask = np.zeros((len(video_rows), n_frames), dtype=bool)
+    for index, row in enumerate(video_rows):
+        video = cache.frames(row)
+        keep = frame_subset(len(video), n_frames)
+        frames[index, : len(keep)] = video[keep]
+        mask[index, : len(keep)] = True
+    return frames, mask
 
 
 def frames_to_use(requested: int | None, cached_counts: np.ndarray, t_max: int, where: str) -> int:
@@ -147,18 +150,17 @@ def cgroup_memory_limits() -> list[int]:
     for line in Path("/proc/self/cgroup").read_text().splitlines():
         _, controllers, group = line.split(":", 2)
         if controllers == "":
-            candidates = [Path("/sys/fs/cgroup") / group.lstrip("/") / "memory.max"]
+            path = Path("/sys/fs/cgroup") / group.lstrip("/") / "memory.max"
         elif "memory" in controllers.split(","):
-            candidates = [Path("/sys/fs/cgroup/memory") / group.lstrip("/") / "memory.limit_in_bytes"]
+            path = Path("/sys/fs/cgroup/memory") / group.lstrip("/") / "memory.limit_in_bytes"
         else:
             continue
-        for path in candidates:
-            try:
-                value = path.read_text().strip()
-            except OSError:
-                continue
-            if value.isdigit():
-                limits.append(int(value))
+        try:
+            value = path.read_text().strip()
+        except OSError:
+            continue
+        if value.isdigit():  # v2 says "max" when there is no limit
+            limits.append(int(value))
     return limits
 
 
@@ -188,15 +190,9 @@ def load_split_tensors(
         token_lengths = np.diff(cache.text_token_offsets)
         return HostSplit(cache, n_frames, torch.device(device), int(token_lengths.max()) if with_tokens else 1)
     dim = cache.video_feats.shape[1]
-    frames = np.zeros((len(rows), n_frames, dim), dtype=np.float16)
-    frame_mask = np.zeros((len(rows), n_frames), dtype=bool)
+    frames, frame_mask = padded_frames(cache, rows, n_frames)
     local_row = np.full(len(cache.video_ids), -1, dtype=np.int64)
-    for local, row in enumerate(rows):
-        video = cache.frames(row)
-        keep = frame_subset(len(video), n_frames)
-        frames[local, : len(keep)] = video[keep]
-        frame_mask[local, : len(keep)] = True
-        local_row[row] = local
+    local_row[rows] = np.arange(len(rows))
     token_lengths = np.diff(cache.text_token_offsets)
     if with_tokens:
         token_feats = np.concatenate([cache.text_token_feats, np.zeros((1, dim), np.float16)])
