@@ -29,7 +29,6 @@ batches come from the host; with `--data-on device` the same run is killed by th
 """
 
 import argparse
-import io
 import json
 import math
 import os
@@ -62,11 +61,12 @@ from corpus.feature_cache import (
     write_video_part,
 )
 from corpus.video_frames import DecodedVideo
+from evaluation.report_plots import save_figure
 from evaluation.scoring import read_setting
 from fixtures.synthetic_cache import write_random_clip
 from heads.architectures import build_head
 from heads.split_tensors import load_split_tensors
-from infra.file_io import atomic_write_bytes, atomic_write_json, file_sha256
+from infra.file_io import atomic_write_json, file_sha256
 from infra.runtime import fix_cpu_threads
 
 FRAMES, DIM, TOKENS = 24, 512, 4
@@ -256,9 +256,7 @@ def plot(table, sizes, path):
     ax.set_ylabel("wall time (s; tightTransf: s per 1k pairs)")
     ax.set_title("Cost of each stage against cache size", fontsize=10)
     figure.legend(*ax.get_legend_handles_labels(), loc="outside right upper", fontsize=8)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_figure(figure, path)
 
 
 def run_sizes(args):

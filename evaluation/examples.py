@@ -14,7 +14,6 @@ Writes {dataset}_examples.html (thumbnails in {dataset}_examples/, every path re
 """
 
 import html
-import io
 import json
 from pathlib import Path
 
@@ -23,27 +22,24 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from corpus.video_frames import VideoError, decode_sampled_frames, index_video_files, spec_from_contract
+from evaluation.report_plots import save_figure
 from infra.file_io import atomic_write_bytes
 
 TOP = 5
 THUMB_HEIGHT = 72
 
 
-def interesting_queries(methods: dict, n: int) -> list[int]:
-    """The n Hard queries where the heads (each one's first seed) part ways most: differing best
-    candidates, and the wrong direction of the query's video scored above the right one."""
-    first_runs = [runs[0] for runs in methods.values()]
-    scores = [run.load_array("hard_scores") for run in first_runs]
-    gold = first_runs[0].load_array("hard_gold")
-    columns = first_runs[0].load_array("hard_ids")["columns"]
+def interesting_queries(scores: dict, gold: np.ndarray, columns: list, n: int) -> list[int]:
+    """The n Hard queries where the heads (`scores`: each one's first seed) part ways most:
+    differing best candidates, and the wrong direction of the query's video scored above the right one."""
     column_of = {(c["video_id"], c["reversed"]): i for i, c in enumerate(columns)}
     interest = []
     for query in range(len(gold)):
         right = int(gold[query].argmax())
         video, flag = columns[right]["video_id"], columns[right]["reversed"]
         wrong = column_of.get((video, 1 - flag))
-        best = {int(s[query].argmax()) for s in scores}
-        flipped = sum(wrong is not None and s[query, wrong] > s[query, right] for s in scores)
+        best = {int(s[query].argmax()) for s in scores.values()}
+        flipped = sum(wrong is not None and s[query, wrong] > s[query, right] for s in scores.values())
         interest.append((len(best) - 1 + flipped, -query))
     return [-query for _, query in sorted(interest, reverse=True)[:n]]
 
@@ -64,16 +60,14 @@ def thumbnail(frame: np.ndarray) -> np.ndarray:
     return cv2.resize(frame, (max(1, round(width * THUMB_HEIGHT / height)), THUMB_HEIGHT), interpolation=cv2.INTER_AREA)
 
 
-def top_candidates(run, query: int) -> list[dict]:
-    scores, gold = run.load_array("hard_scores")[query], run.load_array("hard_gold")[query]
-    columns = run.load_array("hard_ids")["columns"]
-    order = np.argsort(-scores, kind="stable")[:TOP]
+def top_candidates(query_scores: np.ndarray, query_gold: np.ndarray, columns: list) -> list[dict]:
+    order = np.argsort(-query_scores, kind="stable")[:TOP]
     return [
         {
             "video_id": columns[c]["video_id"],
             "reversed": columns[c]["reversed"],
-            "score": float(scores[c]),
-            "gold": bool(gold[c]),
+            "score": float(query_scores[c]),
+            "gold": bool(query_gold[c]),
         }
         for c in order
     ]
@@ -84,10 +78,11 @@ def write_examples(label: str, methods: dict, videos_dir: Path, out_dir: Path, n
     dataset; returns their names."""
     first = next(iter(methods.values()))[0]
     videos = index_video_files(videos_dir).files
-    queries = interesting_queries(methods, n)
-    rows = first.load_array("hard_ids")["rows"]
-    columns = first.load_array("hard_ids")["columns"]
-    gold = first.load_array("hard_gold")
+    # one dataset is one cache's content (report.py refuses a mix): its queries and candidates are every method's
+    ids, gold = first.load_array("hard_ids"), first.load_array("hard_gold")
+    rows, columns = ids["rows"], ids["columns"]
+    scores = {method: runs[0].load_array("hard_scores") for method, runs in methods.items()}  # read once
+    queries = interesting_queries(scores, gold, columns, n)
     captions = caption_texts(first)
     thumbs_dir = out_dir / f"{stem}examples"
     thumbs_dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +95,10 @@ def write_examples(label: str, methods: dict, videos_dir: Path, out_dir: Path, n
             name = f"q{query}_f{index}.png"
             atomic_write_bytes(thumbs_dir / name, cv2.imencode(".png", frame)[1].tobytes())
             names.append(name)
-        tops = {method: top_candidates(runs[0], query) for method, runs in methods.items()}
+        tops = {
+            method: top_candidates(method_scores[query], gold[query], columns)
+            for method, method_scores in scores.items()
+        }
         blocks.append(
             query_block(
                 rows[query], captions.get(rows[query], ""), own, [f"{thumbs_dir.name}/{n}" for n in names], tops
@@ -109,7 +107,7 @@ def write_examples(label: str, methods: dict, videos_dir: Path, out_dir: Path, n
         figure_rows.append((captions.get(rows[query], rows[query]), own, frames, tops))
     page = PAGE.format(title=html.escape(f"{label}: Hard queries where the heads part ways"), blocks="\n".join(blocks))
     atomic_write_bytes(out_dir / f"{stem}examples.html", page.encode("utf-8"))
-    save_png(examples_figure(figure_rows), out_dir / f"{stem}examples.png")
+    save_figure(examples_figure(figure_rows), out_dir / f"{stem}examples.png", dpi=100)
     return f"{stem}examples.html", f"{stem}examples.png"
 
 
@@ -185,9 +183,3 @@ def examples_figure(rows: list) -> Figure:
         ]
         ax.text(0, -0.08, "\n".join(lines), transform=ax.transAxes, va="top", fontsize=7, family="monospace")
     return figure
-
-
-def save_png(figure: Figure, path: Path) -> None:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    atomic_write_bytes(path, buffer.getvalue())

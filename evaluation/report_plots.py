@@ -37,9 +37,9 @@ def outside_legend(figure: Figure, axes: list) -> None:
     figure.legend(handles, labels, loc="outside right upper", fontsize=8)
 
 
-def save_figure(figure: Figure, path: Path) -> str:
+def save_figure(figure: Figure, path: Path, dpi: int = 110) -> str:
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
+    figure.savefig(buffer, format="png", dpi=dpi)
     atomic_write_bytes(path, buffer.getvalue())
     return path.name
 
