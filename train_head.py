@@ -142,7 +142,7 @@ def train(args, runtime):
     meta, valid_setting_name = open_cache(args.cache, runtime)
     config = run_config(args, meta, valid_setting_name, cpu_threads)
     head = make_head(args, meta, config, runtime.log).to(device)
-    log_scale = clip_logit_scale(args.learn_temp, args.logit_scale).to(device)
+    log_scale = clip_logit_scale(args.learn_temp, args.logit_scale, device)
     trainable = [p for p in [*head.parameters(), log_scale] if p.requires_grad]
     runtime.log(
         f"{args.head}: {sum(p.numel() for p in trainable):,} trainable parameters; "

@@ -325,12 +325,13 @@ def init_from_clip_text(head: nn.Module, clip_state: dict[str, torch.Tensor]) ->
         positions.weight[:n_copied] = positional[:n_copied].float()
 
 
-def clip_logit_scale(learnable: bool, initial: float = 100.0) -> nn.Parameter:
+def clip_logit_scale(learnable: bool, initial: float = 100.0, device: str | torch.device = "cpu") -> nn.Parameter:
     """ln of the temperature: `initial` (CLIP's 100 by default), fixed or learnable from there; a
-    value outside TempMe's bounds (see `clamp_log_scale_`), or not a number, is refused."""
+    value outside TempMe's bounds (see `clamp_log_scale_`), or not a number, is refused. Made on
+    `device`: a parameter moved there with `.to` would be a copy, not a leaf an optimiser can step."""
     if not (math.isfinite(initial) and math.exp(LOG_SCALE_MIN) <= initial <= 100.0):
         raise ValueError(f"must lie in [e^{LOG_SCALE_MIN}, 100] = [{math.exp(LOG_SCALE_MIN):.3f}, 100]")
-    return nn.Parameter(torch.tensor(min(math.log(initial), LOG_SCALE_MAX)), requires_grad=learnable)
+    return nn.Parameter(torch.tensor(min(math.log(initial), LOG_SCALE_MAX), device=device), requires_grad=learnable)
 
 
 @torch.no_grad()

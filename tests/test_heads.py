@@ -4,7 +4,7 @@ import torch
 
 import clip_vendor
 from corpus.sampling import frame_subset
-from heads.architectures import N_HEAD_LAYERS, build_head, init_from_clip_text
+from heads.architectures import N_HEAD_LAYERS, build_head, clip_logit_scale, init_from_clip_text
 from heads.split_tensors import flip_frames
 
 WIDTH, N_FRAMES = 64, 6
@@ -190,3 +190,16 @@ def test_tighttransf_chunked_checkpointed_scores_equal_the_unchunked_ones_with_g
     torch.testing.assert_close(chunked_loss, whole_loss, atol=1e-6, rtol=1e-6)
     for name, grad in whole_grads.items():
         torch.testing.assert_close(chunked_grads[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_learnable_temperature_is_made_on_the_training_device():
+    # Found on the first GPU run: made on the CPU and moved with .to("cuda"), the temperature was a
+    # non-leaf copy, which AdamW refuses, so every --learn-temp run on a GPU failed. "meta" stands
+    # for any device other than the CPU: there too .to() copies.
+    moved = torch.nn.Parameter(torch.tensor(4.6), requires_grad=True).to("meta")
+    with pytest.raises(ValueError, match="non-leaf"):
+        torch.optim.AdamW([moved])
+    log_scale = clip_logit_scale(True, 100.0, "meta")
+    assert log_scale.device.type == "meta" and log_scale.is_leaf and log_scale.requires_grad
+    torch.optim.AdamW([log_scale])  # what train_head.py builds
+    assert not clip_logit_scale(False, 50.0, "meta").requires_grad
