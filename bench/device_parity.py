@@ -43,6 +43,7 @@ parser.add_argument("--videos", type=Path, default=None, help="folder of videos 
 parser.add_argument("--shape", default="B32", choices=sorted(CLIP_SHAPES), help="CLIP shape for (1), random weights")
 parser.add_argument("--heads", nargs="+", default=["seqTransf", "tightTransf"], choices=sorted(DEMO_TRAIN_ARGS))
 parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds per head and device")
+parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default: run_all.sh's demo settings)")
 
 
 def run_extract(annotations, videos, checkpoint, out, device, dtype, extra=()):
@@ -83,11 +84,19 @@ def extraction_parity(tmp, demo, args):
     return rows
 
 
-def best_valid(cache, clip, head, seed, device, out):
-    """Train one head; its best valid selection metric (Hard t2v R@1, expected) over the epochs."""
+def start_training(cache, clip, head, seed, device, out, epochs):
+    """Start training one head in its own process (runs of both devices go at once: one CPU thread
+    each, and the device's runs are small); returns the process."""
     command = [sys.executable, str(REPO / "train_head.py"), "--cache", str(cache), "--clip", str(clip)]
     command += ["--head", head, "--seed", str(seed), "--device", device, "--out", str(out), "--reverse-negatives"]
-    subprocess.run(command + DEMO_TRAIN_ARGS[head], check=True, cwd=REPO, stdout=subprocess.DEVNULL)
+    command += DEMO_TRAIN_ARGS[head] + (["--epochs", str(epochs)] if epochs else [])  # the last --epochs counts
+    return subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL)
+
+
+def best_valid(process, out):
+    """The run's best valid selection metric (Hard t2v R@1, expected) over its epochs."""
+    if process.wait() != 0:
+        raise SystemExit(f"training into {out} failed (exit {process.returncode})")
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     return max(entry["selection"] for entry in log)
 
@@ -96,14 +105,24 @@ def training_parity(tmp, demo, args):
     """{(head, device): [best valid per seed]} for DEVICE and the CPU on the demo cache."""
     cache = tmp / "demo_cache"
     run_extract(demo / "annotations", demo / "videos", demo / "clip_tiny.pt", cache, "cpu", "fp32", ("--fps", "4"))
+    runs = {
+        (head, device, seed): tmp / f"{head}_{device}_{seed}"
+        for head in args.heads
+        for device in (args.device, "cpu")
+        for seed in args.seeds
+    }
+    processes = {
+        (head, device, seed): start_training(cache, demo / "clip_tiny.pt", head, seed, device, out, args.epochs)
+        for (head, device, seed), out in runs.items()
+    }
     results = {}
-    for head in args.heads:
-        for device in (args.device, "cpu"):
-            results[(head, device)] = [
-                best_valid(cache, demo / "clip_tiny.pt", head, seed, device, tmp / f"{head}_{device}_{seed}")
-                for seed in args.seeds
-            ]
-            print(f"{head} on {device}: {results[(head, device)]}", flush=True)
+    try:
+        for (head, device, seed), out in runs.items():
+            results.setdefault((head, device), []).append(best_valid(processes[(head, device, seed)], out))
+            print(f"{head} on {device}, seed {seed}: {results[(head, device)][-1]:.2f}", flush=True)
+    finally:  # one run failed: stop the others before their folders are deleted under them
+        for process in processes.values():
+            process.kill()
     return results
 
 
@@ -113,20 +132,27 @@ def spread(values):
 
 def main(argv=None):
     args = parser.parse_args(argv)
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
+    print(f"device: {device_name}, torch {torch.__version__}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         demo = tmp / "demo"
         subprocess.run([sys.executable, str(REPO / "make_demo_data.py"), "--out", str(demo)], check=True, cwd=REPO)
-        extraction = extraction_parity(tmp, demo, args)
+        print_extraction(extraction_parity(tmp, demo, args), args)  # printed now: a run cut short keeps it
         training = training_parity(tmp, demo, args)
+    print_training(training, args)
 
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device
-    print(f"device: {device_name}, torch {torch.__version__}")
+
+def print_extraction(extraction, args):
     print(f"\n(1) extraction, CLIP {args.shape} (random weights): {args.device} {args.dtype} against cpu fp32")
     print("| rows | count | least cosine | median cosine | target |")
     print("|---|---|---|---|---|")
     for what, count, least, median in extraction:
         print(f"| {what} | {count} | {least:.5f} | {median:.5f} | {'met' if least >= 0.999 else 'MISSED'} (>= 0.999) |")
+    print(flush=True)
+
+
+def print_training(training, args):
     print(f"\n(2) training on the demo cache, best valid Hard t2v R@1 (expected), seeds {args.seeds}")
     print(f"| head | {args.device}: per seed | cpu: per seed | {args.device} mean ± sd | cpu mean ± sd | difference |")
     print("|---|---|---|---|---|---|")

@@ -22,6 +22,7 @@ import time
 import numpy as np
 import torch
 
+from bench.gpu_profile import print_gpu_profile
 from evaluation.scoring import Setting, autocast_for, score_matrix
 from heads.architectures import build_head, key_padding_mask
 from heads.split_tensors import SplitTensors
@@ -36,6 +37,7 @@ parser.add_argument("--pair-batch", type=int, default=16384, help="tightTransf p
 parser.add_argument("--loop-text-batch", type=int, default=16, help="captions per forward of the CLIP4Clip-style loop")
 parser.add_argument("--skip-all-pairs-on-cpu", action="store_true", help="time the full matrix on GPUs only")
 parser.add_argument("--select-frames", type=int, default=6, help="K frames kept by the learned selector (0: skip)")
+parser.add_argument("--profile", action="store_true", help="GPU time by kernel kind of one tightTransf forward (CUDA)")
 
 
 def synchronize(device):
@@ -124,6 +126,19 @@ def index_and_latency(head, data, n, args, device):
     return build_seconds, bytes_per_video, (time.perf_counter() - start) / args.queries
 
 
+@torch.no_grad()
+def profile_tight_forward(head, data, args, device):
+    """Where one forward of the all-pairs matrix spends its GPU time (as many captions as fit in
+    --pair-batch, against every video)."""
+    n_texts = max(1, args.pair_batch // args.videos)
+    text, text_mask = data.text_input(torch.arange(n_texts, device=device), "pooled")
+    videos = torch.arange(args.videos, device=device)
+    frames, mask = data.video_batch(videos, torch.zeros_like(videos, dtype=torch.bool))
+    title = f"tightTransf, one forward of {n_texts * args.videos:,} pairs"
+    with autocast_for(device):
+        print_gpu_profile(title, head.chunk_scores, text, text_mask, frames, mask)
+
+
 def main(argv=None):
     args = parser.parse_args(argv)
     print(f"{args.videos} videos x {args.frames} frames x {args.dim}; random weights")
@@ -154,6 +169,8 @@ def main(argv=None):
                 f"CLIP4Clip-style loop {loop_seconds:.2f} s ({loop_seconds / seconds:.2f}x ours; largest score "
                 f"difference {(scores - loop_scores).abs().max().item():.2g}, scores' sd {scores.std().item():.2g})"
             )
+        if args.profile and device.startswith("cuda"):
+            profile_tight_forward(heads[("tightTransf", args.frames)], data, args, device)
         slowest = measured[("tightTransf", args.frames)][2]
         for (head_name, frames), (build, size, latency) in measured.items():
             all_pairs = matrix if (head_name, frames) == ("tightTransf", args.frames) else ""

@@ -169,11 +169,14 @@ def main(argv=None):
         decode_rows = {}
         for workers in sorted({*args.worker_counts, args.workers}):
             decode_rows[workers] = decode_rate(kept_crops, video_paths, spec, workers)
-            print(f"decode-only, {workers} workers: {decode_rows[workers][0] / decode_rows[workers][1]:,.0f} frames/s")
+            rate = decode_rows[workers][0] / decode_rows[workers][1]
+            print(f"decode-only, {workers} workers: {rate:,.0f} kept frames/s", flush=True)
         every_frames, every_seconds = decode_rate(every_frame_and_crop, video_paths, spec, args.workers)
+        print(f"every frame decoded, {args.workers} workers: {every_frames / every_seconds:,.0f} kept frames/s")
         kept_frames, decode_seconds = decode_rows[args.workers]
         per_video = max(1, kept_frames // args.videos)
         model_frames, model_seconds = model_only(checkpoint, args, per_video * args.batch_videos)
+        print(f"model-only: {model_frames / model_seconds:,.0f} frames/s", flush=True)
         cached_frames, end_to_end_seconds = run_extract(tmp, checkpoint, args)
 
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"

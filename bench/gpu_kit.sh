@@ -21,19 +21,8 @@ fi
   --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
   --platform manylinux2014_x86_64 -d "$KIT.partial/wheels" "${PINS[@]}"
 
-.venv/bin/python - "$KIT.partial/media" <<'EOF'
-import shutil
-import sys
-
-from fixtures.real_videos import clip, variants
-
-sources = {name: clip(name) for name in ("bigbuckbunny", "bikes", "carphone_pristine", "carphone_distorted")}
-made = variants()
-sources.update({name: made[name] for name in ("h264_bframes_mp4", "h264_bframes_later_mp4", "h264_audio_mp4")})
-for name, path in sorted(sources.items()):
-    shutil.copyfile(path, f"{sys.argv[1]}/{name}{path.suffix}")
-print(f"{len(sources)} H.264 clips: {', '.join(sorted(sources))}")
-EOF
+.venv/bin/python -c "from pathlib import Path; from fixtures.real_videos import copy_kit_clips
+names = copy_kit_clips(Path('$KIT.partial/media')); print(f'{len(names)} H.264 clips:', ', '.join(names))"
 
 rm -rf "$KIT"
 mv "$KIT.partial" "$KIT"

@@ -48,7 +48,7 @@ parser.add_argument("--pair-batch", type=int, default=None, help="train_head.py 
 def main(argv=None):
     args = parser.parse_args(argv)
     config = ClipConfig(args.dim, 224, 1, 768, 32, 77, 49408, args.dim, 4)  # text tower: the heads' init
-    rows = []
+    projected = {}  # head: seconds for 3 seeds x 5 epochs
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         clip_path = write_random_clip(tmp / "clip.pt", config)
@@ -65,7 +65,15 @@ def main(argv=None):
             non_reversible_every=10,
         )
         print(f"synthetic cache written in {time.perf_counter() - start:.0f} s", flush=True)
-        for head in args.heads:
+        device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
+        print(
+            f"device: {device_name}, torch {torch.__version__}; {args.videos} train videos x {args.frames} frames x "
+            f"{args.dim}, {args.videos * 2 * args.captions_per_direction} captions (every 10th video without "
+            f"reversal), batch {args.batch_size} videos + reversals, --pair-batch {args.pair_batch or 'default'}"
+        )
+        print("| head | s/epoch (train + valid) | 3 seeds x 5 epochs | peak host memory | peak GPU memory |")
+        print("|---|---|---|---|---|", flush=True)
+        for head in args.heads:  # each row printed when measured: a run cut short keeps the heads before
             out = tmp / f"run_{head}"
             arguments = [
                 "--cache",
@@ -91,24 +99,15 @@ def main(argv=None):
             _, rss_peak, gpu_peak = measured(train_head.main, (arguments,), args.device)
             log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
             seconds = sum(record["seconds"] for record in log) / len(log)
-            rows.append((head, seconds, 15 * seconds, rss_peak, gpu_peak))
-        pairs_rate = tight_pairs_per_second(tmp / "cache", clip_path, args) if "tightTransf" in args.heads else None
-    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
-    print(
-        f"device: {device_name}, torch {torch.__version__}; {args.videos} train videos x {args.frames} frames x "
-        f"{args.dim}, {args.videos * 2 * args.captions_per_direction} captions (every 10th video without "
-        f"reversal), batch {args.batch_size} videos + reversals, --pair-batch {args.pair_batch or 'default'}"
-    )
-    print("| head | s/epoch (train + valid) | 3 seeds x 5 epochs | peak host memory | peak GPU memory |")
-    print("|---|---|---|---|---|")
-    for head, seconds, projected, rss_peak, gpu_peak in rows:
-        gpu = f"{gpu_peak / 2**30:.2f} GiB" if gpu_peak is not None else "—"
-        print(f"| {head} | {seconds:.1f} | {projected / 60:.1f} min | {rss_peak / 2**30:.2f} GiB | {gpu} |")
-    both = sum(projected for head, _, projected, _, _ in rows if head in ("seqTransf", "tightTransf"))
-    print(f"seqTransf + tightTransf, 3 seeds x 5 epochs: {both / 60:.1f} min (target < 10 min)")
-    if pairs_rate:
-        print(f"tightTransf all-pairs scoring: {pairs_rate:,.0f} pairs/s")
-    sys.stdout.flush()
+            projected[head] = 15 * seconds
+            gpu = f"{gpu_peak / 2**30:.2f} GiB" if gpu_peak is not None else "—"
+            print(f"| {head} | {seconds:.1f} | {15 * seconds / 60:.1f} min | {rss_peak / 2**30:.2f} GiB | {gpu} |")
+            sys.stdout.flush()
+        both = sum(projected.get(head, 0) for head in ("seqTransf", "tightTransf"))
+        print(f"seqTransf + tightTransf, 3 seeds x 5 epochs: {both / 60:.1f} min (target < 10 min)", flush=True)
+        if "tightTransf" in args.heads:
+            rate = tight_pairs_per_second(tmp / "cache", clip_path, args)
+            print(f"tightTransf all-pairs scoring: {rate:,.0f} pairs/s")
 
 
 def tight_pairs_per_second(cache, clip_path, args):

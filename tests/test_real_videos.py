@@ -4,6 +4,7 @@ flip(V), and verify tells a lossy reversal from one a frame off or of other foot
 
 import json
 import math
+import re
 from fractions import Fraction
 
 import av
@@ -264,7 +265,10 @@ def test_a_damaged_file_fails_naming_the_errors_ffmpeg_concealed(media, tmp_path
     with pytest.raises(VideoError, match=r"damaged: .*damaged\.mp4: FFmpeg concealed decoding errors \(h264: "):
         decode_sampled_frames(damaged, DecodeSpec(FPS, T_MAX, 32, decoder))
     frames, decoded = decode_sampled_frames(damaged, DecodeSpec(FPS, T_MAX, 32, decoder, accept_concealed=True))
-    assert decoded.errors[:2] == ["h264: Reference 2 >= 2", "h264: error while decoding MB 8 2, bytestream 174"]
+    # which macroblock FFmpeg names depends on the bytes x264 wrote for the clip on this machine
+    # (the clip is encoded here), so the message's form is checked, not its numbers
+    assert decoded.errors[0] == "h264: Reference 2 >= 2"
+    assert re.fullmatch(r"h264: error while decoding MB \d+ \d+, bytestream -?\d+", decoded.errors[1])
     assert frames.shape == decode_sampled_frames(media["h264_bframes_mp4"], DecodeSpec(FPS, T_MAX, 32))[0].shape
 
 
