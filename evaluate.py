@@ -7,45 +7,29 @@
 Several --cache (each PATH, PATH:SPLIT or PATH:SPLIT=LABEL) evaluate one head on several datasets in
 one command, one result per dataset: OUT.json becomes OUT.{label}.json. A dataset's label is the
 name extract.py recorded (--dataset) and the split, e.g. "RTime test"; =LABEL overrides it. A
-checkpoint is evaluated on any cache whose features it can read: the CLIP checkpoint, tokenizer,
-preprocessing, sampling and storage dtype must match the cache it was trained on (the refusal names
-the first field that differs); annotations and batch sizes may differ.
+checkpoint is evaluated on any cache whose features it was trained on (heads/checkpoints.py,
+`check_features`: the refusal names the first field that differs); annotations and batch sizes may differ.
 
-Settings (human captions only): RTime splits give `origin` (original videos x forward captions)
-and `hard` (originals and their reversals x forward and reverse captions), plus `binary` (each
-record's caption against its video and that video's reversal, both ways); a generic dataset has
-one setting, `all`. Both directions: text->video, and video->text as CLIP4Clip computes it (each
-candidate's caption set scored by its best caption; see evaluation/scoring.py). `v2t_per_caption`,
-kept for reference only, ranks every single caption instead (a video's other captions count as
-wrong). Candidate order, which is also the stable-sort tie order: originals by video row, then
-reversed videos by video row; captions by caption row.
-
-Writes the folder OUT (OUT.json without .json) as one unit: {setting}_scores.npy [captions,
-candidates] with {setting}_ids.json naming its rows (caption ids) and columns (video id, reversed),
-{setting}_gold.npy, {setting}_{direction}_per_query.npy [queries, 7] (stable, expected, optimistic
-and pessimistic rank, expected recall@1/5/10) and binary_{direction}_margins.npy; then OUT.json
-{setting: {direction: {R@1, R@5, R@10, MdR, MnR, expected, optimistic, pessimistic, n_queries,
-n_tied}}, binary: {direction: {accuracy, n_pairs, n_tied}}, provenance: {...}}, whose provenance
-names each array by relative path and sha256 and carries everything a report states (CLIP file and
-hash, preprocessing, sampling, frames cached and seen, training settings, what each stage cost).
+Settings: those of the split's annotation format (corpus/annotations.py): RTime's `origin` and
+`hard` (and `rewrites` with --rewrites), plus Binary on Hard; a generic dataset's `all`. Both
+directions: text->video, and video->text as CLIP4Clip computes it (evaluation/scoring.py). The
+result file (OUT.json and the folder OUT/ of its arrays) is described in evaluation/results.py.
+Exit codes: infra/cli.py.
 """
 
 import argparse
 import json
-import re
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from corpus.annotations import EVALUATION_SETTINGS, PARAPHRASE_SETTINGS
+from corpus.annotations import FORMATS
 from corpus.feature_cache import (
     META_NAME,
-    CacheError,
     content_digest,
-    contract_mismatch,
     feature_contract,
     frames_per_video,
     open_split,
@@ -54,9 +38,9 @@ from corpus.feature_cache import (
     split_format,
     spread,
 )
-from evaluation.order_sensitivity import ORDER_FREE_HEADS, PERMUTATIONS, order_margins, order_summary
+from evaluation.order_sensitivity import order_margins
 from evaluation.postprocess import METHOD_SUFFIX, POSTPROCESS, dual_softmax, querybank_normalise
-from evaluation.results import PER_QUERY_COLUMNS, write_result
+from evaluation.results import PER_QUERY_COLUMNS, PERMUTATIONS, file_label, order_summary, write_result
 from evaluation.retrieval_metrics import binary_accuracy, retrieval_metrics
 from evaluation.scoring import (
     TIE_ORDER,
@@ -67,11 +51,13 @@ from evaluation.scoring import (
     read_setting,
     score_matrix,
 )
-from heads.architectures import HEADS, build_head, parameter_free_heads
-from heads.checkpoints import CheckpointError, head_from_checkpoint, load_checkpoint
-from heads.split_tensors import PLACEMENTS, frames_to_use, load_split_tensors
+from heads.architectures import CLIP_TEMPERATURE, PAIR_BATCH, ZERO_SHOT_HEADS
+from heads.checkpoints import LOG, head_for_cache, load_checkpoint
+from heads.loaded_split import PLACEMENTS, frames_to_use, load_split_tensors
+from infra import cli
+from infra.cli import HelpFormatter, StageError, whole_number
 from infra.file_io import exclusive_folder, file_sha256, remove_stale_outputs
-from infra.runtime import HelpFormatter, device_name, fix_cpu_threads, resolve_device, whole_number
+from infra.runtime import device_name, fix_cpu_threads, resolve_device
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
 parser.add_argument(
@@ -89,9 +75,8 @@ source = parser.add_mutually_exclusive_group(required=True)
 source.add_argument("--ckpt", type=Path, help="a checkpoint written by train_head.py")
 source.add_argument(
     "--head",
-    choices=sorted(HEADS),
-    help=f"a head evaluated zero-shot, with no checkpoint: only a parameter-free one "
-    f"({', '.join(parameter_free_heads())}); the others are trained and passed as --ckpt",
+    choices=ZERO_SHOT_HEADS,
+    help="a parameter-free head evaluated zero-shot, with no checkpoint (the others are trained and passed as --ckpt)",
 )
 parser.add_argument(
     "--frames",
@@ -116,12 +101,12 @@ parser.add_argument(
     help="where the split's frames live: the device, or the host, read in batches from the cache (same scores)",
 )
 parser.add_argument(
-    "--pair-batch", type=whole_number(1), default=8192, help="tightTransf (text, video) pairs per forward"
+    "--pair-batch", type=whole_number(1), default=PAIR_BATCH, help="tightTransf (text, video) pairs per forward"
 )
 parser.add_argument(
     "--rewrites",
     action="store_true",
-    help="RTime: also the `rewrites` setting, the paraphrases as queries against Hard's candidates (9x Hard's queries)",
+    help="also the settings evaluated on request (RTime's `rewrites`: the paraphrases as queries, 9x Hard's queries)",
 )
 parser.add_argument(
     "--postprocess",
@@ -135,12 +120,7 @@ parser.add_argument(
 def main(argv=None):
     args = parser.parse_args(argv)
     check_arguments(args)
-    checkpoint = None
-    if args.ckpt is not None:
-        try:
-            checkpoint = load_checkpoint(args.ckpt)
-        except CheckpointError as err:
-            sys.exit(str(err))
+    checkpoint = load_checkpoint(args.ckpt) if args.ckpt is not None else None
     targets = evaluation_targets(args)
     device = resolve_device(args.device)
     fix_cpu_threads(device)
@@ -158,24 +138,29 @@ def check_arguments(args):
         parser.error("--frames is for --head only: a checkpoint is evaluated with the frames it was trained on")
     if args.frames is not None and args.frames % 2:
         parser.error(f"--frames {args.frames}: use an even number >= 2")
+    for spec in args.cache:
+        if parse_target(spec, args.split)[1] == "train":
+            parser.error(f"--cache {spec}: the train split has no evaluation pair lists; use valid or test")
+
+
+def parse_target(spec, default_split):
+    """PATH, PATH:SPLIT or PATH:SPLIT=LABEL -> (path, split, label or None)."""
+    label = None
+    if "=" in spec and not Path(spec).exists():
+        spec, label = spec.rsplit("=", 1)
+    path, split = spec.rsplit(":", 1) if ":" in spec and not Path(spec).exists() else (spec, default_split)
+    return Path(path), split, label
 
 
 def evaluation_targets(args):
     """[(cache folder, split, dataset label, result path)], checked before any work."""
     targets = []
     for spec in args.cache:
-        label = None
-        if "=" in spec and not Path(spec).exists():
-            spec, label = spec.rsplit("=", 1)
-        path, split = spec.rsplit(":", 1) if ":" in spec and not Path(spec).exists() else (spec, args.split)
-        try:
-            label = label or f"{read_meta(Path(path)).get('dataset') or Path(path).resolve().name} {split}"
-        except CacheError as err:
-            sys.exit(str(err))
-        targets.append((Path(path), split, label))
+        path, split, label = parse_target(spec, args.split)
+        targets.append((path, split, label or f"{read_meta(path).get('dataset') or path.resolve().name} {split}"))
     labels = [label for _, _, label in targets]
     if len(set(labels)) < len(labels):
-        parser.error(
+        raise StageError(
             f"--cache: two targets are both called {sorted(set(x for x in labels if labels.count(x) > 1))}; give "
             "each its own label, as --cache PATH:SPLIT=LABEL (or extract the caches with distinct --dataset)"
         )
@@ -187,41 +172,178 @@ def evaluation_targets(args):
     ]
 
 
-def file_label(label):
-    """A dataset label as a file name part: "RTime test" -> "RTime_test"."""
-    return re.sub(r"[^\w.-]+", "_", label).strip("_")
-
-
 def evaluate_one(args, checkpoint, cache_dir, split, label, out_path, device):
+    # ---- the split, its annotation format and the head that scores it
     started = time.time()
-    if split == "train":
-        sys.exit(f"{cache_dir}: --split train has no evaluation pair lists; use valid or test")
-    try:
-        meta = read_meta(cache_dir)
-        annotation_format = split_format(meta, split)
-        cached_frames = frames_per_video(cache_dir, split)
-    except CacheError as err:
-        sys.exit(str(err))
-    head, config, training = load_head(args, checkpoint, meta, cache_dir, split, cached_frames)
+    meta = read_meta(cache_dir)
+    annotation = FORMATS[split_format(meta, split)]
+    cached_frames = frames_per_video(cache_dir, split)
+    frames = frames_to_use_here(args.frames, cached_frames, meta, cache_dir / split) if checkpoint is None else None
+    head, config = head_for_cache(
+        meta, cache_dir, frames, checkpoint=checkpoint, ckpt=args.ckpt, name=args.head, pair_batch=args.pair_batch
+    )
     head = head.to(device).eval()
-    try:
-        data = load_split_tensors(
-            cache_dir, split, config["frames"], device, config["text_input"] == "tokens", where=args.data_on
-        )
-    except CacheError as err:
-        sys.exit(str(err))
-    names = EVALUATION_SETTINGS[annotation_format] + (PARAPHRASE_SETTINGS[annotation_format] if args.rewrites else ())
+    data = load_split_tensors(
+        cache_dir, split, config["frames"], device, config["text_input"] == "tokens", where=args.data_on
+    )
+
+    # ---- every setting of the format scored, then the order check on the one it selects on
+    names = [name for name, rule in annotation.settings.items() if args.rewrites or not rule.on_request]
     settings = {name: read_setting(cache_dir, split, name) for name in names}
-    post = postprocessor(args, head, config, checkpoint, data, cache_dir, meta, device)
-    results, arrays = score_settings(args, head, data, settings, post, f"{cache_dir} ({split})", device)
+    post = postprocessor(args.postprocess, head, checkpoint, data, cache_dir, meta, device)
+    where = f"{args.ckpt or args.head} on {cache_dir} ({split})"
+    results, arrays = score_settings(head, data, settings, annotation, post, args.postprocess, where, device)
     if not args.postprocess:
-        results["order"], order_arrays = order_sensitivity(head, data, settings, config, device)
+        results["order"], order_arrays = order_sensitivity(head, data, settings[annotation.selection], device)
         arrays.update(order_arrays)
-    seen = np.minimum(cached_frames, config.get("select_frames") or config["frames"])
+
+    # ---- what the report states, then the result as one unit
+    training = training_record(args.ckpt, checkpoint)
+    results["provenance"] = provenance(args, config, training, (cache_dir, split, label), meta, cached_frames, device)
+    results["provenance"]["cost"]["evaluate"] = {
+        "seconds": round(time.time() - started, 3),
+        "device": device_name(device),
+    }
+    write_result(out_path, results, arrays)
+    for name in names:
+        t2v = results[name]["t2v"]
+        v2t = f", v2t R@1 {results[name]['v2t']['R@1']:.2f}" if "v2t" in results[name] else ""
+        print(
+            f"{name:>8}: t2v R@1 {t2v['R@1']:.2f} (expected {t2v['expected']['R@1']:.2f}, "
+            f"{t2v['n_tied']} of {t2v['n_queries']} queries tied){v2t}"
+        )
+    print(f"wrote {out_path}")
+
+
+def frames_to_use_here(requested, cached_frames, meta, where):
+    try:
+        return frames_to_use(requested, cached_frames, meta["contract"]["sampling"]["t_max"], where)
+    except ValueError as err:
+        raise StageError(str(err)) from None
+
+
+def score_settings(head, data, settings, annotation, post, post_name, where, device):
+    """({setting: {direction: metrics}, "binary": ...}, {array name: array}) of every setting, with
+    Binary on a setting whose candidates hold originals and reversals. With a post-processing
+    (`post`: raw scores, setting -> text->video scores), text->video only."""
+    results, arrays = {}, {}
+    for name, setting in settings.items():
+        with autocast_for(device):
+            scores = score_matrix(head, data, setting).numpy()
+        non_finite = ~np.isfinite(scores).all(axis=1)
+        if non_finite.any():
+            raise StageError(
+                f"{where}, {name}: {int(non_finite.sum())} of {len(scores)} queries have NaN or Inf scores "
+                "(a diverged head or a damaged cache: run verify.py); no result was written"
+            )
+        arrays[f"{name}_scores"] = scores
+        arrays[f"{name}_ids"] = {"rows": setting.caption_ids, "columns": setting.candidate_ids}
+        arrays[f"{name}_gold"] = setting.gold
+        results[name] = {"n_candidates": int(scores.shape[1])}
+        if post:
+            scores = post(scores, setting)
+            arrays[f"{name}_scores_{post_name}"] = scores
+            ranked = {"t2v": (scores, setting.gold)}
+        else:
+            ranked = directions(scores, setting.gold)
+            results[name]["v2t_per_caption"], _ = retrieval_metrics(scores.T, setting.gold.T)
+        for direction, (direction_scores, gold) in ranked.items():
+            metrics, per_query = retrieval_metrics(direction_scores, gold)
+            results[name][direction] = metrics
+            table = np.stack([per_query[column] for column in PER_QUERY_COLUMNS], axis=1).astype(np.float64)
+            arrays[f"{name}_{direction}_per_query"] = table
+        if annotation.settings[name].binary:
+            results["binary"] = {}
+            for direction, (margins, sides) in binary_margins(scores, setting).items():
+                if direction in ranked:
+                    results["binary"][direction] = binary_accuracy(margins)
+                    arrays[f"binary_{direction}_margins"], arrays[f"binary_{direction}_sides"] = margins, sides
+    return results, arrays
+
+
+def order_sensitivity(head, data, setting, device):
+    """({change: share dropped, mean margin}, {array name: margins}) over the setting's queries,
+    each against its own video with its frames changed. A head that says it is order-free and moves
+    under a permutation is a broken head, refused here."""
+    with autocast_for(device):
+        margins = order_margins(head, data, setting)
+    if head.order_free:
+        moved = [name for name in PERMUTATIONS if np.any(margins[name] != 0)]
+        if moved:
+            raise StageError(
+                f"built-in check failed: a head that is order-free scored a query differently with its frames "
+                f"{moved[0]} (an order-free sum must not move under a permutation); no result was written"
+            )
+    return (
+        {name: order_summary(values) for name, values in margins.items()},
+        {f"order_{name}_margins": values for name, values in margins.items()},
+    )
+
+
+def postprocessor(name, head, checkpoint, data, cache_dir, meta, device) -> Callable | None:
+    """raw scores, setting -> post-processed text->video scores, or None (--postprocess)."""
+    if name == "dsl":
+        # the scale the head was trained at: its temperature for cosines, 1 for a head whose scores are logits
+        temperature = CLIP_TEMPERATURE
+        if head.scores_are_logits:
+            temperature = 1.0
+        elif checkpoint is not None:
+            temperature = float(checkpoint["log_scale"].exp())
+        return lambda scores, setting: dual_softmax(scores, temperature)
+    if name == "qbnorm":
+        if not head.indexable:
+            raise StageError(
+                "--postprocess qbnorm: the bank of training queries would need a cross-encoder pass per bank "
+                "query and candidate, and a head scoring logits has no cosine scale for the paper's beta; use dsl"
+            )
+        if "train" not in meta["counts"]:
+            raise StageError(f"--postprocess qbnorm: {cache_dir} has no train split, whose captions are the querybank")
+        bank = open_split(cache_dir, "train").text_feats
+        return lambda scores, setting: querybank_normalise(scores, bank_scores(head, data, setting, bank, device))
+    return None
+
+
+def bank_scores(head, data, setting, bank, device, block=4096):
+    """The querybank's scores against the setting's candidates, a block of bank captions at a time."""
+    with torch.no_grad(), autocast_for(device):
+        index = candidate_index(head, data, setting)
+        for start in range(0, len(bank), block):
+            text = torch.from_numpy(np.asarray(bank[start : start + block])).to(device).float().unsqueeze(1)
+            mask = torch.ones(text.shape[:2], dtype=torch.bool, device=device)
+            yield head.score_matrix(text, mask, *index).float().cpu().numpy()
+
+
+def training_record(ckpt, checkpoint):
+    """What the report says of how a trained head was trained, or None for a zero-shot head."""
+    if checkpoint is None:
+        return None
+    return {
+        "settings": checkpoint["config"],
+        "selected_epoch": checkpoint["epoch"],
+        "selection_metric": checkpoint["config"]["selection_metric"],
+        "selection": checkpoint["selection"],
+        "history": training_history(ckpt, checkpoint),
+    }
+
+
+def training_history(ckpt_path, checkpoint):
+    """Every epoch's log record: the run folder's log when it is beside the checkpoint (it goes on
+    past the selected epoch), else the history the checkpoint was saved with."""
+    log_path = Path(ckpt_path).parent / LOG
+    if log_path.exists():
+        return [json.loads(line) for line in log_path.read_text().splitlines()]
+    return checkpoint["history"]
+
+
+def provenance(args, config, training, target, meta, cached_frames, device):
+    """Everything a report states about where a result's numbers come from (target: the cache
+    folder, the split and the dataset's label)."""
+    cache_dir, split, label = target
     contract = meta["contract"]
-    results["provenance"] = {
-        "method": (args.method or (config["head"] if training else f"{config['head']} zero-shot"))
-        + (METHOD_SUFFIX[args.postprocess] if args.postprocess else ""),
+    seen = np.minimum(cached_frames, config.get("select_frames") or config["frames"])
+    method = args.method or (config["head"] if training else f"{config['head']} zero-shot")
+    return {
+        "method": method + (METHOD_SUFFIX[args.postprocess] if args.postprocess else ""),
         "postprocess": args.postprocess,
         "head": config["head"],
         "trained": training is not None,
@@ -229,7 +351,7 @@ def evaluate_one(args, checkpoint, cache_dir, split, label, out_path, device):
         "ckpt": str(args.ckpt) if args.ckpt else None,
         "ckpt_sha256": file_sha256(args.ckpt) if args.ckpt else None,
         "dataset": label,
-        "annotation_format": annotation_format,
+        "annotation_format": split_format(meta, split),
         "cache": str(cache_dir.resolve()),
         "cache_meta_sha256": file_sha256(cache_dir / META_NAME),
         "cache_content_sha256": content_digest(meta),
@@ -247,151 +369,10 @@ def evaluate_one(args, checkpoint, cache_dir, split, label, out_path, device):
         "storage_dtype": contract["storage_dtype"],
         "compute": contract.get("compute", {}),
         "training": training,
-        "cost": {
-            "extract": read_timings(cache_dir).get(split),
-            "evaluate": {"seconds": round(time.time() - started, 3), "device": device_name(device)},
-        },
+        "cost": {"extract": read_timings(cache_dir).get(split)},
+        "feature_contract": feature_contract(meta),  # what report.py checks a trained head's training cache against
     }
-    write_result(out_path, results, arrays)
-    for name in names:
-        t2v = results[name]["t2v"]
-        v2t = f", v2t R@1 {results[name]['v2t']['R@1']:.2f}" if "v2t" in results[name] else ""
-        print(
-            f"{name:>8}: t2v R@1 {t2v['R@1']:.2f} (expected {t2v['expected']['R@1']:.2f}, "
-            f"{t2v['n_tied']} of {t2v['n_queries']} queries tied){v2t}"
-        )
-    print(f"wrote {out_path}")
-
-
-def score_settings(args, head, data, settings, post, where, device):
-    """({setting: {direction: metrics}, "binary": ...}, {array name: array}) of every setting. With
-    a post-processing (`post`: raw scores -> text->video scores), text->video only."""
-    results, arrays = {}, {}
-    for name, setting in settings.items():
-        with autocast_for(device):
-            scores = score_matrix(head, data, setting).numpy()
-        non_finite = ~np.isfinite(scores).all(axis=1)
-        if non_finite.any():
-            sys.exit(
-                f"{args.ckpt or args.head} on {where}, {name}: {int(non_finite.sum())} of {len(scores)} queries have "
-                "NaN or Inf scores (a diverged head or a damaged cache: run verify.py); no result was written"
-            )
-        arrays[f"{name}_scores"] = scores
-        arrays[f"{name}_ids"] = {"rows": setting.caption_ids, "columns": setting.candidate_ids}
-        arrays[f"{name}_gold"] = setting.gold
-        results[name] = {"n_candidates": int(scores.shape[1])}
-        if post:
-            scores = post(scores, setting)
-            arrays[f"{name}_scores_{args.postprocess}"] = scores
-            ranked = {"t2v": (scores, setting.gold)}
-        else:
-            ranked = directions(scores, setting.gold)
-            results[name]["v2t_per_caption"], _ = retrieval_metrics(scores.T, setting.gold.T)
-        for direction, (direction_scores, gold) in ranked.items():
-            metrics, per_query = retrieval_metrics(direction_scores, gold)
-            results[name][direction] = metrics
-            table = np.stack([per_query[column] for column in PER_QUERY_COLUMNS], axis=1).astype(np.float64)
-            arrays[f"{name}_{direction}_per_query"] = table
-        if name == "hard":
-            results["binary"] = {}
-            for direction, (margins, sides) in binary_margins(scores, setting).items():
-                if direction in ranked:
-                    results["binary"][direction] = binary_accuracy(margins)
-                    arrays[f"binary_{direction}_margins"], arrays[f"binary_{direction}_sides"] = margins, sides
-    return results, arrays
-
-
-def order_sensitivity(head, data, settings, config, device):
-    """({change: share dropped, mean margin}, {array name: margins}) over the main setting's
-    queries (Hard, or all captions), each against its own video with its frames changed. An
-    order-blind head that moves under a permutation is a broken head, refused here."""
-    main_setting = settings.get("hard") or settings["all"]
-    with autocast_for(device):
-        margins = order_margins(head, data, main_setting)
-    if config["head"] in ORDER_FREE_HEADS:
-        moved = [name for name in PERMUTATIONS if np.any(margins[name] != 0)]
-        if moved:
-            sys.exit(
-                f"built-in check failed: {config['head']} scored a query differently with its frames {moved[0]} "
-                "(an order-free sum must not move under a permutation); no result was written"
-            )
-    return (
-        {name: order_summary(values) for name, values in margins.items()},
-        {f"order_{name}_margins": values for name, values in margins.items()},
-    )
-
-
-def postprocessor(args, head, config, checkpoint, data, cache_dir, meta, device):
-    """raw scores, setting -> post-processed text->video scores, or None (--postprocess)."""
-    if args.postprocess == "dsl":
-        # the scale the head was trained at: its temperature for cosines, 1 for tightTransf's logits
-        temperature = 1.0 if config["head"] == "tightTransf" else 100.0
-        if checkpoint is not None and config["head"] != "tightTransf":
-            temperature = float(checkpoint["log_scale"].exp())
-        return lambda scores, setting: dual_softmax(scores, temperature)
-    if args.postprocess == "qbnorm":
-        if config["head"] == "tightTransf":
-            parser.error(
-                "--postprocess qbnorm: the bank of training queries would need a cross-encoder pass per bank "
-                "query and candidate, and tightTransf's logits have no cosine scale for the paper's beta; use dsl"
-            )
-        if "train" not in meta["counts"]:
-            sys.exit(f"--postprocess qbnorm: {cache_dir} has no train split, whose captions are the querybank")
-        bank = open_split(cache_dir, "train").text_feats
-        return lambda scores, setting: querybank_normalise(scores, bank_scores(head, data, setting, bank, device))
-    return None
-
-
-def bank_scores(head, data, setting, bank, device, block=4096):
-    """The querybank's scores against the setting's candidates, a block of bank captions at a time."""
-    with torch.no_grad(), autocast_for(device):
-        index = candidate_index(head, data, setting)
-        for start in range(0, len(bank), block):
-            text = torch.from_numpy(np.asarray(bank[start : start + block])).to(device).float().unsqueeze(1)
-            mask = torch.ones(text.shape[:2], dtype=torch.bool, device=device)
-            yield head.score_matrix(text, mask, *index).float().cpu().numpy()
-
-
-def load_head(args, checkpoint, meta, cache_dir, split, cached_frames):
-    """The head, the settings it runs with, and its training record (None for a zero-shot head).
-    A checkpoint is refused on a cache whose features differ from those it was trained on."""
-    if checkpoint is None:
-        if args.head not in parameter_free_heads():
-            sys.exit(f"--head {args.head} has parameters: train it with train_head.py and pass --ckpt")
-        try:
-            frames = frames_to_use(args.frames, cached_frames, meta["contract"]["sampling"]["t_max"], cache_dir / split)
-        except ValueError as err:
-            parser.error(str(err))
-        head = build_head(args.head, meta["contract"]["clip"]["config"]["embed_dim"], 0)
-        return head, {"head": args.head, "frames": frames, "text_input": "pooled", "seed": None}, None
-    config = checkpoint["config"]
-    mismatch = contract_mismatch(
-        config["feature_contract"], feature_contract(meta), labels=("the checkpoint's training cache", str(cache_dir))
-    )
-    if mismatch:
-        sys.exit(f"{args.ckpt} cannot be evaluated on {cache_dir}: its features differ in {mismatch}")
-    try:
-        head = head_from_checkpoint(checkpoint, args.ckpt, args.pair_batch)
-    except (CheckpointError, ValueError) as err:
-        sys.exit(f"{args.ckpt}: {err}")
-    training = {
-        "settings": config,
-        "selected_epoch": checkpoint["epoch"],
-        "selection_metric": config["selection_metric"],
-        "selection": checkpoint["selection"],
-        "history": training_history(args.ckpt, checkpoint),
-    }
-    return head, config, training
-
-
-def training_history(ckpt_path, checkpoint):
-    """Every epoch's log record: the run folder's log.jsonl when it is beside the checkpoint (it
-    goes on past the selected epoch), else the history the checkpoint was saved with."""
-    log_path = Path(ckpt_path).parent / "log.jsonl"
-    if log_path.exists():
-        return [json.loads(line) for line in log_path.read_text().splitlines()]
-    return checkpoint["history"]
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -8,7 +8,8 @@ the number of processes; chunk c goes to rank c % world_size, each rank writes f
 OUT/{split}/parts/, and rank 0 merges them in chunk order. A killed or interrupted run, rerun with
 the same arguments, keeps its finished chunks. A rerun checks every video file against the
 fingerprint recorded at extraction, and every finished split against its recorded counts, so a
-changed input is never mistaken for a finished cache. The README's "Cache layout" describes the output.
+changed input is never mistaken for a finished cache. docs/cache.md describes the output; the
+annotation formats and the files each reads are corpus/annotations.py's. Exit codes: infra/cli.py.
 """
 
 import argparse
@@ -20,7 +21,6 @@ import multiprocessing
 import os
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass
 from functools import partial
@@ -32,11 +32,19 @@ import torch
 
 import clip_vendor
 from clip_vendor.tokenizer import VOCAB_PATH
-from corpus.annotations import AnnotationError, check_disjoint_splits, load_split, split_captions
+from corpus.annotations import (
+    FORMATS,
+    SPLITS,
+    AnnotationError,
+    check_disjoint_splits,
+    load_split,
+    present_splits,
+    sources_entry,
+    split_captions,
+)
 from corpus.feature_cache import (
     PARTS_DIR,
     VIDEO_FILES,
-    CacheError,
     check_split_counts,
     content_digest,
     merge_split,
@@ -60,21 +68,28 @@ from corpus.video_frames import (
     index_video_files,
     init_decode_worker,
 )
+from infra import cli
+from infra.cli import HelpFormatter, StageError, whole_number
 from infra.file_io import atomic_write_json, exclusive_folder, file_sha256
-from infra.runtime import HelpFormatter, Progress, device_name, fix_cpu_threads, setup_runtime, whole_number
+from infra.runtime import Progress, device_name, fix_cpu_threads, setup_runtime
 
 CACHE_FORMAT_VERSION = 3  # 3: the meta carries its own digest (meta_sha256)
-SPLITS = ("train", "valid", "test")
+INTERRUPTED = "interrupted; finished chunks kept; rerun the same command to resume"
 
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
 add = parser.add_argument
-add("--annotations", required=True, type=Path, help="folder with {split}.json annotation files")
+add(
+    "--annotations",
+    required=True,
+    type=Path,
+    help="folder with the annotation files: {split}.json, or MSR-VTT's files as CLIP4Clip distributes them",
+)
 add("--videos", required=True, type=Path, help="folder with one file per video, named {video_id}.{ext}")
 add("--clip", required=True, type=Path, help="OpenAI CLIP checkpoint (TorchScript archive or state dict)")
 add("--out", required=True, type=Path, help="cache folder to create or resume")
-add("--splits", nargs="+", choices=SPLITS, help="splits to extract (default: each that has a {split}.json)")
-add("--format", default="auto", choices=["auto", "rtime", "generic"], help="annotation format")
+add("--splits", nargs="+", choices=SPLITS, help="splits to extract (default: each whose files are there)")
+add("--format", default="auto", choices=["auto", *FORMATS], help="annotation format (corpus/annotations.py)")
 add("--fps", type=float, default=1.0, help="frame candidates per second of video")
 add("--t-max", type=whole_number(2), default=24, help="most frames kept per video (at least 2)")
 add(
@@ -90,7 +105,7 @@ add(
 )
 add(
     "--dataset",
-    help="the dataset's name in reports (default: RTime for RTime files, else the annotation folder's name)",
+    help="the dataset's name in reports (default: the format's, as RTime or MSR-VTT, else the annotation folder's)",
 )
 add("--device", default="auto", help="auto (cuda if available), cuda or cpu; under torchrun cuda:LOCAL_RANK")
 add(
@@ -152,22 +167,18 @@ class Plan:
 
 def main(argv=None):
     args = parser.parse_args(argv)
-    if not (math.isfinite(args.fps) and args.fps > 0):
-        parser.error(f"--fps {args.fps}: frame candidates per second must be a positive number")
+    check_arguments(args)
     runtime = setup_runtime(args.device)
     cpu_threads = fix_cpu_threads(runtime.device)
     dtype_name = args.dtype if args.dtype != "auto" else ("fp16" if runtime.device.startswith("cuda") else "fp32")
-    try:
-        annotations = read_annotations(args)
-        video_folder = index_video_files(args.videos)  # before anything is written: a bad folder stops here
-    except (AnnotationError, VideoError) as err:
-        sys.exit(str(err))
+    annotations = read_annotations(args)
+    video_folder = index_video_files(args.videos)  # before anything is written: a bad folder stops here
     try:
         model, preprocess = clip_vendor.load(args.clip, device=runtime.device, dtype=clip_vendor.DTYPES[dtype_name])
     except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"--clip: {err}")
+        raise StageError(f"--clip: {err}") from None
     if not 2 <= args.context_length <= model.config.context_length:
-        parser.error(
+        raise StageError(
             f"--context-length {args.context_length}: {args.clip.name} has {model.config.context_length} "
             "text positions; use 2 to that"
         )
@@ -186,41 +197,48 @@ def main(argv=None):
     with exclusive_folder(args.out) if runtime.master else contextlib.nullcontext():
         runtime.barrier()  # no rank writes before rank 0 holds the folder
         runtime.check_shared_folder(args.out)  # several machines: every rank writes where rank 0 merges
-        try:
-            extract(args, plan, annotations, contract, model, video_folder, runtime)
-        except KeyboardInterrupt:
-            print("interrupted; finished chunks kept; rerun the same command to resume", file=sys.stderr)
-            raise SystemExit(130) from None
-        except CacheError as err:
-            sys.exit(str(err))
+        extract(args, plan, annotations, contract, model, video_folder, runtime)
     runtime.finish()
 
 
+def check_arguments(args):
+    """Refuse values no extraction could honour, before any work, naming the flag."""
+    if not (math.isfinite(args.fps) and args.fps > 0):
+        parser.error(f"--fps {args.fps}: frame candidates per second must be a positive number")
+
+
 def dataset_name(args, annotations):
-    """What reports call the dataset: --dataset, else RTime for RTime files, else the annotation
-    folder's name (its parent's, when the folder is just called "annotations")."""
+    """What reports call the dataset: --dataset, else the name its format gives (RTime, MSR-VTT),
+    else the annotation folder's name (its parent's, when the folder is just called "annotations")."""
     if args.dataset:
         return args.dataset
-    if any(annotation_format == "rtime" for annotation_format, _ in annotations.values()):
-        return "RTime"
+    named = [FORMATS[annotation_format].dataset_name for annotation_format, _ in annotations.values()]
+    if any(named):
+        return next(name for name in named if name)
     folder = args.annotations.resolve()
     return folder.parent.name if folder.name.lower() in ("annotations", "annotation", "anno") else folder.name
 
 
 def read_annotations(args):
-    """{split: (format, records)} of the splits to extract; every split file present is read, so
-    that a video id in two splits is refused even when only one is extracted."""
-    present = [split for split in SPLITS if (args.annotations / f"{split}.json").exists()]
+    """{split: (format, records)} of the splits to extract; every split present is read, so that a
+    video id in two splits is refused even when only one is extracted."""
+    present = present_splits(args.annotations)
     splits = args.splits or present
     if not splits:
-        sys.exit(f"no train.json, valid.json or test.json in {args.annotations}")
+        raise AnnotationError(
+            f"no annotation files in {args.annotations}: train.json, valid.json, test.json, or MSR-VTT's "
+            "MSRVTT_data.json with its CSV files"
+        )
     loaded = {
-        split: load_split(args.annotations / f"{split}.json", args.format, args.paragraphs)
+        split: load_split(args.annotations, split, args.format, args.paragraphs)
         for split in SPLITS
         if split in present or split in splits
     }
     check_disjoint_splits(
-        {split: (args.annotations / f"{split}.json", records) for split, (_, records) in loaded.items()}
+        {
+            split: (" + ".join(map(str, FORMATS[annotation_format].sources(args.annotations, split))), records)
+            for split, (annotation_format, records) in loaded.items()
+        }
     )
     return {split: loaded[split] for split in splits}
 
@@ -324,15 +342,16 @@ def build_contract(args, spec, annotations, model, preprocess, device, dtype_nam
         "storage_dtype": "float16",
         "on_error": args.on_error,
         "annotations": {
-            split: {
-                "file": f"{split}.json",
-                "format": annotation_format,
-                "paragraphs": args.paragraphs,
-                "sha256": file_sha256(args.annotations / f"{split}.json"),
-            }
+            split: annotation_entry(args.annotations, split, annotation_format, args.paragraphs)
             for split, (annotation_format, _) in annotations.items()
         },
     }
+
+
+def annotation_entry(folder, split, annotation_format, paragraphs):
+    """What the contract records of a split's annotation files: their names, format and sha256."""
+    sources = sources_entry(folder, split, annotation_format)
+    return {"file": sources["file"], "format": annotation_format, "paragraphs": paragraphs, "sha256": sources["sha256"]}
 
 
 def check_video_files(args, split, records, video_files, meta):
@@ -343,7 +362,7 @@ def check_video_files(args, split, records, video_files, meta):
     if recorded_path.exists():
         difference = fingerprint_difference(json.loads(recorded_path.read_text()), current)
         if difference:
-            sys.exit(
+            raise StageError(
                 f"refusing to reuse {args.out / split}: {difference} (in {args.videos}). The cache was extracted "
                 "from other video files: use a new --out, or restore the files."
             )
@@ -424,7 +443,7 @@ def encode_video_chunk(part_path, decoded, model, on_error):
     Returns the number of frames encoded."""
     failures = [video for video in decoded if video.failure is not None]
     if failures and on_error == "fail":
-        sys.exit(
+        raise VideoError(
             f"video {failures[0].video_id!r} failed ({failures[0].failure}); to record bad videos in "
             "failed_videos.json and leave them out, rerun with --on-error skip and a new --out (the setting is "
             "part of the cache's contract)"
@@ -435,7 +454,7 @@ def encode_video_chunk(part_path, decoded, model, on_error):
     if bad_rows.any():
         owner = np.repeat([video.video_id for video in decoded], frame_counts)
         bad = sorted(set(owner[bad_rows].tolist()))
-        sys.exit(
+        raise StageError(
             f"CLIP gave NaN or Inf features for video(s) {', '.join(bad)}; nothing of their chunk was written "
             "(a broken checkpoint, or a dtype that overflows: try --dtype fp32)"
         )
@@ -456,7 +475,7 @@ def extract_texts(plan, split, captions, model, runtime):
         ]
         if not all(finite):
             bad = [caption.caption_id for caption, ok in zip(captions[start:stop], finite, strict=True) if not ok]
-            sys.exit(
+            raise StageError(
                 f"CLIP gave NaN or Inf features for caption(s) {', '.join(bad[:5])}"
                 f"{' ...' if len(bad) > 5 else ''}; nothing of their chunk was written"
             )
@@ -473,4 +492,4 @@ def extract_texts(plan, split, captions, model, runtime):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main, INTERRUPTED)

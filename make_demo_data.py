@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 import clip_vendor.model as clip_model
+from infra.cli import HelpFormatter
 from infra.file_io import atomic_output, atomic_write_bytes, atomic_write_json
-from infra.runtime import HelpFormatter
 
 COLOURS = {"red": (40, 40, 220), "green": (60, 190, 60), "blue": (220, 90, 40), "yellow": (40, 220, 230)}  # BGR
 SHAPES = ("circle", "square")

@@ -15,19 +15,26 @@ plots, and OUT/report_numbers.json with every number in the tables.
 """
 
 import argparse
-import itertools
 import json
 import os
-import sys
 from pathlib import Path
 
-import numpy as np
-
-from evaluation import report_plots
-from evaluation.examples import write_examples
-from evaluation.postprocess import POSTPROCESS_NOTES, POSTPROCESS_TITLES
-from evaluation.report_tables import (
+from corpus.annotations import FORMATS
+from corpus.feature_cache import features_mismatch
+from evaluation.results import ResultError, file_label, read_result, seed_averaged
+from infra import cli
+from infra.cli import HelpFormatter, whole_number
+from infra.file_io import atomic_write_bytes, atomic_write_csv, atomic_write_json, exclusive_folder
+from infra.records import first_difference
+from reporting import plots
+from reporting.rtime_analyses import direction_split, order_sensitivity, paraphrase_drop
+from reporting.seeds import binary_row, method_row, pairwise
+from reporting.stats import CONFIDENCE, METRICS, MIN_RESAMPLES, N_RESAMPLES
+from reporting.tables import (
     CSV_HEADER,
+    DIRECTION_TITLES,
+    POSTPROCESS_NOTES,
+    POSTPROCESS_TITLES,
     binary_table,
     cost_table,
     csv_rows,
@@ -41,24 +48,7 @@ from evaluation.report_tables import (
     pairwise_table,
     paraphrase_table,
 )
-from evaluation.results import ResultError, read_result, seed_averaged
-from evaluation.retrieval_stats import (
-    CONFIDENCE,
-    METRICS,
-    MIN_RESAMPLES,
-    N_RESAMPLES,
-    bootstrap_ci,
-    holm_adjust,
-    minimum_detectable_difference,
-    paired_difference,
-    two_level_bootstrap_ci,
-)
-from evaluation.rtime_analyses import direction_split, order_sensitivity, paraphrase_drop
-from infra.file_io import atomic_write_bytes, atomic_write_csv, atomic_write_json, exclusive_folder
-from infra.runtime import HelpFormatter, whole_number
 
-SETTING_TITLES = {"origin": "Table A: RTime-Origin", "hard": "Table B: RTime-Hard", "all": "Retrieval, all captions"}
-DIRECTION_TITLES = {"t2v": "text→video", "v2t": "video→text"}
 # How a method was trained, as the methods table shows it: (column, reader of the training settings)
 TRAINING_COLUMNS = (
     ("trained on", lambda s: Path(s["cache"]).name),
@@ -81,9 +71,9 @@ PER_SEED_SETTINGS = {"seed", "clip", "init_from", "cache", "cache_meta_sha256"}
 
 
 def temperature(settings):
-    if settings["head"] == "tightTransf":
+    if settings["scores_are_logits"]:
         return "none (its score is a logit)"
-    return f"{'learned from' if settings['learn_temp'] else 'fixed at'} {settings.get('logit_scale', 100):.4g}"
+    return f"{'learned from' if settings['learn_temp'] else 'fixed at'} {settings['logit_scale']:.4g}"
 
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
@@ -109,15 +99,17 @@ parser.add_argument(
 
 def main(argv=None):
     args = parser.parse_args(argv)
-    if args.examples and not args.videos:
-        parser.error("--examples needs --videos: the frames are decoded again from the video files")
-    try:
-        datasets = load_results(args.results)
-    except ResultError as err:
-        sys.exit(str(err))
+    check_arguments(args)
+    datasets = load_results(args.results)
     with exclusive_folder(args.out):
         write_report(datasets, args)
     print(f"report: {args.out / 'report.md'}")
+
+
+def check_arguments(args):
+    """Refuse flags that make no sense together, before any work, naming them."""
+    if args.examples and not args.videos:
+        parser.error("--examples needs --videos: the frames are decoded again from the video files")
 
 
 def write_report(datasets, args):
@@ -130,8 +122,8 @@ def write_report(datasets, args):
     trained = {method: info["trainings"] for method, info in method_numbers.items() if info["trainings"]}
     if trained:
         metrics = sorted({training["selection_metric"] for trainings in trained.values() for training in trainings})
-        figure = report_plots.training_figure(trained, " / ".join(metrics))
-        name = report_plots.save_figure(figure, args.out / "training_valid_r1_and_loss_by_epoch.png")
+        figure = plots.training_figure(trained, " / ".join(metrics))
+        name = plots.save_figure(figure, args.out / "training_valid_r1_and_loss_by_epoch.png")
         lines += ["## Training", "", f"![validation R@1 and training loss by epoch]({name})", ""]
     lines += cost_table(cost_rows(datasets, method_numbers))
     lines += general_notes(args)
@@ -155,7 +147,7 @@ def write_paste_tables(datasets, numbers, out_dir):
         for post, title, tables in groups:
             for key, rows in tables.items():
                 setting, direction = key.split("/")
-                caption = f"{label}, {title}{SETTING_TITLES[setting]}, {DIRECTION_TITLES[direction]}"
+                caption = f"{label}, {title}{setting_title(datasets[label], setting)}, {DIRECTION_TITLES[direction]}"
                 latex_lines += latex_table(caption, rows)
             csv_lines += csv_rows(label, post, tables, seeds)
     atomic_write_bytes(out_dir / "tables.tex", "\n".join(latex_lines).encode("utf-8"))
@@ -180,20 +172,13 @@ def load_results(results_dir):
                 "content): a section compares methods on the same queries; give each cache its own label "
                 "(evaluate.py --cache PATH:SPLIT=LABEL, or extract.py --dataset)"
             )
+        check_features(path, provenance)
         identity = method_identity(provenance)
         first_path, first_identity = identity_of.setdefault(method, (path, identity))
-        difference = next(
-            (
-                key
-                for key in sorted(set(identity) | set(first_identity))
-                if identity.get(key) != first_identity.get(key)
-            ),
-            None,
-        )
+        difference = first_difference(first_identity, identity, (f"{first_path.name} has", f"{path.name} has"))
         if difference:
             raise ResultError(
-                f"method {method!r} names results that differ in {difference} ({first_identity.get(difference)!r} "
-                f"in {first_path.name}, {identity.get(difference)!r} in {path.name}): they are two methods, not "
+                f"method {method!r} names results that differ in {difference}: they are two methods, not "
                 "seeds of one; give each its own evaluate.py --method"
             )
         run = (label, method, provenance["seed"])
@@ -205,6 +190,27 @@ def load_results(results_dir):
         seen[run] = path.name
         datasets.setdefault(label, {}).setdefault(method, []).append(result)
     return datasets
+
+
+def check_features(path, provenance):
+    """A trained head's result must come from a cache of the features it was trained on (the one
+    rule, heads/checkpoints.py's, applied again to what the result records)."""
+    training = provenance["training"]
+    if training is None:
+        return
+    mismatch = features_mismatch(
+        training["settings"]["feature_contract"],
+        provenance["feature_contract"],
+        ("its training cache has", "the cache has"),
+    )
+    if mismatch:
+        raise ResultError(f"{path}: the head was trained on other features than it was evaluated on ({mismatch})")
+
+
+def setting_title(methods, setting):
+    """The report's title of a setting, as the results' annotation format names it."""
+    provenance = next(iter(methods.values()))[0].provenance
+    return FORMATS[provenance["annotation_format"]].settings[setting].title
 
 
 def method_identity(provenance):
@@ -276,7 +282,10 @@ def dataset_section(label, methods, args):
     raw = groups.pop(None, {})
     first = next(iter(methods.values()))[0]
     provenance = first.provenance
-    settings = [name for name in ("origin", "hard", "all") if name in first.data]
+    annotation = FORMATS[provenance["annotation_format"]]
+    # the format's settings, in its order, that the results hold; those run on request have analyses of their own
+    settings = [name for name, rule in annotation.settings.items() if name in first.data and not rule.on_request]
+    binary = next((name for name in settings if annotation.settings[name].binary), None)
     lines = [f"## Dataset {md(label)}: {provenance['split']} split ({provenance['annotation_format']} annotations)", ""]
     numbers = {
         "tables": {},
@@ -284,24 +293,29 @@ def dataset_section(label, methods, args):
         "sources": source_files(raw, args.out),
     }
     if raw:
-        numbers["tables"], numbers["binary"], table_lines = result_tables(raw, settings, ("t2v", "v2t"), first, args)
+        numbers["tables"], numbers["binary"], table_lines = result_tables(raw, settings, binary, ("t2v", "v2t"), args)
         lines += table_lines
         if len(raw) > 1:
-            numbers["pairwise"] = pairwise(raw, settings, args)
+            numbers["pairwise"] = pairwise(raw, settings, args.seed, args.n_resamples)
             lines += pairwise_table(numbers["pairwise"])
-        analyses, analysis_lines = rtime_sections(raw, args)
+        analyses, analysis_lines = analysis_sections(raw, annotation, binary, args)
         numbers.update(analyses)
         lines += analysis_lines
-        lines += dataset_plots(label, raw, numbers["tables"], settings, args.out)
-        if args.examples and "hard" in settings:
-            page, picture = write_examples(label, raw, args.videos, args.out, args.examples, file_stem(label))
+        lines += dataset_plots(label, raw, numbers["tables"], settings, annotation, args.out)
+        if args.examples and binary:
+            # imported here: the page decodes frames again with extraction's decoder, which preprocesses
+            # with torch; a report without --examples loads no torch at all
+            from reporting.examples import write_examples
+
+            page, picture = write_examples(label, raw, binary, args.videos, args.out, args.examples, file_stem(label))
             lines += [f"Where the heads part ways: [{page}]({page})", "", f"![examples]({picture})", ""]
     for post, group in groups.items():
-        tables, binary, table_lines = result_tables(group, settings, ("t2v",), first, args, POSTPROCESS_TITLES[post])
+        title = POSTPROCESS_TITLES[post]
+        tables, binary_rows, table_lines = result_tables(group, settings, binary, ("t2v",), args, title)
         numbers.setdefault("postprocessed", {})[post] = {
             "tables": tables,
-            "binary": binary,
-            "pairwise": pairwise(group, settings, args) if len(group) > 1 else [],
+            "binary": binary_rows,
+            "pairwise": pairwise(group, settings, args.seed, args.n_resamples) if len(group) > 1 else [],
             "sources": source_files(group, args.out),
         }
         lines += [f"### {POSTPROCESS_TITLES[post]}", "", POSTPROCESS_NOTES[post], ""] + table_lines
@@ -315,34 +329,46 @@ def source_files(methods, out_dir):
     return {method: [os.path.relpath(run.path, out_dir) for run in runs] for method, runs in methods.items()}
 
 
-def result_tables(methods, settings, directions, first, args, prefix=""):
-    """(tables, binary, markdown lines) of a group of methods: each setting and direction, and Binary."""
+def result_tables(methods, settings, binary, directions, args, prefix=""):
+    """(tables, Binary rows, markdown lines) of a group of methods: each setting and direction, and
+    Binary where a setting (`binary`) has originals and reversals as candidates."""
     tables, lines = {}, []
     for setting in settings:
         for direction in directions:
-            rows = {method: method_row(runs, setting, direction, args) for method, runs in methods.items()}
+            rows = {
+                method: method_row(runs, setting, direction, args.seed, args.n_resamples)
+                for method, runs in methods.items()
+            }
             tables[f"{setting}/{direction}"] = rows
-            title = f"{prefix + ': ' if prefix else ''}{SETTING_TITLES[setting]}, {DIRECTION_TITLES[direction]}"
+            first = next(iter(methods.values()))[0]
+            title = f"{setting_title(methods, setting)}, {DIRECTION_TITLES[direction]}"
+            title = f"{prefix}: {title}" if prefix else title
             lines += metric_table(title, rows, trivial_recall_note(first.data[setting]))
-    binary = {}
-    if "hard" in settings:
-        binary = {method: binary_row(runs, directions) for method, runs in methods.items()}
-        lines += binary_table(binary, directions)
-    return tables, binary, lines
+    rows = {}
+    if binary:
+        rows = {method: binary_row(runs, directions) for method, runs in methods.items()}
+        lines += binary_table(rows, directions)
+    return tables, rows, lines
 
 
-def rtime_sections(methods, args):
-    """Direction split and bias, paraphrase robustness and order sensitivity, where the results hold them."""
+def analysis_sections(methods, annotation, binary, args):
+    """The direction split and bias (on the Binary setting), paraphrase robustness (a setting whose
+    queries paraphrase another's) and order sensitivity, where the results hold them."""
     numbers, lines = {}, []
-    if all("hard" in runs[0].data and runs[0].sides for runs in methods.values()):
+    runs_of = methods.values()
+    if binary and all(binary in runs[0].data and runs[0].sides for runs in runs_of):
         numbers["direction_split"] = {
-            m: direction_split(runs, args.seed, args.n_resamples) for m, runs in methods.items()
+            m: direction_split(runs, binary, args.seed, args.n_resamples) for m, runs in methods.items()
         }
         lines += direction_table(numbers["direction_split"])
-    if all("rewrites" in runs[0].data for runs in methods.values()):
-        numbers["paraphrase"] = {m: paraphrase_drop(runs, args.seed, args.n_resamples) for m, runs in methods.items()}
-        lines += paraphrase_table(numbers["paraphrase"])
-    if all("order" in runs[0].data for runs in methods.values()):
+    for setting, rule in annotation.settings.items():
+        if rule.paraphrases_of and all(setting in runs[0].data for runs in runs_of):
+            numbers["paraphrase"] = {
+                m: paraphrase_drop(runs, rule.paraphrases_of, setting, args.seed, args.n_resamples)
+                for m, runs in methods.items()
+            }
+            lines += paraphrase_table(numbers["paraphrase"])
+    if all("order" in runs[0].data for runs in runs_of):
         numbers["order_sensitivity"] = {m: order_sensitivity(runs) for m, runs in methods.items()}
         lines += order_table(numbers["order_sensitivity"])
     return numbers, lines
@@ -350,33 +376,30 @@ def rtime_sections(methods, args):
 
 def file_stem(label):
     """A dataset label as the start of a file name: "RTime test" -> "RTime_test_"."""
-    return "".join(ch if ch.isalnum() or ch in "-." else "_" for ch in label) + "_"
+    return f"{file_label(label)}_"
 
 
-def dataset_plots(label, methods, tables, settings, out_dir):
-    titles = {setting: SETTING_TITLES[setting].split(": ")[-1] for setting in settings}
+def dataset_plots(label, methods, tables, settings, annotation, out_dir):
+    titles = {setting: annotation.settings[setting].title.split(": ")[-1] for setting in settings}
     prefix = file_stem(label)
     names = list(methods)
     ranks = {s: {m: seed_averaged(methods[m], f"{s}/t2v", METRICS["MnR"][0]) for m in names} for s in settings}
     figures = [
-        (
-            "text→video recall at 1, 5, 10",
-            "t2v_recall_at_1_5_10",
-            report_plots.recall_figure(tables, names, settings, titles),
-        ),
-        ("text→video rank CDF", "t2v_rank_cdf", report_plots.rank_cdf_figure(ranks, settings, titles)),
+        ("text→video recall at 1, 5, 10", "t2v_recall_at_1_5_10", plots.recall_figure(tables, names, settings, titles)),
+        ("text→video rank CDF", "t2v_rank_cdf", plots.rank_cdf_figure(ranks, settings, titles)),
     ]
-    if {"origin", "hard"} <= set(settings):
+    contrast = annotation.reversal_contrast
+    if contrast and set(contrast) <= set(settings):
         figures.append(
             (
-                "text→video R@1, Origin to Hard",
-                "t2v_r1_origin_to_hard",
-                report_plots.origin_to_hard_figure(tables, names),
+                f"text→video R@1, {titles[contrast[0]]} to {titles[contrast[1]]}",
+                f"t2v_r1_{contrast[0]}_to_{contrast[1]}",
+                plots.contrast_figure(tables, names, contrast, titles),
             )
         )
     lines = []
     for caption, stem, figure in figures:
-        lines.append(f"![{caption}]({report_plots.save_figure(figure, out_dir / f'{prefix}{stem}.png')})")
+        lines.append(f"![{caption}]({plots.save_figure(figure, out_dir / f'{prefix}{stem}.png')})")
     return lines + [""]
 
 
@@ -388,78 +411,6 @@ def trivial_recall_note(setting_result):
         return ""
     names, verb = " and ".join(f"R@{k}" for k in trivial), "is" if len(trivial) == 1 else "are"
     return f"Each query ranks only {n_candidates} candidates here, so {names} {verb} 100 for any method."
-
-
-def mean_std(per_seed):
-    """Mean and sample standard deviation (ddof 1) over seeds; 0 for a single seed."""
-    return {"mean": float(np.mean(per_seed)), "std": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0}
-
-
-def method_row(runs, setting, direction, args):
-    """{metric: {mean, std, ci[, ci_seeds_and_queries]}} over the seeds of one method, plus
-    tied-query counts. `ci` resamples the queries of the seed-averaged values; with two seeds or
-    more, `ci_seeds_and_queries` resamples the seeds too (the table shows it)."""
-    key = f"{setting}/{direction}"
-    row = {}
-    for metric, (column, statistic) in METRICS.items():
-        per_seed = [run.data[setting][direction]["expected"][metric] for run in runs]
-        low, high = bootstrap_ci(seed_averaged(runs, key, column), statistic, args.seed, args.n_resamples)
-        row[metric] = {**mean_std(per_seed), "ci": [low, high]}
-        if len(runs) > 1:
-            values = np.stack([run.per_query[key][column] for run in runs])
-            row[metric]["ci_seeds_and_queries"] = list(
-                two_level_bootstrap_ci(values, statistic, args.seed, args.n_resamples)
-            )
-    row["n_tied"] = float(np.mean([run.data[setting][direction]["n_tied"] for run in runs]))
-    row["n_queries"] = runs[0].data[setting][direction]["n_queries"]
-    row["n_seeds"] = len(runs)
-    return row
-
-
-def binary_row(runs, directions=("t2v", "v2t")):
-    row = {}
-    for direction in directions:
-        accuracy = [run.data["binary"][direction]["accuracy"] for run in runs]
-        row[direction] = {
-            **mean_std(accuracy),
-            "n_tied": float(np.mean([run.data["binary"][direction]["n_tied"] for run in runs])),
-            "n_pairs": runs[0].data["binary"][direction]["n_pairs"],
-        }
-    return row
-
-
-def pairwise(methods, settings, args):
-    """Every pair of methods, R@1 text->video per setting, on the seed-averaged per-query values."""
-    column, statistic = METRICS["R@1"]
-    comparisons = []
-    for setting in settings:
-        key = f"{setting}/t2v"
-        for method_a, method_b in itertools.combinations(methods, 2):
-            diff, low, high, p = paired_difference(
-                seed_averaged(methods[method_a], key, column),
-                seed_averaged(methods[method_b], key, column),
-                statistic,
-                args.seed,
-                args.n_resamples,
-            )
-            comparisons.append(
-                {
-                    "setting": setting,
-                    "a": method_a,
-                    "b": method_b,
-                    "metric": "R@1 t2v",
-                    "difference": diff,
-                    "ci": [low, high],
-                    "p": p,
-                    "differences": 100.0
-                    * (seed_averaged(methods[method_a], key, column) - seed_averaged(methods[method_b], key, column)),
-                }
-            )
-    for comparison, adjusted in zip(comparisons, holm_adjust([c["p"] for c in comparisons]), strict=True):
-        comparison["p_holm"] = float(adjusted)
-        # the smallest difference these queries could show at 80% power, at Holm's strictest level
-        comparison["min_detectable"] = minimum_detectable_difference(comparison.pop("differences"), len(comparisons))
-    return comparisons
 
 
 def spread_text(spread):
@@ -554,4 +505,4 @@ def general_notes(args):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -1,25 +1,26 @@
 #!/usr/bin/env bash
-# The whole pipeline: extract -> verify -> meanP eval -> train heads x seeds -> evaluate -> report.
+# The whole pipeline: extract -> verify -> zero-shot eval -> train heads x seeds -> evaluate -> report.
 #
 #   bash run_all.sh                 the built-in demo data (a few minutes on 2 CPU cores)
 #   bash run_all.sh --annotations DIR --videos DIR --clip CKPT [--gpus N] [--reversed-videos DIR] [--work DIR]
-#   options for either: --heads "seqTransf tightTransf"  --seeds "0 1"  --epochs N  --train-args "--lr 1e-4 ..."
+#   options for either: --heads "HEAD ..." (default: see python -m heads)  --seeds "0 1"  --epochs N  --train-args "--lr 1e-4 ..."
 #                       --tune N   (first tune each head's settings on valid with tune.py, N trials per head)
 #                       --jobs N   (run the heads x seeds matrix N at a time; --gpus N: N at a time, one GPU each)
 #                       --print-runs  (print the matrix, one self-contained command per line, and run nothing)
-#                       --skip-runs   (everything but the matrix and the report: for a cluster, see README)
+#                       --skip-runs   (everything but the matrix and the report: for a cluster, see docs/run_all.md)
 #
 # Everything goes under --work (default: work_demo/ or work/): cache/, runs/, results/, logs/, report/.
 # --train-args is appended to every train_head.py call (after the demo's per-head settings, so it
 # wins). Re-running reuses a cache whose meta matches and finished training runs. Stops at the
-# first failing stage or run, naming it.
+# first failing stage or run, naming it. No head is named here: the default heads, the zero-shot
+# ones and each head's demo settings come from the heads themselves (python -m heads, one call).
 set -euo pipefail
 CALLER="$(pwd)"
 cd "$(dirname "$0")"
 REPO="$(pwd)"
 
 ANNOTATIONS="" VIDEOS="" CLIP="" REVERSED="" WORK="" GPUS=1 GPU_SLOTS=false JOBS=1
-HEADS="seqTransf tightTransf mlpScore" SEEDS="0 1 2" EPOCHS="" EXTRA_TRAIN_ARGS="" TUNE_TRIALS=""
+HEADS="" SEEDS="0 1 2" EPOCHS="" EXTRA_TRAIN_ARGS="" TUNE_TRIALS=""
 PRINT_RUNS=false SKIP_RUNS=false
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -37,7 +38,7 @@ while [ $# -gt 0 ]; do
     --tune) TUNE_TRIALS="$2"; shift 2 ;;
     --print-runs) PRINT_RUNS=true; shift ;;
     --skip-runs) SKIP_RUNS=true; shift ;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -60,6 +61,18 @@ if ! $PRINT_RUNS; then
   bash setup_env.sh
 fi
 PY="$REPO/.venv/bin/python"
+declare -A DEMO_ARGS=()  # each head's settings in the demo (a zero-shot head's: its frames, for evaluate.py)
+while IFS=$'\t' read -r FACT NAME VALUE; do
+  case "$FACT" in
+    default) DEFAULT_HEADS="$NAME" ;;
+    zero-shot) ZERO_SHOT="$NAME" ;;
+    demo) DEMO_ARGS[$NAME]="$VALUE" ;;
+  esac
+done < <($PY -m heads)
+if [ -z "${DEFAULT_HEADS:-}" ]; then
+  echo "run_all.sh: $PY -m heads named no head (is .venv set up? bash setup_env.sh)" >&2; exit 2
+fi
+HEADS="${HEADS:-$DEFAULT_HEADS}"
 
 if [ -z "$ANNOTATIONS$VIDEOS$CLIP" ]; then
   # Demo: small data and a tiny random CLIP, so heads train for many short epochs on the CPU.
@@ -72,12 +85,8 @@ if [ -z "$ANNOTATIONS$VIDEOS$CLIP" ]; then
   REVERSED="$WORK/demo/videos_reversed"
   EXTRACT_ARGS=(--fps 4)
   VERIFY_ARGS=(--n-videos 8)  # lossless demo files: 8 re-extracted videos show as much as 20
-  MEANP_FRAMES=8
-  declare -A TRAIN_ARGS=(
-    [seqTransf]="--frames 8 --epochs 60 --batch-size 32 --learn-temp"
-    [tightTransf]="--frames 4 --epochs 30 --batch-size 16"
-    [mlpScore]="--frames 8 --epochs 30 --batch-size 32 --learn-temp"
-  )
+  declare -A TRAIN_ARGS=()
+  for HEAD in "${!DEMO_ARGS[@]}"; do TRAIN_ARGS[$HEAD]="${DEMO_ARGS[$HEAD]}"; done
   HAND_SET_ARGS="--lr 3e-3"  # what --tune searches instead
 else
   if [ -z "$ANNOTATIONS" ] || [ -z "$VIDEOS" ] || [ -z "$CLIP" ]; then
@@ -86,7 +95,6 @@ else
   WORK="${WORK:-work}"
   EXTRACT_ARGS=()
   VERIFY_ARGS=()
-  MEANP_FRAMES=""
   declare -A TRAIN_ARGS=()
   HAND_SET_ARGS=""
 fi
@@ -141,9 +149,12 @@ STAGE="verify"
 $PY verify.py --cache "$CACHE" --annotations "$ANNOTATIONS" --videos "$VIDEOS" --clip "$CLIP" \
   ${REVERSED:+--reversed-videos "$REVERSED"} "${VERIFY_ARGS[@]}"
 
-STAGE="evaluate meanP"
-$PY evaluate.py --cache "$CACHE" --split test --head meanP ${MEANP_FRAMES:+--frames $MEANP_FRAMES} --rewrites \
-  --out "$WORK/results/meanP.json"
+for HEAD in $ZERO_SHOT; do
+  STAGE="evaluate $HEAD"
+  # shellcheck disable=SC2086  # the demo's settings are a word list
+  $PY evaluate.py --cache "$CACHE" --split test --head "$HEAD" ${TRAIN_ARGS[$HEAD]:-} --rewrites \
+    --out "$WORK/results/$HEAD.json"
+done
 
 if [ -n "$TUNE_TRIALS" ]; then
   for HEAD in $HEADS; do

@@ -6,29 +6,32 @@
 
 The text goes through the same CLIP the cache was extracted with (by sha256), the same tokenizer
 settings and precision, and is stored as the cache stores captions (fp16), so a query equal to a
-cached caption scores as that caption does. A query-independent head (meanP, seqTransf, mlpScore)
-embeds the videos once into an index, saved beside the checkpoint (INDEX/index.npy, the unit video
-vectors, and INDEX/ids.json; plus INDEX/index.faiss, an inner-product index, when faiss is
-installed) and reused while the checkpoint and the cache are the same; a cross-encoder
-(tightTransf) has no index: it scores every video for every query.
+cached caption scores as that caption does. A checkpoint searches only a cache of the features it
+was trained on (the one rule of heads/checkpoints.py). A query-independent head (one whose
+`indexable` says so: meanP, seqTransf, seqLSTM, mlpScore) embeds the videos once into an index,
+saved beside the checkpoint (INDEX/index.npy, the unit video vectors, and INDEX/ids.json; plus
+INDEX/index.faiss, an inner-product index, when faiss is installed) and reused while the
+checkpoint and the cache are the same; a cross-encoder (tightTransf) has no index: it scores every
+video for every query. Exit codes: infra/cli.py.
 """
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import clip_vendor
-from corpus.feature_cache import CacheError, content_digest, frames_per_video, open_split, read_meta
+from corpus.feature_cache import content_digest, frames_per_video, open_split, read_meta
 from evaluation.scoring import Setting, candidate_index
-from heads.architectures import build_head, parameter_free_heads
-from heads.checkpoints import CheckpointError, head_from_checkpoint, load_checkpoint
-from heads.split_tensors import frames_to_use, load_split_tensors
+from heads.architectures import ZERO_SHOT_HEADS
+from heads.checkpoints import head_for_cache, load_checkpoint
+from heads.loaded_split import frames_to_use, load_split_tensors, padded_tokens
+from infra import cli
+from infra.cli import HelpFormatter, StageError, whole_number
 from infra.file_io import atomic_folder, file_sha256
-from infra.runtime import HelpFormatter, fix_cpu_threads, resolve_device, whole_number
+from infra.runtime import fix_cpu_threads, resolve_device
 
 try:  # optional: a faiss index of the video vectors, for search outside this script
     import faiss
@@ -42,7 +45,7 @@ parser.add_argument("--cache", required=True, type=Path, help="feature cache wri
 parser.add_argument("--split", default="test", help="the split whose videos are searched")
 source = parser.add_mutually_exclusive_group(required=True)
 source.add_argument("--ckpt", type=Path, help="a checkpoint written by train_head.py")
-source.add_argument("--head", choices=parameter_free_heads(), help="a parameter-free head, zero-shot")
+source.add_argument("--head", choices=ZERO_SHOT_HEADS, help="a parameter-free head, zero-shot")
 parser.add_argument("--clip", required=True, type=Path, help="the CLIP checkpoint the cache was extracted with")
 parser.add_argument("--top-k", type=whole_number(1), default=5, help="videos shown per query")
 parser.add_argument("--reversals", action="store_true", help="RTime: the reversal of every video is a candidate too")
@@ -52,9 +55,10 @@ parser.add_argument("--device", default="auto", help="auto (cuda if available), 
 
 def main(argv=None):
     args = parser.parse_args(argv)
+    check_arguments(args)
     queries = list(args.queries) + (read_queries(args.queries_file) if args.queries_file else [])
     if not queries:
-        parser.error("give queries as arguments or --queries FILE")
+        raise StageError(f"--queries {args.queries_file}: the file holds no query")
     device = resolve_device(args.device)
     fix_cpu_threads(device)
     for query, hits in zip(queries, search(args, queries, device), strict=True):
@@ -63,21 +67,29 @@ def main(argv=None):
             print(f"  {rank:>3}. {video_id}{' (reversed)' if reversed_flag else ''}  {score:.4f}")
 
 
+def check_arguments(args):
+    """Refuse a call with nothing to search for, before any work."""
+    if not args.queries and not args.queries_file:
+        parser.error("give queries as arguments or --queries FILE")
+
+
 def read_queries(path):
     try:
         return [line.strip() for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
     except (OSError, UnicodeDecodeError) as err:
-        sys.exit(f"--queries {path}: cannot be read ({err})")
+        raise StageError(f"--queries {path}: cannot be read ({err})") from None
 
 
 def search(args, queries, device):
     """For each query, the top-k candidates as (video id, reversed, score), best first."""
-    try:
-        meta = read_meta(args.cache)
-        cached_frames = frames_per_video(args.cache, args.split)
-    except CacheError as err:
-        sys.exit(str(err))
-    head, config = load_head(args, meta, cached_frames)
+    meta = read_meta(args.cache)
+    checkpoint = load_checkpoint(args.ckpt) if args.ckpt else None
+    frames = None
+    if checkpoint is None:
+        frames = frames_to_use(
+            None, frames_per_video(args.cache, args.split), meta["contract"]["sampling"]["t_max"], ""
+        )
+    head, config = head_for_cache(meta, args.cache, frames, checkpoint=checkpoint, ckpt=args.ckpt, name=args.head)
     head = head.to(device).eval()
     data = load_split_tensors(args.cache, args.split, config["frames"], device, config["text_input"] == "tokens")
     video_ids = open_split(args.cache, args.split).video_ids
@@ -87,7 +99,7 @@ def search(args, queries, device):
     setting = Setting(np.zeros(0, dtype=np.int64), candidates, np.zeros((0, len(candidates)), bool), [], [])
     text, text_mask = encode_queries(args, meta, queries, head.text_input, device)
     with torch.no_grad():
-        if head.text_input == "pooled" and config["head"] != "tightTransf":
+        if head.indexable:
             index = video_index(args, meta, head, data, setting, video_ids, device)
             scores = head.score_matrix(text, text_mask, index).float().cpu().numpy()
         else:  # a cross-encoder: every query against every video, nothing to index
@@ -99,28 +111,12 @@ def search(args, queries, device):
     return hits
 
 
-def load_head(args, meta, cached_frames):
-    """The head and its settings; a checkpoint must have been trained on features like the cache's."""
-    if args.ckpt is None:
-        frames = frames_to_use(None, cached_frames, meta["contract"]["sampling"]["t_max"], args.cache)
-        head = build_head(args.head, meta["contract"]["clip"]["config"]["embed_dim"], 0)
-        return head, {"head": args.head, "frames": frames, "text_input": "pooled"}
-    try:
-        checkpoint = load_checkpoint(args.ckpt)
-        head = head_from_checkpoint(checkpoint, args.ckpt, 8192)
-    except (CheckpointError, ValueError) as err:
-        sys.exit(str(err))
-    if checkpoint["config"]["feature_contract"]["clip"]["sha256"] != meta["contract"]["clip"]["sha256"]:
-        sys.exit(f"{args.ckpt} was trained on features of another CLIP than {args.cache}'s")
-    return head, checkpoint["config"]
-
-
 def encode_queries(args, meta, queries, text_input, device):
     """The queries as the cache encodes captions: the cache's CLIP, context length, long-text rule
     and precision, stored in its storage dtype; as a head reads them ([Q, L, D], [Q, L])."""
     contract = meta["contract"]
     if file_sha256(args.clip) != contract["clip"]["sha256"]:
-        sys.exit(f"--clip {args.clip} is not the checkpoint {args.cache} was extracted with")
+        raise StageError(f"--clip {args.clip} is not the checkpoint {args.cache} was extracted with")
     model, _ = clip_vendor.load(args.clip, device, clip_vendor.DTYPES[contract["compute"]["dtype"]])
     pooled, tokens = clip_vendor.encode_texts(
         model, queries, contract["tokenizer"]["context_length"], contract["tokenizer"]["long_text"]
@@ -129,13 +125,9 @@ def encode_queries(args, meta, queries, text_input, device):
     if text_input == "pooled":
         text = pooled.to(storage).float().unsqueeze(1)
         return text, torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
-    width = max(len(t) for t in tokens)
-    text = torch.zeros((len(tokens), width, pooled.shape[1]), device=pooled.device)
-    mask = torch.zeros((len(tokens), width), dtype=torch.bool, device=pooled.device)
-    for row, features in enumerate(tokens):
-        text[row, : len(features)] = features.to(storage).float()
-        mask[row, : len(features)] = True
-    return text, mask
+    stored = [features.to(storage).cpu().numpy() for features in tokens]
+    text, mask = padded_tokens(stored, max(len(features) for features in stored), pooled.shape[1])
+    return torch.from_numpy(text).to(device).float(), torch.from_numpy(mask).to(device)
 
 
 def video_index(args, meta, head, data, setting, video_ids, device):
@@ -166,4 +158,4 @@ def video_index(args, meta, head, data, setting, video_ids, device):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

@@ -10,16 +10,16 @@ reversible video also brings flip(V) with one of its reverse captions into the s
 batches do not depend on the number of processes: under torchrun each rank holds the items of its
 own videos, and the loss is computed over the gathered batch.
 Loss: symmetric in-batch InfoNCE (CLIP4Clip's CrossEn, text->video and video->text). Validation
-after every epoch on valid (Hard for RTime, all captions for generic data); the selection metric
-is the tie-aware expected text->video R@1. Outputs in --out: best.pt, last.pt (for resume),
-log.jsonl, config.json.
+after every epoch on valid, on the setting the annotation format selects on (Hard for RTime, all
+captions otherwise); the selection metric is the tie-aware expected text->video R@1. The run folder
+(--out) holds best.pt, last.pt (for resume), log.jsonl and config.json (heads/checkpoints.py).
+Exit codes: infra/cli.py.
 """
 
 import argparse
 import contextlib
 import json
 import random
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +29,7 @@ import torch
 
 import clip_vendor
 from clip_vendor.model import CLIP, ClipConfig
-from corpus.annotations import SELECTION_SETTING
+from corpus.annotations import FORMATS
 from corpus.feature_cache import (
     META_NAME,
     CacheError,
@@ -44,64 +44,96 @@ from corpus.feature_cache import (
 )
 from evaluation.retrieval_metrics import retrieval_metrics
 from evaluation.scoring import autocast_for, directions, read_setting, score_matrix
-from heads.architectures import HEADS, build_head, clamp_log_scale_, clip_logit_scale, init_from_clip_text
-from heads.checkpoints import CheckpointError, head_checkpoint, init_from, load_checkpoint, save_checkpoint
-from heads.contrastive import average_gradients, batch_loss, epoch_batches, lr_scale, param_groups, set_lr, train_items
-from heads.split_tensors import PLACEMENTS, HostSplit, frames_to_use, load_split_tensors
+from heads.architectures import (
+    HEADS,
+    TRAIN_PAIR_BATCH,
+    HeadShape,
+    build_head,
+    clamp_log_scale_,
+    clip_logit_scale,
+    init_from_clip_text,
+)
+from heads.checkpoints import (
+    BEST,
+    CONFIG,
+    LAST,
+    LOG,
+    CheckpointError,
+    head_checkpoint,
+    init_from,
+    load_checkpoint,
+    save_checkpoint,
+)
+from heads.loaded_split import PLACEMENTS, HostSplit, frames_to_use, load_split_tensors
+from heads.training import (
+    add_optimisation_flags,
+    average_gradients,
+    batch_loss,
+    epoch_batches,
+    lr_scale,
+    param_groups,
+    set_lr,
+    train_items,
+)
+from infra import cli
+from infra.cli import HelpFormatter, StageError, whole_number
 from infra.file_io import atomic_write_bytes, atomic_write_json, exclusive_folder, file_sha256
-from infra.runtime import HelpFormatter, Progress, device_name, fix_cpu_threads, setup_runtime, whole_number
+from infra.records import first_difference
+from infra.runtime import Progress, device_name, fix_cpu_threads, setup_runtime
 
 PROGRESS_SECONDS = 10  # in-epoch progress lines at most this often
+INTERRUPTED = "interrupted; the epochs finished so far are kept in last.pt; rerun the same command to resume"
 
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-add = parser.add_argument
-add("--cache", required=True, type=Path, help="feature cache written by extract.py")
-add("--head", required=True, choices=sorted(HEADS), help="which head to train")
-add("--out", required=True, type=Path, help="run folder (resumed if it holds last.pt)")
-add("--seed", type=int, default=0, help="seeds initialisation, batches and dropout")
-add("--clip", type=Path, help="the cache's CLIP checkpoint (seqTransf/tightTransf start from its text transformer)")
-add("--init-from", type=Path, help="start from this head: a train_head.py checkpoint of the same head, or CLIP4Clip's")
-add(
+what = parser.add_argument_group("what is trained")
+what.add_argument("--cache", required=True, type=Path, help="feature cache written by extract.py")
+what.add_argument("--head", required=True, choices=sorted(HEADS), help="which head to train")
+what.add_argument("--out", required=True, type=Path, help="run folder (resumed if it holds last.pt)")
+what.add_argument("--seed", type=int, default=0, help="seeds initialisation, batches and dropout")
+what.add_argument(
+    "--clip", type=Path, help="the cache's CLIP checkpoint (heads that start from CLIP's text layers need it)"
+)
+what.add_argument(
+    "--init-from", type=Path, help="start from this head: a train_head.py checkpoint of the same head, or CLIP4Clip's"
+)
+what.add_argument(
     "--frames",
     type=whole_number(2),
     help="frames per video: an even, evenly spaced subset of the cached ones (default: all, up to t_max)",
 )
-add(
+what.add_argument(
     "--select-frames",
     type=whole_number(0),
     default=0,
-    help="K > 0: the head sees the K frames a learned scorer picks (README)",
+    help="K > 0: the head sees the K frames a learned scorer picks (docs/train_head.md)",
 )
-add("--text-input", default="pooled", choices=["pooled", "tokens"], help="tightTransf's text: pooled or token features")
-add("--epochs", type=whole_number(1), default=5, help="passes over the train videos")
-add("--batch-size", type=whole_number(2), default=128, help="videos per step, over all ranks (at least 2)")
-add("--lr", type=float, default=1e-4, help="peak AdamW learning rate")
-add("--weight-decay", type=float, default=0.2, help="AdamW decay on weight matrices")
-add("--warmup", type=float, default=0.1, help="share of all steps spent warming the rate up")
-add(
-    "--learn-temp",
-    action="store_true",
-    help="learn the temperature (ln kept in [0.1, ln 100]); not for tightTransf, whose score is its own logit",
+what.add_argument(
+    "--text-input",
+    default="pooled",
+    choices=["pooled", "tokens"],
+    help="what a cross-encoder reads of a caption: its pooled embedding, or every token's features",
 )
-add("--logit-scale", type=float, default=100.0, help="the temperature cosines are scaled by (or where learning starts)")
-add("--settings-note", default="given on the command line", help="how these settings were chosen, for the report")
-add("--reverse-negatives", action="store_true", help="add flip(V) of each reversible video with its reverse captions")
-add("--patience", type=whole_number(0), default=0, help="stop after this many epochs without improvement (0: never)")
-add("--device", default="auto", help="where to train: auto (cuda if available), cuda or cpu")
-add(
+what.add_argument(
+    "--settings-note", default="given on the command line", help="how these settings were chosen, for the report"
+)
+add_optimisation_flags(parser.add_argument_group("optimisation (heads/training.py; tune.py searches some)"))
+system = parser.add_argument_group("where and how fast (not part of what is computed)")
+system.add_argument("--device", default="auto", help="where to train: auto (cuda if available), cuda or cpu")
+system.add_argument(
     "--data-on",
     default="auto",
     choices=PLACEMENTS,
     help="where a split's frames live: the device, or the host, read batch by batch from the memory-mapped cache "
     "(same results); auto: the host when the split would take over half the free device memory",
 )
-add(
+system.add_argument(
     "--pair-batch",
     type=whole_number(1),
-    default=2048,
+    default=TRAIN_PAIR_BATCH,
     help="tightTransf pairs per forward, each checkpointed in training: memory follows this, not the batch squared",
 )
+NOT_IN_CONFIG = ("out", "device", "pair_batch", "data_on")  # where and how fast, not what is computed
 
 
 @dataclass(frozen=True)
@@ -116,31 +148,35 @@ class Run:
     optimizer: torch.optim.Optimizer | None
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """How the epochs walk the train videos: every rank draws the same batches."""
+
+    steps_per_epoch: int
+    total_steps: int
+    batch_size: int
+    lr: float
+    warmup: float
+    seed: int
+
+
 def main(argv=None):
     args = parser.parse_args(argv)
     check_arguments(args)
     runtime = setup_runtime(args.device)
     with exclusive_folder(args.out) if runtime.master else contextlib.nullcontext():
         runtime.barrier()  # no rank starts before rank 0 holds the run folder
-        try:
-            train(args, runtime)
-        except KeyboardInterrupt:
-            print(
-                "interrupted; the epochs finished so far are kept in last.pt; rerun the same command to resume",
-                file=sys.stderr,
-            )
-            raise SystemExit(130) from None
-        except CacheError as err:
-            sys.exit(str(err))
+        train(args, runtime)
     runtime.finish()
 
 
 def train(args, runtime):
+    # ---- set-up: threads and seeds, the cache, the run's settings, the head and its optimiser
     device = runtime.device
     cpu_threads = fix_cpu_threads(device)
     seed_everything(args.seed, deterministic=not device.startswith("cuda"))
-    meta, valid_setting_name = open_cache(args.cache, runtime)
-    config = run_config(args, meta, valid_setting_name, cpu_threads)
+    meta, selection = open_cache(args.cache, runtime)
+    config = run_config(args, meta, selection, cpu_threads)
     head = make_head(args, meta, config, runtime.log).to(device)
     log_scale = clip_logit_scale(args.learn_temp, args.logit_scale, device)
     trainable = [p for p in [*head.parameters(), log_scale] if p.requires_grad]
@@ -151,100 +187,61 @@ def train(args, runtime):
     optimizer = torch.optim.AdamW(param_groups(head, log_scale, args.weight_decay), lr=args.lr) if trainable else None
     run = Run(args.out, config, args.patience, head, log_scale, optimizer)
 
+    # ---- data: this rank's train videos, every valid video, and the setting the epochs are selected on
     items = train_items(read_pairs(args.cache, "train", "train"), args.reverse_negatives)
     my_videos = sorted(items)[runtime.rank :: runtime.world_size]  # features sharded: this rank loads only its videos
     tokens = args.text_input == "tokens"
-    train = load_split_tensors(args.cache, "train", config["frames"], device, tokens, my_videos, args.data_on)
-    valid = load_split_tensors(args.cache, "valid", config["frames"], device, tokens, where=args.data_on)
-    runtime.log(f"frames on the {placed(train)} (train) and the {placed(valid)} (valid)")
-    valid_setting = read_setting(args.cache, "valid", valid_setting_name)
+    train_data = load_split_tensors(args.cache, "train", config["frames"], device, tokens, my_videos, args.data_on)
+    valid_data = load_split_tensors(args.cache, "valid", config["frames"], device, tokens, where=args.data_on)
+    runtime.log(f"frames on the {placed(train_data)} (train) and the {placed(valid_data)} (valid)")
+    valid_setting = read_setting(args.cache, "valid", selection)
     steps_per_epoch = len(items) // args.batch_size
     if steps_per_epoch == 0:
-        sys.exit(f"--batch-size {args.batch_size}: the train split has only {len(items)} videos")
-    total_steps = steps_per_epoch * args.epochs
+        raise StageError(f"--batch-size {args.batch_size}: the train split has only {len(items)} videos")
+    schedule = Schedule(
+        steps_per_epoch, steps_per_epoch * args.epochs, args.batch_size, args.lr, args.warmup, args.seed
+    )
     autocast = autocast_for(device)
 
+    # ---- resume, then one epoch at a time: train, validate, checkpoint
     state = resume_or_start(run, runtime.log)
     runtime.log(
         f"selection metric: {config['selection_metric']}; {len(items)} train videos, {steps_per_epoch} steps/epoch "
         f"of {args.batch_size} videos" + (" (+ their reversals)" if args.reverse_negatives else "")
     )
-    while state["epoch"] < args.epochs and not state["stopped"] and trainable:
-        epoch = state["epoch"] + 1
-        start_time = time.time()
-        # dropout's stream is a function of (seed, epoch, rank): a resumed run draws the same masks
-        torch.manual_seed(int(np.random.SeedSequence([args.seed, epoch, runtime.rank]).generate_state(1)[0]))
-        head.train()
-        loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
-        first_bad_step = torch.full((), -1, device=device)  # the first non-finite loss, also without a sync
-        progress = Progress(f"  epoch {epoch} steps", steps_per_epoch, runtime.log, PROGRESS_SECONDS)
-        batches = list(epoch_batches(items, args.batch_size, steps_per_epoch, args.seed, epoch, my_videos))
-        for step, batch in enumerate(batches):
-            set_lr(optimizer, args.lr * lr_scale((epoch - 1) * steps_per_epoch + step, total_steps, args.warmup))
-            with autocast:
-                loss = batch_loss(head, log_scale, train, batch, runtime)
-            if step + 1 < len(batches):
-                train.prefetch(batches[step + 1][0])  # host frames: gathered while this step's backward runs
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            average_gradients(trainable, runtime)
-            optimizer.step()
-            clamp_log_scale_(log_scale)
-            with torch.no_grad():
-                loss_sum += loss.detach().float()
-                first_bad_step = torch.where(~torch.isfinite(loss) & (first_bad_step < 0), step + 1, first_bad_step)
-            progress.update(detail=lambda steps=step + 1, total=loss_sum: f"mean loss {total.item() / steps:.4f}")
-        if first_bad_step.item() >= 0:
-            sys.exit(
-                f"training diverged: the loss is not finite at epoch {epoch}, step {int(first_bad_step.item())} "
-                f"of {steps_per_epoch}; nothing of this epoch was saved (try a lower --lr)"
-            )
-        metrics = validate(head, valid, valid_setting, autocast)
-        record = {
-            "epoch": epoch,
-            "train_loss": loss_sum.item() / steps_per_epoch,
-            "lr_end": optimizer.param_groups[0]["lr"],
-            "logit_scale": log_scale.detach().exp().item(),
-            "seconds": round(time.time() - start_time, 3),
-            "device": device_name(device),
-            "selection": metrics["t2v"]["expected"]["R@1"],
-            "valid_setting": valid_setting_name,
-            "valid": metrics,
-        }
-        state = end_epoch(run, state, record, runtime)
-    if not trainable and not state["history"]:
-        # nothing to learn (meanP with a fixed temperature): validate once and keep that as the run
-        start_time = time.time()
-        metrics = validate(head, valid, valid_setting, autocast)
-        record = {
-            "epoch": 0,
-            "train_loss": None,
-            "seconds": round(time.time() - start_time, 3),
-            "device": device_name(device),
-            "selection": metrics["t2v"]["expected"]["R@1"],
-            "valid_setting": valid_setting_name,
-            "valid": metrics,
-        }
-        state = end_epoch(run, state, record, runtime)
+    if not trainable and not state["history"]:  # nothing to learn (meanP at a fixed temperature): one validation
+        started = time.time()
+        metrics = validate(head, valid_data, valid_setting, autocast)
+        state = end_epoch(run, state, epoch_record(0, None, run, metrics, selection, started, device), runtime)
+    while trainable and state["epoch"] < args.epochs and not state["stopped"]:
+        epoch, started = state["epoch"] + 1, time.time()
+        mean_loss = train_one_epoch(run, trainable, train_data, items, epoch, schedule, my_videos, autocast, runtime)
+        metrics = validate(head, valid_data, valid_setting, autocast)
+        state = end_epoch(run, state, epoch_record(epoch, mean_loss, run, metrics, selection, started, device), runtime)
+
+    # ---- done: the epoch best.pt holds
     best = max(state["history"], key=lambda record: record["selection"])
     runtime.log(
         f"done: best {config['selection_metric']} = {best['selection']:.2f} at epoch {best['epoch']} "
-        f"-> {args.out / 'best.pt'}"
+        f"-> {args.out / BEST}"
     )
 
 
 def check_arguments(args):
     """Refuse values that would run on nonsense, or that the run would not honour, before any work,
-    naming the flag."""
+    naming the flag (exit 2). Checks that need the cache come later, as StageErrors."""
+    head = HEADS[args.head]
     if args.frames is not None and args.frames % 2:
         parser.error(
             f"--frames {args.frames}: use an even number >= 2 (an odd subset of an even count is not mirror-symmetric)"
         )
-    if args.learn_temp and args.head == "tightTransf":
+    if args.learn_temp and head.scores_are_logits:
         parser.error(
-            "--learn-temp: tightTransf scores with its own output layer (CLIP4Clip's logit), which no temperature "
+            f"--learn-temp: {args.head} scores with its own output layer (a logit), which no temperature "
             "scales; train it without --learn-temp"
         )
+    if head.needs_clip_text and not args.init_from and args.clip is None:
+        parser.error(f"--clip is required for {args.head}: it starts from the checkpoint's text transformer")
     try:
         clip_logit_scale(args.learn_temp, args.logit_scale)
     except ValueError as err:
@@ -257,21 +254,20 @@ def check_arguments(args):
 
 
 def open_cache(cache_dir, runtime):
-    """The cache's meta and the setting training selects on; exits naming what is missing. Every
-    rank must read the same cache (on several machines, a folder each mounts), or all stop."""
+    """The cache's meta and the setting training selects on (its valid split's format says which).
+    Every rank must read the same cache (on several machines, a folder each mounts), or all stop."""
     advice = "training needs the train and valid splits extracted (extract.py --splits train valid ...)"
     try:
         meta = read_meta(cache_dir)
-        valid_setting_name = SELECTION_SETTING[split_format(meta, "valid")]
+        selection = FORMATS[split_format(meta, "valid")].selection
+        needed = [pairs_path(cache_dir, "train", "train"), pairs_path(cache_dir, "valid", selection)]
+        problem = next((f"{path} not found" for path in needed if not path.exists()), None)
     except CacheError as err:
         meta, problem = None, str(err)
-    else:
-        needed = [pairs_path(cache_dir, "train", "train"), pairs_path(cache_dir, "valid", valid_setting_name)]
-        problem = next((f"{path} not found" for path in needed if not path.exists()), None)
     runtime.agree(content_digest(meta) if meta else "none", f"the content of the cache each reads ({cache_dir})")
     if problem:
-        sys.exit(f"{problem}; {advice}")
-    return meta, valid_setting_name
+        raise CacheError(f"{problem}; {advice}")
+    return meta, selection
 
 
 def placed(data):
@@ -287,20 +283,20 @@ def seed_everything(seed, deterministic):
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
-def run_config(args, meta, valid_setting_name, cpu_threads):
+def run_config(args, meta, selection, cpu_threads):
     """Every setting the run's numbers depend on; a resumed run must match it."""
     config = {
         key: (str(value) if isinstance(value, Path) else value)
         for key, value in vars(args).items()
-        if key not in ("out", "device", "pair_batch", "data_on")  # where and how fast, not what is computed
+        if key not in NOT_IN_CONFIG
     }
+    cached = frames_per_video(args.cache, "train")
     try:
-        cached = frames_per_video(args.cache, "train")
         frames = frames_to_use(args.frames, cached, meta["contract"]["sampling"]["t_max"], args.cache / "train")
     except ValueError as err:
-        parser.error(str(err))
+        raise StageError(str(err)) from None
     if args.select_frames and args.select_frames >= min(frames, int(cached.max())):
-        parser.error(
+        raise StageError(
             f"--select-frames {args.select_frames}: the head reads {min(frames, int(cached.max()))} frames per video "
             "at most; select fewer, or train without selection"
         )
@@ -313,46 +309,73 @@ def run_config(args, meta, valid_setting_name, cpu_threads):
         feature_contract=feature_contract(meta),
         embed_dim=meta["contract"]["clip"]["config"]["embed_dim"],
         context_length=meta["contract"]["clip"]["config"]["context_length"],
-        selection_metric=f"valid {valid_setting_name} text->video R@1 (tie-aware expected)",
+        selection_metric=f"valid {selection} text->video R@1 (tie-aware expected)",
         init_from_sha256=file_sha256(args.init_from) if args.init_from else None,
+        scores_are_logits=HEADS[args.head].scores_are_logits,  # the report says "no temperature" from this
     )
     return config
 
 
 def make_head(args, meta, config, log):
+    """The head, from a checkpoint (--init-from), from CLIP's text layers where it starts from them,
+    or as initialised."""
     torch.manual_seed(args.seed)  # the same initial weights on every rank
-    head = build_head(
-        args.head,
-        config["embed_dim"],
-        config["frames"],
-        args.text_input,
-        config["context_length"],
-        args.pair_batch,
-        args.select_frames,
-    )
+    shape = HeadShape(config["embed_dim"], config["frames"], config["context_length"], args.text_input, args.pair_batch)
+    head = build_head(args.head, shape, args.select_frames)
     if args.init_from:
-        try:
-            log(f"starting from {args.init_from}: {init_from(head, args.head, args.init_from)}")
-        except (CheckpointError, ValueError) as err:
-            sys.exit(str(err))
-    elif args.head in ("seqTransf", "tightTransf"):
-        if args.clip is None:
-            sys.exit(f"--clip is required for {args.head}: it starts from the checkpoint's text transformer")
+        log(f"starting from {args.init_from}: {init_from(head, args.head, args.init_from, meta, args.cache)}")
+    elif head.needs_clip_text:
         if file_sha256(args.clip) != meta["contract"]["clip"]["sha256"]:
-            sys.exit(
-                f"{args.clip} is not the checkpoint the cache was extracted with "
+            raise StageError(
+                f"--clip {args.clip} is not the checkpoint the cache was extracted with "
                 f"({meta.get('clip_file')}, sha256 {meta['contract']['clip']['sha256'][:12]})"
             )
         try:
             init_from_clip_text(head, clip_vendor.read_state_dict(args.clip))
         except (ValueError, FileNotFoundError) as err:
-            sys.exit(f"--clip: {err}")
+            raise StageError(f"--clip: {err}") from None
     return head
 
 
 def frozen_clip_parameters(meta):
     with torch.device("meta"):
         return sum(p.numel() for p in CLIP(ClipConfig(**meta["contract"]["clip"]["config"])).parameters())
+
+
+def train_one_epoch(run, trainable, data, items, epoch, schedule, my_videos, autocast, runtime):
+    """One pass over the train videos; returns the mean loss. A non-finite loss stops the run
+    before anything of this epoch is saved."""
+    head, log_scale, optimizer = run.head, run.log_scale, run.optimizer
+    device = runtime.device
+    # dropout's stream is a function of (seed, epoch, rank): a resumed run draws the same masks
+    torch.manual_seed(int(np.random.SeedSequence([schedule.seed, epoch, runtime.rank]).generate_state(1)[0]))
+    head.train()
+    loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
+    first_bad_step = torch.full((), -1, device=device)  # the first non-finite loss, also without a sync
+    progress = Progress(f"  epoch {epoch} steps", schedule.steps_per_epoch, runtime.log, PROGRESS_SECONDS)
+    batches = list(epoch_batches(items, schedule.batch_size, schedule.steps_per_epoch, schedule.seed, epoch, my_videos))
+    for step, batch in enumerate(batches):
+        global_step = (epoch - 1) * schedule.steps_per_epoch + step
+        set_lr(optimizer, schedule.lr * lr_scale(global_step, schedule.total_steps, schedule.warmup))
+        with autocast:
+            loss = batch_loss(head, log_scale, data, batch, runtime)
+        if step + 1 < len(batches):
+            data.prefetch(batches[step + 1][0])  # host frames: gathered while this step's backward runs
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        average_gradients(trainable, runtime)
+        optimizer.step()
+        clamp_log_scale_(log_scale)
+        with torch.no_grad():
+            loss_sum += loss.detach().float()
+            first_bad_step = torch.where(~torch.isfinite(loss) & (first_bad_step < 0), step + 1, first_bad_step)
+        progress.update(detail=lambda steps=step + 1, total=loss_sum: f"mean loss {total.item() / steps:.4f}")
+    if first_bad_step.item() >= 0:
+        raise StageError(
+            f"training diverged: the loss is not finite at epoch {epoch}, step {int(first_bad_step.item())} "
+            f"of {schedule.steps_per_epoch}; nothing of this epoch was saved (try a lower --lr)"
+        )
+    return loss_sum.item() / schedule.steps_per_epoch
 
 
 def validate(head, data, setting, autocast):
@@ -362,24 +385,42 @@ def validate(head, data, setting, autocast):
     try:
         return {direction: retrieval_metrics(*pair)[0] for direction, pair in directions(scores, setting.gold).items()}
     except ValueError as err:  # non-finite scores: the head has diverged
-        sys.exit(f"validation: {err}; the head has diverged, and this epoch was not saved (try a lower --lr)")
+        raise StageError(
+            f"validation: {err}; the head has diverged, and this epoch was not saved (try a lower --lr)"
+        ) from None
+
+
+def epoch_record(epoch, mean_loss, run, metrics, selection, started, device):
+    """What log.jsonl and the checkpoints keep of an epoch (epoch 0: the one validation of a run
+    with nothing to learn)."""
+    trained = {}
+    if mean_loss is not None:
+        trained = {"lr_end": run.optimizer.param_groups[0]["lr"], "logit_scale": run.log_scale.detach().exp().item()}
+    return {
+        "epoch": epoch,
+        "train_loss": mean_loss,
+        **trained,
+        "seconds": round(time.time() - started, 3),
+        "device": device_name(device),
+        "selection": metrics["t2v"]["expected"]["R@1"],
+        "valid_setting": selection,
+        "valid": metrics,
+    }
 
 
 def resume_or_start(run, log):
-    last_path = run.out / "last.pt"
+    last_path = run.out / LAST
     if not last_path.exists():
         run.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(run.out / "config.json", run.config)
+        atomic_write_json(run.out / CONFIG, run.config)
         return {"epoch": 0, "history": [], "stopped": False, "since_best": 0}
     try:
         saved = load_checkpoint(last_path)
     except CheckpointError as err:
-        sys.exit(f"cannot resume: {err}; use a new --out")
-    changed = sorted(
-        key for key in set(saved["config"]) | set(run.config) if saved["config"].get(key) != run.config.get(key)
-    )
+        raise CheckpointError(f"cannot resume: {err}; use a new --out") from None
+    changed = first_difference(saved["config"], run.config, ("it has", "this run has"))
     if changed:
-        sys.exit(f"{last_path} was trained with other settings ({', '.join(changed)}); use a new --out")
+        raise StageError(f"{last_path} was trained with other settings ({changed}); use a new --out")
     run.head.load_state_dict(saved["head"])
     with torch.no_grad():
         run.log_scale.copy_(saved["log_scale"])
@@ -390,6 +431,8 @@ def resume_or_start(run, log):
 
 
 def end_epoch(run, state, record, runtime):
+    """Add an epoch to the history, decide early stopping, log it, and (rank 0) write best.pt when
+    it improved, then last.pt and log.jsonl."""
     history = state["history"] + [record]
     improved = record["selection"] > max((r["selection"] for r in state["history"]), default=-1.0)
     since_best = 0 if improved else state["since_best"] + 1
@@ -406,17 +449,13 @@ def end_epoch(run, state, record, runtime):
     if runtime.master:
         saved = head_checkpoint(run.head, run.log_scale, run.config, history, record["epoch"])
         if improved:
-            save_checkpoint(run.out / "best.pt", saved)
+            save_checkpoint(run.out / BEST, saved)
         # written after best.pt: a resumed run never lacks it
         optimizer_state = run.optimizer.state_dict() if run.optimizer else {}
-        save_checkpoint(run.out / "last.pt", {**saved, "optimizer": optimizer_state, "state": state})
-        write_log(run.out, history)
+        save_checkpoint(run.out / LAST, {**saved, "optimizer": optimizer_state, "state": state})
+        atomic_write_bytes(run.out / LOG, "".join(json.dumps(r) + "\n" for r in history).encode())
     return state
 
 
-def write_log(out_dir, history):
-    atomic_write_bytes(out_dir / "log.jsonl", "".join(json.dumps(record) + "\n" for record in history).encode())
-
-
 if __name__ == "__main__":
-    main()
+    cli.run(main, INTERRUPTED)

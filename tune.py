@@ -10,7 +10,8 @@ metric after every epoch, and a median pruner stops trials that fall below the m
 trials at the same epoch. Test is never read. Every head gets --trials finished trials (completed
 or pruned). Trials are stored in OUT/study.sqlite3, so a search killed at any moment resumes with
 the same command. The best settings of each head are written to OUT/best/{head}.json, where
-run_all.sh --tune reads them.
+run_all.sh --tune reads them. The settings a space may name, and their flags, are train_head.py's
+own (heads/training.py: TUNABLE). Exit codes: infra/cli.py.
 """
 
 import argparse
@@ -28,14 +29,18 @@ from pathlib import Path
 
 import optuna
 
-from corpus.feature_cache import CacheError, content_digest, read_meta
+from corpus.feature_cache import content_digest, read_meta
 from heads.architectures import HEADS
+from heads.checkpoints import LOG
+from heads.training import tunable_flags
+from infra import cli
+from infra.cli import HelpFormatter, StageError, whole_number
 from infra.file_io import atomic_write_json, exclusive_folder
-from infra.runtime import HelpFormatter, whole_number
+from infra.records import first_difference
 
 SCRIPT = Path(__file__).resolve().parent / "train_head.py"
 PR_SET_PDEATHSIG = 1  # prctl option: the signal a process gets when its parent dies
-FLAGS = {"lr": "--lr", "weight_decay": "--weight-decay", "warmup": "--warmup", "logit_scale": "--logit-scale"}
+FLAGS = tunable_flags()  # {setting: its train_head.py flag}
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
 add = parser.add_argument
@@ -50,9 +55,11 @@ add("--seed", type=int, default=0, help="seeds the sampler; every trial trains w
 add("--startup-trials", type=whole_number(0), default=3, help="trials before the pruner may stop one")
 
 
-# train_head.py flags a trial's --train-args may not give: the search sets them itself.
+# train_head.py flags a trial's --train-args may not give: the search sets them itself
+# (tests/test_tune.py holds them to train_head.py's parser).
 SEARCH_OWNED_FLAGS = ("--head", "--seed", "--out", "--cache", "--clip", "--settings-note")
 DEFINITION = "search.json"  # what defines the search in OUT; a rerun with other values is refused
+STUDY = "study.sqlite3"
 OPTUNA_TABLES = {"studies", "trials", "version_info"}
 
 
@@ -60,10 +67,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     space = read_space(args.space)
     check_train_args(args.train_args, space)
-    try:
-        cache_digest = content_digest(read_meta(args.cache))
-    except CacheError as err:
-        sys.exit(str(err))
+    cache_digest = content_digest(read_meta(args.cache))
     definition = {
         "cache_content_sha256": cache_digest,
         "heads": args.heads,
@@ -73,7 +77,7 @@ def main(argv=None):
         "startup_trials": args.startup_trials,
     }
     with exclusive_folder(args.out):
-        storage_path = args.out / "study.sqlite3"
+        storage_path = args.out / STUDY
         check_storage(storage_path)
         check_definition(args.out, definition)
         storage = optuna.storages.RDBStorage(f"sqlite:///{storage_path.resolve()}")
@@ -103,17 +107,16 @@ def check_definition(out, definition):
     train args as the run that made it (more trials are welcome), else it is refused."""
     path = out / DEFINITION
     if not path.exists():
-        if (out / "study.sqlite3").exists():
-            sys.exit(f"{out / 'study.sqlite3'} exists without {path}: it belongs to another search; use a new --out")
+        if (out / STUDY).exists():
+            raise StageError(f"{out / STUDY} exists without {path}: it belongs to another search; use a new --out")
         atomic_write_json(path, definition)
         return
-    recorded = json.loads(path.read_text())
-    for key in sorted(set(recorded) | set(definition)):
-        if recorded.get(key) != definition.get(key):
-            sys.exit(
-                f"{out} holds another search: its {key} was {recorded.get(key)!r}, this run's is "
-                f"{definition.get(key)!r}; rerun with the same settings to resume it, or use a new --out"
-            )
+    difference = first_difference(json.loads(path.read_text()), definition, ("that search has", "this run has"))
+    if difference:
+        raise StageError(
+            f"{out} holds another search (its {difference}); rerun with the same settings to resume it, "
+            "or use a new --out"
+        )
 
 
 def check_storage(path):
@@ -125,9 +128,12 @@ def check_storage(path):
         with contextlib.closing(sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)) as connection:
             tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     except sqlite3.DatabaseError as err:
-        sys.exit(f"{path} is not a readable SQLite database ({err}); it was not touched: use a new --out")
+        message = f"{path} is not a readable SQLite database ({err}); it was not touched: use a new --out"
+        raise StageError(message) from None
     if not OPTUNA_TABLES <= tables:
-        sys.exit(f"{path} is an SQLite database but not an optuna study (no {', '.join(sorted(OPTUNA_TABLES))} tables)")
+        raise StageError(
+            f"{path} is an SQLite database but not an optuna study (no {', '.join(sorted(OPTUNA_TABLES))} tables)"
+        )
 
 
 def read_space(path):
@@ -136,14 +142,14 @@ def read_space(path):
     try:
         space = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as err:
-        sys.exit(f"--space {path}: {err}")
+        raise StageError(f"--space {path}: {err}") from None
     for name, bounds in space.items():
         if name not in FLAGS:
-            sys.exit(f"--space {path}: unknown setting {name!r} (known: {', '.join(FLAGS)})")
+            raise StageError(f"--space {path}: unknown setting {name!r} (known: {', '.join(FLAGS)})")
         if not (isinstance(bounds, dict) and bounds.get("low", math.nan) < bounds.get("high", math.nan)):
-            sys.exit(f'--space {path}: {name} needs {{"low": a, "high": b}} with a < b')
+            raise StageError(f'--space {path}: {name} needs {{"low": a, "high": b}} with a < b')
         if bounds.get("log") and not bounds["low"] > 0:
-            sys.exit(
+            raise StageError(
                 f"--space {path}: {name} is searched on a log scale: its low bound must be above 0, not {bounds['low']}"
             )
     return space
@@ -200,11 +206,11 @@ def run_trial(args, head, trial):
     errors.parent.mkdir(parents=True, exist_ok=True)
     with open(errors, "w") as error_file:
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=error_file, preexec_fn=die_with_parent)
-        records = watch(process, out / "log.jsonl", trial)
+        records = watch(process, out / LOG, trial)
     if records is None:
         return None
     if process.returncode != 0:
-        sys.exit(f"trial {trial.number} of {head} failed ({shlex.join(command)}):\n{errors.read_text()}")
+        raise StageError(f"trial {trial.number} of {head} failed ({shlex.join(command)}):\n{errors.read_text()}")
     return max(record["selection"] for record in records)
 
 
@@ -270,4 +276,4 @@ def write_best(args, head, study, space):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

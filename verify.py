@@ -9,12 +9,12 @@ every caption has an embedding; offsets are consistent; no NaN/Inf; pair lists p
 given, their extraction matches flip(cached features) within a tolerance measured for lossy
 reversals (exact when decoding is lossless), and is aligned with it: its frames are nearer their
 mirror frames than those frames' neighbours, which a reversal one frame off is not.
+Exit codes: infra/cli.py (a failed check is exit 1, after the table of every check).
 """
 
 import argparse
 import json
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +22,7 @@ import numpy as np
 import clip_vendor
 from clip_vendor.preprocess import resize_crop
 from clip_vendor.tokenizer import VOCAB_PATH
-from corpus.annotations import PARAPHRASE_SETTINGS, pair_settings
+from corpus.annotations import FORMATS, recorded_sources, sources_digest
 from corpus.feature_cache import (
     VIDEO_FILES,
     CacheError,
@@ -41,14 +41,16 @@ from corpus.video_frames import (
     sampled_neighbourhood,
     spec_from_contract,
 )
+from infra import cli
+from infra.cli import HelpFormatter, StageError, whole_number
 from infra.file_io import file_sha256
-from infra.runtime import HelpFormatter, fix_cpu_threads, resolve_device, whole_number
+from infra.runtime import fix_cpu_threads, resolve_device
 
 FAILURES_NAMED = 5  # a failed check names this many videos, then counts the rest
 NOISE_FLOOR = 1e-5  # cosine distance float rounding alone reaches (seen: -1.2e-7 for identical frames)
 TOLERANCE_NOTE = (
     "The default --rel-tol 0.03 and --min-cosine 0.9995 were measured on ViT-B/32-shaped CLIP with lossy "
-    "H.264 reversals of real clips (README, verify.py); for another model, measure its own with "
+    "H.264 reversals of real clips (docs/verify.md); for another model, measure its own with "
     "python -m bench.reversal_tolerance and pass them"
 )
 
@@ -67,7 +69,7 @@ parser.add_argument("--n-videos", type=whole_number(1), default=20, help="videos
 parser.add_argument("--seed", type=int, default=0, help="which videos are drawn")
 parser.add_argument("--device", default="auto", help="where CLIP runs: auto (cuda if available), cuda or cpu")
 # Tolerances for a reversed file against flip of the cache. Measured at ViT-B/32 size on real
-# clips (bench/reversal_tolerance.py, README "verify.py"): lossy reversals (H.264 CRF 23) reached
+# clips (bench/reversal_tolerance.py, docs/verify.md): lossy reversals (H.264 CRF 23) reached
 # 2.48% and a least cosine of 0.99975; the defaults leave a margin of a fifth and of double.
 parser.add_argument("--min-cosine", type=float, default=0.9995, help="least cosine similarity per frame to pass")
 parser.add_argument(
@@ -105,15 +107,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     fix_cpu_threads(device)  # re-extraction computes as extraction did
-    try:
-        meta = read_meta(args.cache)
-    except CacheError as err:
-        sys.exit(str(err))
-    try:
-        video_files = index_video_files(args.videos).files
-        reversed_files = index_video_files(args.reversed_videos).files if args.reversed_videos else {}
-    except VideoError as err:
-        sys.exit(str(err))
+    meta = read_meta(args.cache)
+    video_files = index_video_files(args.videos).files
+    reversed_files = index_video_files(args.reversed_videos).files if args.reversed_videos else {}
     contract, report = meta["contract"], Report()
     report.check("cache complete", meta.get("complete", False), f"splits {sorted(meta['counts'])}")
     check_hashes(args, contract, report)
@@ -130,12 +126,12 @@ def main(argv=None):
     try:
         model, preprocess = clip_vendor.load(args.clip, device, clip_vendor.DTYPES[contract["compute"]["dtype"]])
     except (ValueError, FileNotFoundError) as err:
-        sys.exit(f"--clip: {err}")
+        raise StageError(f"--clip: {err}") from None
     spec = spec_from_contract(contract["sampling"], preprocess.size)
     check_reextraction(args, spec, splits, model, video_files, reversed_files, report)
     report.print()
     if report.failed:
-        sys.exit(f"verify: {len(report.failed)} check(s) failed: {', '.join(report.failed)}")
+        raise StageError(f"{len(report.failed)} check(s) failed: {', '.join(report.failed)}")
     print("verify: all checks passed")
 
 
@@ -149,9 +145,10 @@ def check_hashes(args, contract, report):
     vocab_hash = file_sha256(VOCAB_PATH)
     report.check("vocabulary sha256", vocab_hash == contract["tokenizer"]["vocab_sha256"], vocab_hash[:12])
     for split, entry in contract["annotations"].items():
-        path = args.annotations / entry["file"]
-        actual = file_sha256(path) if path.exists() else "missing"
-        detail = f"{path} {actual[:12]}"
+        paths = recorded_sources(args.annotations, entry)
+        missing = [path for path in paths if not path.exists()]
+        actual = "missing" if missing else sources_digest(paths)
+        detail = f"{' + '.join(map(str, missing or paths))} {actual[:12]}"
         if actual != entry["sha256"]:
             detail += f" (the cache was extracted from sha256 {entry['sha256'][:12]}: another file)"
         report.check(f"{split} annotations sha256", actual == entry["sha256"], detail)
@@ -221,7 +218,7 @@ def check_split_files(cache_dir, split, cache, annotation_format, report):
         array = getattr(cache, name)
         finite = bool(np.isfinite(array).all())
         report.check(f"{split} {name} finite", finite, f"{array.shape} {array.dtype}")
-    for setting in pair_settings(split, annotation_format):
+    for setting, rule in FORMATS[annotation_format].pair_settings(split).items():
         name = pairs_path(cache_dir, split, setting).name
         if not pairs_path(cache_dir, split, setting).exists():
             report.check(f"{split} {name}", False, "missing")
@@ -233,7 +230,7 @@ def check_split_files(cache_dir, split, cache, annotation_format, report):
             and cache.captions[p["caption_row"]]["video_id"] == cache.video_ids[p["video_row"]] == p["video_id"]
             for p in pairs
         )
-        may_be_empty = setting in PARAPHRASE_SETTINGS[annotation_format]  # a file may give no rewrites
+        may_be_empty = rule.on_request  # a file may give no rewrites
         report.check(f"{split} {name}", ok and (len(pairs) > 0 or may_be_empty), f"{len(pairs)} pairs")
 
 
@@ -368,4 +365,4 @@ def summarise(report, name, results, args):
 
 
 if __name__ == "__main__":
-    main()
+    cli.run(main)

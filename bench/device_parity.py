@@ -44,13 +44,14 @@ parser.add_argument("--shape", default="B32", choices=sorted(CLIP_SHAPES), help=
 parser.add_argument("--heads", nargs="+", default=["seqTransf", "tightTransf"], choices=sorted(DEMO_TRAIN_ARGS))
 parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds per head and device")
 parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default: run_all.sh's demo settings)")
+parser.add_argument("--workers", type=int, default=4, help="extract.py --workers (0: decode in the main process)")
 
 
-def run_extract(annotations, videos, checkpoint, out, device, dtype, extra=()):
+def run_extract(annotations, videos, checkpoint, out, device, dtype, workers, extra=()):
     extract.main(
         [
             *("--annotations", str(annotations), "--videos", str(videos), "--clip", str(checkpoint)),
-            *("--out", str(out), "--device", device, "--dtype", dtype, "--workers", "4", *extra),
+            *("--out", str(out), "--device", device, "--dtype", dtype, "--workers", str(workers), *extra),
         ]
     )
 
@@ -69,7 +70,7 @@ def extraction_parity(tmp, demo, args):
     caches = {}
     for name, device, dtype in (("device", args.device, args.dtype), ("cpu", "cpu", "fp32")):
         caches[name] = tmp / f"cache_{name}"
-        run_extract(annotations, videos, checkpoint, caches[name], device, dtype, ("--splits", "test"))
+        run_extract(annotations, videos, checkpoint, caches[name], device, dtype, args.workers, ("--splits", "test"))
     on_device, on_cpu = open_split(caches["device"], "test"), open_split(caches["cpu"], "test")
     if on_device.video_ids != on_cpu.video_ids or not np.array_equal(on_device.video_offsets, on_cpu.video_offsets):
         raise SystemExit("the two extractions kept different videos or frame counts")
@@ -104,7 +105,9 @@ def best_valid(process, out):
 def training_parity(tmp, demo, args):
     """{(head, device): [best valid per seed]} for DEVICE and the CPU on the demo cache."""
     cache = tmp / "demo_cache"
-    run_extract(demo / "annotations", demo / "videos", demo / "clip_tiny.pt", cache, "cpu", "fp32", ("--fps", "4"))
+    run_extract(
+        demo / "annotations", demo / "videos", demo / "clip_tiny.pt", cache, "cpu", "fp32", args.workers, ("--fps", "4")
+    )
     runs = {
         (head, device, seed): tmp / f"{head}_{device}_{seed}"
         for head in args.heads

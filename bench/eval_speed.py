@@ -24,8 +24,8 @@ import torch
 
 from bench.gpu_profile import print_gpu_profile
 from evaluation.scoring import Setting, autocast_for, score_matrix
-from heads.architectures import build_head, key_padding_mask
-from heads.split_tensors import SplitTensors
+from heads.architectures import HeadShape, build_head, key_padding_mask
+from heads.loaded_split import SplitTensors
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--devices", nargs="+", default=["cuda", "cpu"], help="devices to measure on")
@@ -155,7 +155,7 @@ def main(argv=None):
         heads = {}
         for select in sorted({0, args.select_frames}):
             for name in ("meanP", "seqTransf", "mlpScore", "tightTransf"):
-                head = build_head(name, args.dim, args.frames, pair_batch=args.pair_batch, select_frames=select)
+                head = build_head(name, HeadShape(args.dim, args.frames, pair_batch=args.pair_batch), select)
                 heads[(name, select or args.frames)] = head.to(device).eval()
         measured = {key: index_and_latency(head, data, args.videos, args, device) for key, head in heads.items()}
         name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU figure of the README in one go, on a GPU machine with no network (issues 12, 21).
+# Every GPU figure of the docs in one go, on a GPU machine with no network (issues 12, 21).
 # Usage: bash bench/gpu_session.sh OUT [--dry-run] [BENCH ...]
 #   BENCH: env parity encoder extract eval train scale (default: all but scale, in this order: by
 #   value, so a call cut short keeps the most useful). Each writes OUT/BENCH.txt as it goes: its
@@ -58,13 +58,13 @@ commands_for() {  # the bench's command lines, one per line: GPU sizes, or tiny 
     eval:0) echo "$PY -m bench.eval_speed --devices cuda --queries 50 --profile" ;;
     eval:1) echo "$PY -m bench.eval_speed --devices cpu --videos 16 --frames 4 --dim 64 --queries 1 --select-frames 2 --profile" ;;
     parity:0) echo "$PY -m bench.device_parity --videos $MEDIA" ;;
-    parity:1) echo "$PY -m bench.device_parity --device cpu --dtype fp16 --shape tiny --seeds 0 --heads seqTransf --epochs 1 --videos $MEDIA" ;;
+    parity:1) echo "$PY -m bench.device_parity --device cpu --dtype fp16 --shape tiny --seeds 0 --heads seqTransf --epochs 1 --workers 0 --videos $MEDIA" ;;
     train:0) echo "$PY -m bench.train_speed --device cuda --epochs 1 --valid-videos 200 --heads meanP mlpScore seqTransf tightTransf" ;;
     train:1) echo "$PY -m bench.train_speed --device cpu --videos 16 --valid-videos 4 --frames 4 --dim 64 --heads seqTransf tightTransf --epochs 1 --batch-size 8" ;;
     extract:0) echo "$PY -m bench.extract_speed --device cuda --videos-from $MEDIA --videos 480 --workers 16 --worker-counts 12" ;;
     extract:1) echo "$PY -m bench.extract_speed --device cpu --shape tiny --videos-from $MEDIA --videos 7 --workers 1 --worker-counts --batch-videos 4" ;;
     scale:0) echo "$PY -m bench.scale --device cuda --sizes 100000 21500 4000 1000 --out $SCALE_DIR" ;;
-    scale:1) echo "$PY -m bench.scale --device cpu --sizes 160 --seqtransf-up-to 1 --out $SCALE_DIR" ;;
+    scale:1) echo "$PY -m bench.scale --device cpu --sizes 160 --seqtransf-up-to 1 --in-process --out $SCALE_DIR" ;;
   esac
 }
 

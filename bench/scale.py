@@ -61,13 +61,13 @@ from corpus.feature_cache import (
     write_video_part,
 )
 from corpus.video_frames import DecodedVideo
-from evaluation.report_plots import save_figure
 from evaluation.scoring import read_setting
 from fixtures.synthetic_cache import write_random_clip
-from heads.architectures import build_head
-from heads.split_tensors import load_split_tensors
+from heads.architectures import HeadShape, build_head
+from heads.loaded_split import load_split_tensors
 from infra.file_io import atomic_write_json, file_sha256
 from infra.runtime import fix_cpu_threads
+from reporting.plots import save_figure
 
 FRAMES, DIM, TOKENS = 24, 512, 4
 VALID_SHARE, TEST_SHARE = 500 / 21500, 1000 / 21500  # RTime: 20k train, 500 valid, 1k test
@@ -89,6 +89,11 @@ parser.add_argument(
     "--out", type=Path, required=True, help="folder for the caches (deleted after each size), json, png"
 )
 parser.add_argument("--capped", type=float, default=None, help="GiB: instead, train under a memory cap of this size")
+parser.add_argument(
+    "--in-process",
+    action="store_true",
+    help="run every stage in this process (a quick dry run: times only, no stage's own peak memory)",
+)
 parser.add_argument(
     "--seqtransf-up-to",
     type=int,
@@ -216,7 +221,7 @@ def stage_tight(cache_dir, device, n_queries=16, n_candidates=1024):
     setting = read_setting(cache_dir, "test", "hard")
     setting.candidates = setting.candidates[:n_candidates]
     data = load_split_tensors(cache_dir, "test", FRAMES, device)
-    head = build_head("tightTransf", DIM, FRAMES).to(device).eval()
+    head = build_head("tightTransf", HeadShape(DIM, FRAMES)).to(device).eval()
     rows = torch.tensor([row for row, _ in setting.candidates], device=device)
     flags = torch.tensor([flag for _, flag in setting.candidates], device=device)
     captions = torch.from_numpy(setting.caption_rows[:n_queries]).to(device)
@@ -279,7 +284,10 @@ def run_sizes(args):
             ("report", stage_report, (cache,)),
         ]
         for stage, function, arguments in jobs:
-            seconds, peak, gpu_peak = measured(function, arguments, args.device)
+            if args.in_process:
+                seconds, peak, gpu_peak = function(*arguments), 0, None
+            else:
+                seconds, peak, gpu_peak = measured(function, arguments, args.device)
             table[stage][size] = {"seconds": seconds, "peak_bytes": peak, "gpu_peak_bytes": gpu_peak}
             print(f"N={size:>7}: {stage:<18} {seconds:10.3f} s   peak {peak / 2**20:8.0f} MiB", flush=True)
         shutil.rmtree(root)

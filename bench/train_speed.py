@@ -27,8 +27,8 @@ from bench.isolated import measured
 from clip_vendor.model import ClipConfig
 from evaluation.scoring import autocast_for, read_setting, score_matrix
 from fixtures.synthetic_cache import write_order_only_cache, write_random_clip
-from heads.architectures import build_head, init_from_clip_text
-from heads.split_tensors import load_split_tensors
+from heads.architectures import HeadShape, build_head, init_from_clip_text
+from heads.loaded_split import load_split_tensors
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--device", default="cuda", help="cuda or cpu")
@@ -111,7 +111,7 @@ def main(argv=None):
 
 
 def tight_pairs_per_second(cache, clip_path, args):
-    head = build_head("tightTransf", args.dim, args.frames)
+    head = build_head("tightTransf", HeadShape(args.dim, args.frames))
     init_from_clip_text(head, torch.load(clip_path, weights_only=True))
     head = head.to(args.device).eval()
     data = load_split_tensors(cache, "valid", args.frames, args.device)

@@ -1,9 +1,10 @@
 """The feature cache on disk: its file names, the metadata contract, writing and memory-mapped reading.
 
-Layout (README "Cache layout"): OUT/cache_meta.json, OUT/failed_videos.json, and per split
+Layout (docs/cache.md): OUT/cache_meta.json, OUT/failed_videos.json, and per split
 OUT/{split}/ with video_feats.npy [total_frames, D] fp16, video_offsets.npy [n_videos+1] int64,
 video_ids.json, text_feats.npy [n_captions, D] fp16, text_token_feats.npy [total_tokens, D] fp16,
-text_token_offsets.npy [n_captions+1] int64, captions.jsonl and the pair lists (*_pairs.csv).
+text_token_offsets.npy [n_captions+1] int64, captions.jsonl and the pair lists (*_pairs.csv, named by
+the split's annotation format: corpus/annotations.py).
 This module is the only place those names are spelled. When a split is complete, the meta
 records the sha256 of each of its files; `content_digest` over them names the exact bytes every
 later number comes from. A missing, cut or unreadable file is a CacheError naming it.
@@ -18,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from corpus.annotations import pair_lists
+from corpus.annotations import FORMATS, pair_lists
+from infra.cli import StageError
 from infra.file_io import (
     atomic_write_csv,
     atomic_write_json,
@@ -30,6 +32,7 @@ from infra.file_io import (
     file_sha256,
     remove_stale_temporaries,
 )
+from infra.records import first_difference
 
 META_NAME = "cache_meta.json"
 FAILED_VIDEOS_NAME = "failed_videos.json"
@@ -47,15 +50,6 @@ SPLIT_FILES = (VIDEO_FEATS, VIDEO_OFFSETS, VIDEO_IDS, TEXT_FEATS, TEXT_TOKEN_FEA
 PAIR_COLUMNS = ("caption_row", "caption_id", "video_row", "video_id", "reversed")
 
 
-def pair_file(split: str, setting: str) -> str:
-    """File name of a split's pair list for `setting` (annotations.pair_lists names the settings):
-    Origin and the rewrites have their own files; the split's main list (train, hard or all) is
-    `{split}_pairs.csv`."""
-    return {"origin": f"{split}_origin_pairs.csv", "rewrites": f"{split}_rewrite_pairs.csv"}.get(
-        setting, f"{split}_pairs.csv"
-    )
-
-
 # The contract fields a trained head depends on: what the features mean, not which annotations or
 # batch sizes produced them. A head may be evaluated on any cache that agrees on these.
 FEATURE_FIELDS = ("clip", "tokenizer", "preprocessing", "sampling", "storage_dtype")
@@ -66,23 +60,12 @@ def feature_contract(meta: dict) -> dict:
     return {field: meta["contract"].get(field) for field in FEATURE_FIELDS}
 
 
-def contract_mismatch(
-    existing: dict, wanted: dict, labels: tuple[str, str] = ("cache", "this run"), prefix: str = ""
-) -> str | None:
-    """The first field (dotted path) where two metadata contracts differ, with both values, or None."""
-    for key in sorted(set(existing) | set(wanted)):
-        name = f"{prefix}{key}"
-        old, new = existing.get(key), wanted.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            found = contract_mismatch(old, new, labels, name + ".")
-            if found:
-                return found
-        elif old != new:
-            return f"{name}: {labels[0]} has {old!r}, {labels[1]} has {new!r}"
-    return None
+def features_mismatch(trained_on: dict, cache: dict, labels: tuple[str, str]) -> str | None:
+    """The first field where two feature contracts differ (see `feature_contract`), or None."""
+    return first_difference(trained_on, cache, labels)
 
 
-class CacheError(Exception):
+class CacheError(StageError):
     """A cache that is missing, incomplete or unreadable; the message names the file and what to run."""
 
 
@@ -139,7 +122,7 @@ def open_cache_meta(cache_dir: Path, contract: dict, recorded: dict, write: bool
     the existing one, which must hold the same contract field for field (else CacheError naming it)."""
     if (Path(cache_dir) / META_NAME).exists():
         meta = read_meta(cache_dir)
-        mismatch = contract_mismatch(meta["contract"], contract)
+        mismatch = first_difference(meta["contract"], contract, ("the cache has", "this run has"))
         if mismatch:
             raise CacheError(
                 f"refusing to write into {cache_dir}: its {META_NAME} differs in {mismatch}. "
@@ -176,7 +159,7 @@ def content_digest(meta: dict) -> str:
 
 
 def split_format(meta: dict, split: str) -> str:
-    """The annotation format ("rtime" or "generic") a split of the cache was extracted from."""
+    """The annotation format (a key of corpus.annotations.FORMATS) a split of the cache was extracted from."""
     entry = meta["contract"]["annotations"].get(split)
     if entry is None:
         raise CacheError(f"the cache holds no split {split!r} (it has {sorted(meta['contract']['annotations'])})")
@@ -293,13 +276,23 @@ def check_split_counts(cache_dir: Path, split: str, counts: dict) -> None:
 
 
 def pairs_path(cache_dir: Path, split: str, setting: str) -> Path:
-    return Path(cache_dir) / split / pair_file(split, setting)
+    """Where a split's pair list for `setting` is (its format names the file)."""
+    settings = FORMATS[split_format(read_meta(cache_dir), split)].pair_settings(split)
+    if setting not in settings:
+        raise CacheError(f"{Path(cache_dir) / split} has no {setting!r} pairs (its settings: {', '.join(settings)})")
+    return Path(cache_dir) / split / settings[setting].pair_file.format(split=split)
 
 
 def read_pairs(cache_dir: Path, split: str, setting: str) -> list[dict]:
     """Rows of a split's pair list for `setting`: dicts with int caption_row, video_row, reversed."""
-    with open(pairs_path(cache_dir, split, setting), newline="") as f:
-        rows = list(csv.DictReader(f))
+    path = pairs_path(cache_dir, split, setting)
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise CacheError(f"{path} is missing; {REBUILD}") from None
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise CacheError(f"{path} is unreadable ({err}); {REBUILD}") from None
     for row in rows:
         for column in ("caption_row", "video_row", "reversed"):
             row[column] = int(row[column])
@@ -406,8 +399,9 @@ def merge_split(cache_dir: Path, split: str, annotation_format: str, records: li
         ],
     )
     video_row_of = {video_id: row for row, video_id in enumerate(video_ids)}
+    rules = FORMATS[annotation_format].pair_settings(split)
     for setting, rows in pair_lists(split, annotation_format, captions, video_row_of).items():
-        atomic_write_csv(split_dir / pair_file(split, setting), PAIR_COLUMNS, rows)
+        atomic_write_csv(split_dir / rules[setting].pair_file.format(split=split), PAIR_COLUMNS, rows)
 
     failed_path = cache_dir / FAILED_VIDEOS_NAME
     all_failed = json.loads(failed_path.read_text()) if failed_path.exists() else {}

@@ -53,7 +53,9 @@ import numpy as np
 
 from clip_vendor.preprocess import resize_crop
 from corpus.sampling import sample_frame_indices
+from infra.cli import StageError
 from infra.file_io import file_fingerprint
+from infra.records import first_difference
 
 MIN_DECODED_SHARE = 0.95  # below this share of the recorded frames or duration, a file is cut short
 DECODERS = ("opencv", "pyav", "pyav-seek")
@@ -63,7 +65,7 @@ FFMPEG_LOG_LINE = re.compile(r"^\[(?P<component>[^\]]+?) @ 0x[0-9a-fA-F]+\] ?(?P
 ERRORS_SHOWN = 3  # of a damaged file's FFmpeg errors, the first few distinct ones are named
 
 
-class VideoError(Exception):
+class VideoError(StageError):
     """A video that cannot be used: missing, unreadable, empty, truncated or damaged."""
 
 
@@ -461,13 +463,7 @@ def fingerprint_videos(video_ids: list[str], video_files: dict[str, Path], video
 
 def fingerprint_difference(recorded: dict, current: dict) -> str | None:
     """The first video whose file is not the one the cache was extracted from, described, or None."""
-    for video_id, was in recorded.items():
-        now = current.get(video_id, {})
-        for key in ("file", "size", "head_tail_sha256", "unreadable"):
-            if was.get(key) != now.get(key):
-                return f"video {video_id!r}: {key} was {was.get(key)!r} at extraction, is {now.get(key)!r} now"
-    extra = sorted(set(current) - set(recorded))
-    return f"video {extra[0]!r} was not in the split at extraction" if extra else None
+    return first_difference(recorded, current, ("was at extraction", "is now"))
 
 
 def init_decode_worker() -> None:

@@ -1,3 +1,5 @@
-"""What a head's scores are worth: evaluation settings and score matrices (`scoring`), tie-aware
-metrics, bootstrap statistics and the report's figures. It reads heads and cache splits; it trains
-nothing and writes no cache."""
+"""What a head's scores are, at score time (torch; used by train_head, evaluate, search):
+`scoring` (settings, score matrices, Binary margins), `order_sensitivity` (each query against its own
+video with its frames changed), `postprocess` (the DSL and QB-Norm formulas), `retrieval_metrics`
+(tie-aware metrics) and `results` (the result file: written here, read by reporting/; it and
+retrieval_metrics import no torch)."""

@@ -9,20 +9,18 @@ reversal) as cached, and again with that candidate's real frames (padding untouc
 - `repeated_frame`: the middle frame (index (n - 1) // 2) in every position.
 
 The margin of a query is its score as cached minus its score changed. The first three are
-permutations: an order-blind head (meanP, mlpScore: order-free sums) must give margins of exactly
-0 there, which evaluate.py checks. The repeated frame also changes what is shown, so every head's
+permutations: an order-free head (its `order_free` says so: a sum in sorted order) must give margins
+of exactly 0 there, which evaluate.py checks. The repeated frame also changes what is shown, so every head's
 score moves under it: it is the reference for a change of content.
 """
 
 import numpy as np
 import torch
 
+from evaluation.results import PERTURBATIONS
 from evaluation.scoring import Setting
-from heads.split_tensors import HostSplit, SplitTensors, flip_frames
+from heads.loaded_split import HostSplit, SplitTensors, flip_frames
 
-PERTURBATIONS = ("reversed", "shuffled", "halves_swapped", "repeated_frame")
-PERMUTATIONS = ("reversed", "shuffled", "halves_swapped")
-ORDER_FREE_HEADS = ("meanP", "mlpScore")  # their scores are sums in sorted order: no permutation moves them
 SHUFFLE_SEED = 20240501
 
 
@@ -79,12 +77,3 @@ def order_margins(head: torch.nn.Module, data: SplitTensors | HostSplit, setting
     """{change: [n_queries] score as cached minus score changed}."""
     cached = own_scores(head, data, setting, None)
     return {name: cached - own_scores(head, data, setting, name) for name in PERTURBATIONS}
-
-
-def order_summary(margins: np.ndarray) -> dict:
-    """The share of queries whose score drops (%) and the mean margin."""
-    return {
-        "share_dropped": float(100.0 * np.mean(margins > 0)),
-        "mean_margin": float(np.mean(margins)),
-        "n_queries": int(len(margins)),
-    }

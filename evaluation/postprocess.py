@@ -19,13 +19,6 @@ import numpy as np
 
 POSTPROCESS = ("dsl", "qbnorm")
 METHOD_SUFFIX = {"dsl": " +DSL", "qbnorm": " +QB-Norm"}
-POSTPROCESS_TITLES = {"dsl": "With dual softmax (DSL)", "qbnorm": "With querybank normalisation (QB-Norm)"}
-POSTPROCESS_NOTES = {
-    "dsl": "DSL reads every test query at once to rescale each score (transductive): compare these numbers "
-    "with each other, and report the raw ones beside them.",
-    "qbnorm": "QB-Norm rescales the scores of a query whose best candidate is a hub of the training captions "
-    "(the querybank: the train split's captions); text→video only.",
-}
 QB_BETA = 20.0  # the paper's inverse temperature, on cosine similarities
 
 

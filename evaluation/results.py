@@ -1,23 +1,36 @@
-"""Result files: what evaluate.py writes and report.py reads, and the rule that binds them.
+"""Result files: what evaluate.py writes and report.py reads, and the rule that binds them. The
+seam between score time (evaluation/, torch) and report time (reporting/, numpy): this module
+imports nothing that imports torch.
 
-A result is OUT.json plus the folder OUT/ of its arrays (score matrices, gold, per-query values,
-Binary margins, ids). The JSON names each array by its path relative to the JSON's folder and its
-sha256, and is written after the folder is complete, so a result never points at the arrays of
-another run: a later evaluation of the same OUT, or one that died half-way, shows as a digest that
-does not match. Every number in the JSON must recompute from its per-query arrays and margins
+A result is OUT.json plus the folder OUT/ of its arrays. The arrays: {setting}_scores.npy
+[captions, candidates] with {setting}_ids.json naming its rows (caption ids) and columns (video id,
+reversed), {setting}_gold.npy, {setting}_{direction}_per_query.npy [queries, 7] (the columns of
+PER_QUERY_COLUMNS), binary_{direction}_margins.npy and _sides.npy, order_{change}_margins.npy.
+OUT.json holds {setting: {"n_candidates", direction: {R@1, R@5, R@10, MdR, MnR, expected,
+optimistic, pessimistic, n_queries, n_tied}, "v2t_per_caption"}, "binary": {direction: {accuracy,
+n_pairs, n_tied}}, "order": {change: {share_dropped, mean_margin, n_queries}}, "provenance": {...}},
+and its provenance names each array by its path relative to the JSON's folder and its sha256, and
+carries everything a report states (CLIP file and hash, preprocessing, sampling, frames cached and
+seen, the training settings, what each stage cost).
+
+The JSON is written after the folder is complete, so a result never points at the arrays of another
+run: a later evaluation of the same OUT, or one that died half-way, shows as a digest that does not
+match. Every number in the JSON must recompute from its per-query arrays and margins
 (`check_numbers`); a hand-edited metric is refused, naming the file and the key.
 """
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from evaluation.order_sensitivity import order_summary
-from evaluation.retrieval_metrics import RECALL_KS, binary_accuracy, summary
+from evaluation.retrieval_metrics import RECALL_KS, binary_accuracy, metrics_from_per_query
+from infra.cli import StageError
 from infra.file_io import atomic_folder, atomic_write_json, file_sha256
+from infra.records import first_difference, same_number
 
 # Columns of a {setting}_{direction}_per_query.npy array, in order.
 PER_QUERY_COLUMNS = (
@@ -29,7 +42,22 @@ PER_QUERY_COLUMNS = (
 )
 
 
-class ResultError(Exception):
+# The order-sensitivity changes (evaluation/order_sensitivity.py makes them); the first three are
+# permutations of a video's real frames, under which an order-free head may not move.
+PERTURBATIONS = ("reversed", "shuffled", "halves_swapped", "repeated_frame")
+PERMUTATIONS = ("reversed", "shuffled", "halves_swapped")
+
+
+def order_summary(margins: np.ndarray) -> dict:
+    """The share of queries whose score drops (%) and the mean margin."""
+    return {
+        "share_dropped": float(100.0 * np.mean(margins > 0)),
+        "mean_margin": float(np.mean(margins)),
+        "n_queries": int(len(margins)),
+    }
+
+
+class ResultError(StageError):
     """A result file that is not one, or whose numbers its own arrays do not back; names the file."""
 
 
@@ -71,6 +99,12 @@ class Result:
     def load_array(self, name: str):
         path = self.array_path(name)
         return np.load(path) if path.suffix == ".npy" else json.loads(path.read_text(encoding="utf-8"))
+
+
+def file_label(label: str) -> str:
+    """A dataset label as part of a file name: "RTime test" -> "RTime_test" (evaluate.py's result
+    files and the report's figures both name a dataset this way)."""
+    return re.sub(r"[^\w.-]+", "_", label).strip("_")
 
 
 def seed_averaged(runs: list[Result], key: str, column: str) -> np.ndarray:
@@ -121,22 +155,6 @@ def read_result(path: Path) -> Result:
     return result
 
 
-def numbers_from_arrays(per_query: dict) -> dict:
-    """The metrics of one setting and direction, recomputed from its per-query columns."""
-    optimistic, pessimistic = per_query["optimistic_rank"], per_query["pessimistic_rank"]
-    expected_rank = per_query["expected_rank"]
-    expected = {f"R@{k}": float(100.0 * np.mean(per_query[f"expected_recall@{k}"])) for k in RECALL_KS}
-    expected.update(MdR=float(np.median(expected_rank)), MnR=float(np.mean(expected_rank)))
-    return {
-        **summary(per_query["stable_rank"]),
-        "expected": expected,
-        "optimistic": summary(optimistic),
-        "pessimistic": summary(pessimistic),
-        "n_queries": int(len(expected_rank)),
-        "n_tied": int((pessimistic > optimistic).sum()),
-    }
-
-
 def check_numbers(result: Result) -> None:
     """Every metric in the JSON must equal its recomputation from the arrays (to rounding)."""
     for key, per_query in result.per_query.items():
@@ -144,36 +162,26 @@ def check_numbers(result: Result) -> None:
         recorded = result.data.get(setting, {}).get(direction)
         if recorded is None:
             raise ResultError(f"{result.path}: it has arrays for {key} but no numbers")
-        mismatch = first_difference(recorded, numbers_from_arrays(per_query), f"{setting}.{direction}")
+        mismatch = recomputed_difference(recorded, metrics_from_per_query(per_query), f"{setting}.{direction}")
         if mismatch:
             raise ResultError(f"{result.path}: {mismatch}, which its per-query arrays do not give; refused")
     for direction, margins in result.margins.items():
         recorded = result.data.get("binary", {}).get(direction)
-        mismatch = first_difference(recorded, binary_accuracy(margins), f"binary.{direction}")
+        mismatch = recomputed_difference(recorded, binary_accuracy(margins), f"binary.{direction}")
         if recorded is None or mismatch:
             raise ResultError(
                 f"{result.path}: {mismatch or 'binary ' + direction + ' missing'}, not what its margins give"
             )
     for change, margins in result.order.items():
         recorded = result.data.get("order", {}).get(change)
-        mismatch = first_difference(recorded, order_summary(margins), f"order.{change}")
+        mismatch = recomputed_difference(recorded, order_summary(margins), f"order.{change}")
         if recorded is None or mismatch:
             raise ResultError(f"{result.path}: {mismatch or 'order ' + change + ' missing'}, not what its margins give")
 
 
-def first_difference(recorded, recomputed, where: str) -> str | None:
-    """The first key whose recorded value differs from the recomputed one, described, or None."""
-    if isinstance(recomputed, dict):
-        if not isinstance(recorded, dict):
-            return f"{where} is {recorded!r}"
-        for key, value in recomputed.items():
-            found = first_difference(recorded.get(key), value, f"{where}.{key}")
-            if found:
-                return found
-        return None
-    if not (isinstance(recorded, int | float) and math.isclose(recorded, recomputed, rel_tol=1e-9, abs_tol=1e-9)):
-        return f"{where} is {recorded!r} (the arrays give {recomputed!r})"
-    return None
+def recomputed_difference(recorded, recomputed, where: str) -> str | None:
+    """The first number the file records that its arrays do not give, described, or None."""
+    return first_difference(recorded, recomputed, ("the file says", "its arrays give"), same_number, where)
 
 
 def first_non_finite(value, where="result"):

@@ -78,35 +78,45 @@ def retrieval_metrics(scores: np.ndarray, gold: np.ndarray) -> tuple[dict, dict[
     """All metrics of one setting and direction; also returns the per-query arrays behind them."""
     counts = rank_counts(scores, gold)
     a, k, g = counts["above"], counts["tied_wrong"], counts["tied_gold"]
-    expected_rank = a + 1 + k / (g + 1)
-    recalls = {K: expected_recall(a, k, g, K) for K in RECALL_KS}
-    expected = {f"R@{K}": float(100.0 * recalls[K].mean()) for K in RECALL_KS}
-    expected["MdR"] = float(np.median(expected_rank))
-    expected["MnR"] = float(np.mean(expected_rank))
-    metrics = summary(counts["stable_rank"])
-    metrics.update(
-        {
-            "expected": expected,
-            "optimistic": summary(a + 1),
-            "pessimistic": summary(a + k + 1),
-            "n_queries": int(len(a)),
-            "n_tied": int((k > 0).sum()),
-        }
-    )
     per_query = {
         "stable_rank": counts["stable_rank"],
-        "expected_rank": expected_rank,
+        "expected_rank": a + 1 + k / (g + 1),
         "optimistic_rank": a + 1,
         "pessimistic_rank": a + k + 1,
-        **{f"expected_recall@{K}": recalls[K] for K in RECALL_KS},
+        **{f"expected_recall@{K}": expected_recall(a, k, g, K) for K in RECALL_KS},
     }
-    return metrics, per_query
+    return metrics_from_per_query(per_query), per_query
+
+
+def metrics_from_per_query(per_query: dict[str, np.ndarray]) -> dict:
+    """The metrics of one setting and direction from its per-query values: the one place their
+    formulas are written (evaluate.py computes them with it, results.py checks a file with it)."""
+    optimistic, pessimistic = per_query["optimistic_rank"], per_query["pessimistic_rank"]
+    expected_rank = per_query["expected_rank"]
+    expected = {f"R@{K}": float(100.0 * np.mean(per_query[f"expected_recall@{K}"])) for K in RECALL_KS}
+    expected.update(MdR=float(np.median(expected_rank)), MnR=float(np.mean(expected_rank)))
+    return {
+        **summary(per_query["stable_rank"]),
+        "expected": expected,
+        "optimistic": summary(optimistic),
+        "pessimistic": summary(pessimistic),
+        "n_queries": int(len(expected_rank)),
+        "n_tied": int((pessimistic > optimistic).sum()),  # the target ties a wrong candidate: k > 0
+    }
+
+
+def binary_credit(margins: np.ndarray) -> np.ndarray:
+    """Per comparison, score(correct) - score(wrong) -> credit: 1 when > 0, one half when tied, else 0."""
+    return np.where(margins > 0, 1.0, np.where(margins == 0, 0.5, 0.0))
 
 
 def binary_accuracy(margins: np.ndarray) -> dict:
-    """margins: per-comparison score(correct) - score(wrong). Correct when > 0, half when == 0."""
+    """margins: per-comparison score(correct) - score(wrong); the mean credit (`binary_credit`) in %."""
     margins = np.asarray(margins, dtype=np.float64)
     if not np.isfinite(margins).all():
         raise ValueError(f"{int((~np.isfinite(margins)).sum())} of {len(margins)} binary margins are not finite")
-    credit = np.where(margins > 0, 1.0, np.where(margins == 0, 0.5, 0.0))
-    return {"accuracy": float(100.0 * credit.mean()), "n_pairs": int(len(margins)), "n_tied": int((margins == 0).sum())}
+    return {
+        "accuracy": float(100.0 * binary_credit(margins).mean()),
+        "n_pairs": int(len(margins)),
+        "n_tied": int((margins == 0).sum()),
+    }

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from corpus.feature_cache import read_pairs
-from heads.split_tensors import HostSplit, SplitTensors
+from heads.loaded_split import HostSplit, SplitTensors
 
 TIE_ORDER = "candidates: originals by video row, then reversed videos by video row; queries: captions by caption row"
 

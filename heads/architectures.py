@@ -15,17 +15,31 @@ Every head answers the same three calls:
 - `pair_scores(text, text_mask, *video_index)`: [P] scores of text i against video i only (the
   order-sensitivity analysis scores each query against its own video, changed).
 
+Every head also says what it is, as class attributes the stages read (they never test a head's name):
+- `text_input`: "pooled" (one vector per caption) or "tokens" (tightTransf may read every token);
+- `parameter_free`: nothing to train, so it is evaluated zero-shot without a checkpoint;
+- `scores_are_logits`: its scores are logits already (tightTransf's output layer), so no temperature
+  scales them, in training or in DSL; else they are cosines, scaled by the temperature;
+- `order_free`: its score is a sum in sorted order over the frames, so no permutation of a video's
+  frames moves it, to the last bit (evaluate.py checks this on every evaluation);
+- `needs_clip_text`: it starts from CLIP's first text blocks (`clip_text_targets`);
+- `indexable`: query-independent, one vector per video, so search.py can index the videos;
+- `demo`: the settings run_all.sh's demo trains it with (small data, a tiny CLIP, the CPU), or None.
+Adding a head: one class here and one entry in HEADS (docs/adding-a-head.md).
+
 Parameter names, shapes and LayerNorm eps follow CLIP4Clip (`frame_position_embeddings`,
-`transformerClip.resblocks.{i}.*`, `cross.*`, `similarity_dense`; position tables of CLIP's 77
-rows where the head fits in them), so a CLIP4Clip head's weights load strictly (`load_head_weights`).
+`transformerClip.resblocks.{i}.*`, `lstm_visual.*`, `cross.*`, `similarity_dense`; position tables of
+CLIP's 77 rows where the head fits in them), so a CLIP4Clip head's weights load strictly (`load_head_weights`).
 """
 
 import math
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from clip_vendor.model import HEAD_WIDTH, LayerNorm, QuickGELU, Transformer
 from heads.frame_selection import SelectFrames
@@ -33,9 +47,44 @@ from heads.frame_selection import SelectFrames
 EPS = 1e-6  # masked (all-zero) frames must not divide by zero when normalised
 N_HEAD_LAYERS = 4  # CLIP4Clip's 4 layers, initialised from the first 4 of CLIP's text transformer
 LAYER_NORM_EPS = 1e-12  # CLIP4Clip's heads use its TF-style LayerNorm, eps 1e-12 (CLIP's own: 1e-5)
+CLIP_TEMPERATURE = 100.0  # CLIP's logit scale: what cosines are multiplied by, unless learned
 # ln of the temperature: starts at ln 100 (CLIP's), and a learnable one is kept in TempMe's
 # bounds [0.1, ln 100] so it can neither grow past CLIP's nor collapse to a flat softmax
-LOG_SCALE_MIN, LOG_SCALE_MAX = 0.1, math.log(100.0)
+LOG_SCALE_MIN, LOG_SCALE_MAX = 0.1, math.log(CLIP_TEMPERATURE)
+# tightTransf's (caption, video) pairs per forward: they bound its activation memory. Training
+# checkpoints each forward and keeps fewer, so that a batch of 128 + reversals fits in 24 GB.
+PAIR_BATCH, TRAIN_PAIR_BATCH = 8192, 2048
+
+
+@dataclass(frozen=True)
+class HeadShape:
+    """What a head is built from; a checkpoint's config holds it."""
+
+    width: int  # D of the cached features
+    frames: int  # T: frames per video the head reads
+    context_length: int = 77  # CLIP's text positions: the size of CLIP4Clip's position tables
+    text_input: str = "pooled"  # tightTransf: "pooled" or "tokens"
+    pair_batch: int = PAIR_BATCH  # tightTransf: (caption, video) pairs per forward
+
+    def positions(self, text_tokens: int = 0) -> int:
+        """Position-table rows: CLIP's context length, as CLIP4Clip sizes them, unless the positions
+        used (`text_tokens` on the text side, then the frames) need more."""
+        return max(self.context_length, text_tokens + self.frames)
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """How run_all.sh's demo (a tiny CLIP on the CPU) trains a head: many short epochs."""
+
+    frames: int
+    epochs: int = 30
+    batch_size: int = 32
+    learn_temp: bool = True
+
+    def train_args(self) -> list[str]:
+        """As train_head.py flags (frames alone for a parameter-free head: it is evaluated, not trained)."""
+        flags = ["--frames", str(self.frames), "--epochs", str(self.epochs), "--batch-size", str(self.batch_size)]
+        return flags + (["--learn-temp"] if self.learn_temp else [])
 
 
 def unit(x: torch.Tensor) -> torch.Tensor:
@@ -72,14 +121,17 @@ def key_padding_mask(mask: torch.Tensor) -> torch.Tensor:
     return mask[:, None, None, :]
 
 
-class MeanP(nn.Module):
-    """Normalise each frame, masked mean, normalise: blind to frame order by construction, to the
-    last bit (see order_free_sum)."""
+class QueryIndependent(nn.Module):
+    """What the heads that embed a video without the query share: pooled text, cosine scores (times
+    the temperature in training), one unit vector per video that search.py can index."""
 
     text_input = "pooled"
-
-    def video_index(self, frame_feats, frame_mask):
-        return (unit(masked_mean(unit(frame_feats), frame_mask)),)
+    parameter_free = False
+    scores_are_logits = False
+    order_free = False
+    needs_clip_text = False
+    indexable = True
+    demo = None
 
     def score_matrix(self, text, text_mask, video_emb, logit_scale=None):
         return cosine_score_matrix(text, video_emb, logit_scale)
@@ -88,15 +140,35 @@ class MeanP(nn.Module):
         return cosine_pair_scores(text, video_emb)
 
 
-class SeqTransf(nn.Module):
+class MeanP(QueryIndependent):
+    """Normalise each frame, masked mean, normalise: blind to frame order by construction, to the
+    last bit (see order_free_sum)."""
+
+    parameter_free = True
+    order_free = True
+    demo = DemoSettings(frames=8)  # zero-shot in the demo: only its frame count applies
+
+    def __init__(self, shape: HeadShape):
+        super().__init__()
+
+    def video_index(self, frame_feats, frame_mask):
+        return (unit(masked_mean(unit(frame_feats), frame_mask)),)
+
+
+class SeqTransf(QueryIndependent):
     """Frames + position embeddings -> 4 non-causal CLIP blocks -> + input (residual) -> meanP."""
 
-    text_input = "pooled"
+    needs_clip_text = True
+    demo = DemoSettings(frames=8, epochs=60)
 
-    def __init__(self, width, n_positions):
+    def __init__(self, shape: HeadShape):
         super().__init__()
-        self.frame_position_embeddings = nn.Embedding(n_positions, width)
-        self.transformerClip = Transformer(width, N_HEAD_LAYERS, width // HEAD_WIDTH, LAYER_NORM_EPS)
+        self.frame_position_embeddings = nn.Embedding(shape.positions(), shape.width)
+        self.transformerClip = Transformer(shape.width, N_HEAD_LAYERS, shape.width // HEAD_WIDTH, LAYER_NORM_EPS)
+
+    def clip_text_targets(self) -> tuple[nn.Module, nn.Embedding]:
+        """(blocks, position table) that start as CLIP's first text blocks and text positions."""
+        return self.transformerClip, self.frame_position_embeddings
 
     def video_index(self, frame_feats, frame_mask):
         positions = torch.arange(frame_feats.shape[1], device=frame_feats.device)
@@ -104,21 +176,35 @@ class SeqTransf(nn.Module):
         hidden = self.transformerClip(hidden, attn_mask=key_padding_mask(frame_mask))
         return (unit(masked_mean(unit(hidden + frame_feats), frame_mask)),)
 
-    def score_matrix(self, text, text_mask, video_emb, logit_scale=None):
-        return cosine_score_matrix(text, video_emb, logit_scale)
 
-    def pair_scores(self, text, text_mask, video_emb):
-        return cosine_pair_scores(text, video_emb)
+class SeqLSTM(QueryIndependent):
+    """CLIP4Clip's LSTM head: the real frames of each video through one LSTM, in time order (padding
+    never enters it), + input (residual) -> meanP."""
+
+    demo = DemoSettings(frames=8)
+
+    def __init__(self, shape: HeadShape):
+        super().__init__()
+        self.lstm_visual = nn.LSTM(shape.width, shape.width, num_layers=1, batch_first=True)
+
+    def video_index(self, frame_feats, frame_mask):
+        lengths = frame_mask.sum(dim=1).clamp_min(1).cpu()  # a video with no real frame: its padding, masked below
+        packed = pack_padded_sequence(frame_feats, lengths, batch_first=True, enforce_sorted=False)
+        hidden, _ = self.lstm_visual(packed)
+        hidden, _ = pad_packed_sequence(hidden, batch_first=True, total_length=frame_feats.shape[1])
+        return (unit(masked_mean(unit(hidden + frame_feats), frame_mask)),)
 
 
-class MlpScore(nn.Module):
+class MlpScore(QueryIndependent):
     """AdaCLIP's query-independent aggregation: an MLP scores each frame, masked softmax over
     frames, weighted sum. The last layer starts at zero, so training starts from meanP."""
 
-    text_input = "pooled"
+    order_free = True
+    demo = DemoSettings(frames=8)
 
-    def __init__(self, width):
+    def __init__(self, shape: HeadShape):
         super().__init__()
+        width = shape.width
         self.frame_scorer = nn.Sequential(nn.Linear(width, width), QuickGELU(), nn.Linear(width, 1))
         nn.init.zeros_(self.frame_scorer[2].weight)
         nn.init.zeros_(self.frame_scorer[2].bias)
@@ -129,12 +215,6 @@ class MlpScore(nn.Module):
         exp_logits = (logits - logits.max(dim=1, keepdim=True).values).exp()  # softmax, summed order-free
         weights = (exp_logits / order_free_sum(exp_logits, dim=1).unsqueeze(1)).unsqueeze(-1)
         return (unit(order_free_sum(weights * frames, dim=1)),)
-
-    def score_matrix(self, text, text_mask, video_emb, logit_scale=None):
-        return cosine_score_matrix(text, video_emb, logit_scale)
-
-    def pair_scores(self, text, text_mask, video_emb):
-        return cosine_pair_scores(text, video_emb)
 
 
 class CrossEmbeddings(nn.Module):
@@ -198,12 +278,23 @@ class TightTransf(nn.Module):
     """CLIP4Clip's cross-encoder: [text token(s); frame tokens] + positions (+ dropout) -> 4 CLIP
     blocks -> LayerNorm, token 0 -> dense + QuickGELU -> Linear(D, 1)."""
 
-    def __init__(self, width, n_positions, text_input="pooled", dropout=0.1, pair_batch=8192):
+    parameter_free = False
+    scores_are_logits = True  # similarity_dense's output is the logit: CLIP4Clip scales it by nothing
+    order_free = False
+    needs_clip_text = True
+    indexable = False  # it needs the query: every video is scored per query
+    demo = DemoSettings(frames=4, batch_size=16, learn_temp=False)
+
+    def __init__(self, shape: HeadShape, dropout: float = 0.1):
         super().__init__()
-        self.text_input = text_input
-        self.pair_batch = pair_batch  # (text, video) pairs per forward: bounds activation memory
-        self.cross = CrossModel(width, n_positions, dropout)
-        self.similarity_dense = nn.Linear(width, 1)
+        self.text_input = shape.text_input
+        self.pair_batch = shape.pair_batch
+        text_tokens = 1 if shape.text_input == "pooled" else shape.context_length
+        self.cross = CrossModel(shape.width, shape.positions(text_tokens), dropout)
+        self.similarity_dense = nn.Linear(shape.width, 1)
+
+    def clip_text_targets(self) -> tuple[nn.Module, nn.Embedding]:
+        return self.cross.transformer, self.cross.embeddings.position_embeddings
 
     def pair_scores(self, text_tokens, text_mask, frame_feats, frame_mask):
         """Score text i against video i for each row: [P, L, D] + [P, T, D] -> [P]."""
@@ -245,44 +336,20 @@ class TightTransf(nn.Module):
         return self.pair_scores(*texts, *videos).view(n_texts, n_videos)
 
 
-HEADS = {"meanP": MeanP, "seqTransf": SeqTransf, "tightTransf": TightTransf, "mlpScore": MlpScore}
+HEADS = {"meanP": MeanP, "seqTransf": SeqTransf, "seqLSTM": SeqLSTM, "tightTransf": TightTransf, "mlpScore": MlpScore}
+DEFAULT_HEADS = ("seqTransf", "tightTransf", "mlpScore")  # what run_all.sh trains unless --heads names others
+ZERO_SHOT_HEADS = tuple(name for name, head in HEADS.items() if head.parameter_free)  # evaluated without training
 
 
-def head_positions(name: str, frames: int, text_input: str, context_length: int) -> int:
-    """Position-table rows: CLIP's `context_length` (77), as CLIP4Clip sizes them, unless the
-    positions used (frames, after the text side's tokens for the cross-encoder) need more."""
-    text_tokens = 0 if name != "tightTransf" else (1 if text_input == "pooled" else context_length)
-    return max(context_length, text_tokens + frames)
-
-
-def build_head(
-    name: str,
-    width: int,
-    frames: int,
-    text_input: str = "pooled",
-    context_length: int = 77,
-    pair_batch: int = 8192,
-    select_frames: int = 0,
-) -> nn.Module:
-    """An untrained head of `name` for videos of `frames` frames and `width`-wide features; for
-    training, seqTransf and tightTransf then start from CLIP's text tower (`init_from_clip_text`).
-    `context_length` is CLIP's text positions, the size of the position tables. tightTransf reads
-    `text_input` (pooled, or the cached tokens) and scores `pair_batch` pairs per forward. With
-    `select_frames` K > 0, the head sees only the K frames a learned scorer picks (heads/frame_selection.py)."""
+def build_head(name: str, shape: HeadShape, select_frames: int = 0) -> nn.Module:
+    """An untrained head of `name` (seqTransf and tightTransf then start from CLIP's text tower, see
+    `init_from_clip_text`). With `select_frames` K > 0, the head sees only the K frames a learned
+    scorer picks (heads/frame_selection.py)."""
     if name not in HEADS:
         raise ValueError(f"unknown head {name!r}: choose one of {', '.join(sorted(HEADS))}")
-    if select_frames:
-        return SelectFrames(
-            build_head(name, width, select_frames, text_input, context_length, pair_batch), width, select_frames
-        )
-    if name == "meanP":
-        return MeanP()
-    if name == "mlpScore":
-        return MlpScore(width)
-    n_positions = head_positions(name, frames, text_input, context_length)
-    if name == "seqTransf":
-        return SeqTransf(width, n_positions)
-    return TightTransf(width, n_positions, text_input, pair_batch=pair_batch)
+    if not select_frames:
+        return HEADS[name](shape)
+    return SelectFrames(HEADS[name](replace(shape, frames=select_frames)), shape.width, select_frames)
 
 
 def base_head(head: nn.Module) -> nn.Module:
@@ -290,21 +357,11 @@ def base_head(head: nn.Module) -> nn.Module:
     return head.head if isinstance(head, SelectFrames) else head
 
 
-def parameter_free_heads() -> list[str]:
-    """Heads with nothing to train: evaluated zero-shot, without a checkpoint."""
-    with torch.device("meta"):  # shapes only, no memory
-        return [name for name in sorted(HEADS) if not list(build_head(name, HEAD_WIDTH, 2).parameters())]
-
-
 def init_from_clip_text(head: nn.Module, clip_state: dict[str, torch.Tensor]) -> None:
     """Copy the checkpoint's first 4 text blocks and text positional embedding (OpenAI names)
-    into a seqTransf or tightTransf head, as CLIP4Clip initialises them."""
-    head = base_head(head)
+    into a head that `needs_clip_text`, as CLIP4Clip initialises them."""
+    blocks, positions = base_head(head).clip_text_targets()
     text_width = clip_state["ln_final.weight"].shape[0]
-    if isinstance(head, SeqTransf):
-        blocks, positions = head.transformerClip, head.frame_position_embeddings
-    else:
-        blocks, positions = head.cross.transformer, head.cross.embeddings.position_embeddings
     head_width = blocks.width
     if text_width != head_width:
         raise ValueError(
@@ -325,12 +382,15 @@ def init_from_clip_text(head: nn.Module, clip_state: dict[str, torch.Tensor]) ->
         positions.weight[:n_copied] = positional[:n_copied].float()
 
 
-def clip_logit_scale(learnable: bool, initial: float = 100.0, device: str | torch.device = "cpu") -> nn.Parameter:
+def clip_logit_scale(
+    learnable: bool, initial: float = CLIP_TEMPERATURE, device: str | torch.device = "cpu"
+) -> nn.Parameter:
     """ln of the temperature: `initial` (CLIP's 100 by default), fixed or learnable from there; a
     value outside TempMe's bounds (see `clamp_log_scale_`), or not a number, is refused. Made on
     `device`: a parameter moved there with `.to` would be a copy, not a leaf an optimiser can step."""
-    if not (math.isfinite(initial) and math.exp(LOG_SCALE_MIN) <= initial <= 100.0):
-        raise ValueError(f"must lie in [e^{LOG_SCALE_MIN}, 100] = [{math.exp(LOG_SCALE_MIN):.3f}, 100]")
+    if not (math.isfinite(initial) and math.exp(LOG_SCALE_MIN) <= initial <= CLIP_TEMPERATURE):
+        low, high = math.exp(LOG_SCALE_MIN), CLIP_TEMPERATURE
+        raise ValueError(f"must lie in [e^{LOG_SCALE_MIN}, {high:g}] = [{low:.3f}, {high:g}]")
     return nn.Parameter(torch.tensor(min(math.log(initial), LOG_SCALE_MAX), device=device), requires_grad=learnable)
 
 

@@ -1,9 +1,12 @@
-"""Head checkpoints: what they hold, written atomically, read without running code.
+"""Head checkpoints and run folders: what they hold, written atomically, read without running code,
+and the one rule for which caches a trained head may score.
 
-A checkpoint is a dict of tensors and plain JSON-able values, never pickled objects: the head's
-weights in CLIP4Clip's names, ln of the temperature, the run's settings, the feature contract and
-content digest of the cache it was trained on, the selected epoch and metric, and the per-epoch
-history; last.pt adds the optimizer state and the loop state for resume. Every read goes through
+A run folder (train_head.py --out) holds CONFIG (the run's settings), LOG (one JSON line per epoch),
+BEST (the selected epoch's checkpoint) and LAST (the newest, for resume); these names are spelled
+here only. A checkpoint is a dict of tensors and plain JSON-able values, never pickled objects: the
+head's weights in CLIP4Clip's names, ln of the temperature, the run's settings, the feature contract
+and content digest of the cache it was trained on, the selected epoch and metric, and the per-epoch
+history; LAST adds the optimizer state and the loop state for resume. Every read goes through
 torch.load(weights_only=True), so a crafted file cannot run code: it is refused.
 """
 
@@ -15,12 +18,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from heads.architectures import base_head, build_head, load_head_weights
+from corpus.feature_cache import feature_contract, features_mismatch
+from heads.architectures import PAIR_BATCH, ZERO_SHOT_HEADS, HeadShape, base_head, build_head, load_head_weights
+from infra.cli import StageError
 from infra.file_io import atomic_write_bytes
 
+CONFIG, LOG, BEST, LAST = "config.json", "log.jsonl", "best.pt", "last.pt"  # a run folder's files
 
-class CheckpointError(Exception):
-    """A file that is not a usable checkpoint; the message names it and says why."""
+
+class CheckpointError(StageError):
+    """A file that is not a usable checkpoint, or one that may not score a cache; the message names it."""
 
 
 def save_checkpoint(path: Path, value: dict) -> None:
@@ -56,35 +63,73 @@ def load_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
-def head_from_checkpoint(checkpoint: dict, source: Path, pair_batch: int) -> nn.Module:
+def head_shape(config: dict, pair_batch: int = PAIR_BATCH) -> HeadShape:
+    """The shape a trained head was built with, from its run config."""
+    return HeadShape(config["embed_dim"], config["frames"], config["context_length"], config["text_input"], pair_batch)
+
+
+def head_from_checkpoint(checkpoint: dict, source: Path, pair_batch: int = PAIR_BATCH) -> nn.Module:
     """The trained head a checkpoint holds, built with the settings it was trained with."""
     config = checkpoint["config"]
-    head = build_head(
-        config["head"],
-        config["embed_dim"],
-        config["frames"],
-        config["text_input"],
-        config["context_length"],
-        pair_batch,
-        config.get("select_frames", 0),
-    )
-    load_head_weights(head, checkpoint["head"], str(source))
+    head = build_head(config["head"], head_shape(config, pair_batch), config.get("select_frames", 0))
+    try:
+        load_head_weights(head, checkpoint["head"], str(source))
+    except ValueError as err:
+        raise CheckpointError(str(err)) from None
     return head
 
 
-def init_from(head: nn.Module, head_name: str, path: Path) -> str:
-    """Start `head` from the weights in `path`: a train_head.py checkpoint of the same kind of
-    head, or a CLIP4Clip model's state dict. Returns what was loaded, for the log."""
+def check_features(trained_on: dict, meta: dict, ckpt: Path, cache_dir: Path) -> None:
+    """The one rule for "may this checkpoint score this cache": the features it was trained on
+    (CLIP checkpoint, tokenizer, preprocessing, sampling, storage dtype) must be the cache's; the
+    annotations and batch sizes may differ. Refused naming the first field that differs."""
+    labels = ("the checkpoint's training cache has", f"{cache_dir} has")
+    mismatch = features_mismatch(trained_on, feature_contract(meta), labels)
+    if mismatch:
+        raise CheckpointError(f"{ckpt} cannot score {cache_dir}: its features differ in {mismatch}")
+
+
+def head_for_cache(
+    meta: dict,
+    cache_dir: Path,
+    frames: int,
+    *,
+    checkpoint: dict | None = None,
+    ckpt: Path | None = None,
+    name: str | None = None,
+    pair_batch: int = PAIR_BATCH,
+) -> tuple[nn.Module, dict]:
+    """(head, its settings) ready to score a split of this cache: the trained head `checkpoint`
+    holds (read from `ckpt`), refused on a cache of other features, or the parameter-free head
+    `name` zero-shot, reading `frames` frames per video."""
+    if checkpoint is None:
+        if name not in ZERO_SHOT_HEADS:
+            raise CheckpointError(f"--head {name} has parameters: train it with train_head.py and pass --ckpt")
+        shape = HeadShape(meta["contract"]["clip"]["config"]["embed_dim"], frames)
+        settings = {"head": name, "frames": frames, "text_input": shape.text_input, "seed": None, "select_frames": 0}
+        return build_head(name, shape), settings
+    check_features(checkpoint["config"]["feature_contract"], meta, ckpt, cache_dir)
+    return head_from_checkpoint(checkpoint, ckpt, pair_batch), checkpoint["config"]
+
+
+def init_from(head: nn.Module, head_name: str, path: Path, meta: dict, cache_dir: Path) -> str:
+    """Start `head` from the weights in `path`: a train_head.py checkpoint of the same kind of head
+    trained on features like this cache's (`check_features`), or a CLIP4Clip model's state dict.
+    Returns what was loaded, for the log."""
     weights = read_weights_file(path)
-    if isinstance(weights, dict) and "config" in weights and "head" in weights:
-        trained = weights["config"]["head"]
-        if trained != head_name:
-            raise CheckpointError(f"--init-from {path} holds a {trained} head; this run trains {head_name}")
-        load_head_weights(head, weights["head"], str(path))
-        return f"{trained} checkpoint trained on {Path(weights['config']['cache']).name}"
     if not isinstance(weights, dict):
         raise CheckpointError(f"--init-from {path} holds a {type(weights).__name__}, not weights")
-    load_head_weights(base_head(head), weights, str(path))  # CLIP4Clip has no frame selector: it starts afresh
+    try:
+        if "config" in weights and "head" in weights:
+            trained = weights["config"]["head"]
+            if trained != head_name:
+                raise CheckpointError(f"--init-from {path} holds a {trained} head; this run trains {head_name}")
+            check_features(weights["config"]["feature_contract"], meta, path, cache_dir)
+            load_head_weights(head, weights["head"], str(path))
+            return f"{trained} checkpoint trained on {Path(weights['config']['cache']).name}"
+        load_head_weights(base_head(head), weights, str(path))  # CLIP4Clip has no frame selector: it starts afresh
+    except ValueError as err:
+        raise CheckpointError(f"--init-from {err}") from None
     return "state dict in CLIP4Clip's names"
 
 

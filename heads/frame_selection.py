@@ -48,7 +48,11 @@ class PerturbedTopK(torch.autograd.Function):
 
 class SelectFrames(nn.Module):
     """`head` fed the K frames of each video that a learned scorer ranks highest, in time order.
-    Answers the heads' calls (heads/architectures.py), so any head can select frames."""
+    Answers the heads' calls and says what the head says (heads/architectures.py), so any head can
+    select frames. Choosing reads each frame alone and keeps time order, so an order-free head stays
+    order-free; the scorer has weights, so none is parameter-free."""
+
+    parameter_free = False
 
     def __init__(self, head: nn.Module, width: int, k: int):
         super().__init__()
@@ -56,9 +60,12 @@ class SelectFrames(nn.Module):
         self.k = k
         self.frame_scorer = nn.Sequential(nn.Linear(width, width), QuickGELU(), nn.Linear(width, 1))
 
-    @property
-    def text_input(self) -> str:
-        return self.head.text_input
+    # what it says as its head says it
+    text_input = property(lambda self: self.head.text_input)
+    scores_are_logits = property(lambda self: self.head.scores_are_logits)
+    order_free = property(lambda self: self.head.order_free)
+    needs_clip_text = property(lambda self: self.head.needs_clip_text)
+    indexable = property(lambda self: self.head.indexable)
 
     def scores(self, frame_feats: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
         scores = self.frame_scorer(F.normalize(frame_feats, dim=-1)).squeeze(-1)

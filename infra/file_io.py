@@ -20,14 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+from infra.cli import StageError
+
 STALE_TEMPORARY_GLOB = ".*.tmp*"
 LOCK_NAME = ".lock"
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
-class OutOfSpace(SystemExit):
-    """No room left for a write. It ends the run with its message (the path, the bytes needed where
-    known, what to do), not a traceback: a stage can do nothing better than stop cleanly."""
+class OutOfSpace(StageError):
+    """No room left for a write: the message names the path, the bytes needed where known, and what to do."""
 
     def __init__(self, path: Path, needed: int | None = None):
         needed_text = f" ({needed:,} bytes needed)" if needed else ""
@@ -44,11 +45,11 @@ def check_free_space(folder: Path, needed: int) -> None:
         raise OutOfSpace(folder, needed)
 
 
-class FolderLocked(SystemExit):
+class FolderLocked(StageError):
     """Another run is writing into the same output folder."""
 
 
-class NotWritable(SystemExit):
+class NotWritable(StageError):
     """An output folder this process may not create or write into."""
 
     def __init__(self, folder: Path, err: OSError):

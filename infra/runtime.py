@@ -5,7 +5,6 @@ LOCAL_RANK from the environment torchrun sets, binds the GPU before `init_proces
 GPU, gloo on CPU), and only rank 0 prints. With one process every collective is the identity.
 """
 
-import argparse
 import os
 import secrets
 import socket
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+
+from infra.cli import StageError
 
 
 def resolve_device(device: str) -> str:
@@ -106,7 +107,7 @@ class Runtime:
         dist.all_gather_object(facts, (value, socket.gethostname()))
         if any(fact[0] != facts[0][0] for fact in facts):
             seen = "; ".join(f"rank {rank} on {host}: {value!r}" for rank, (value, host) in enumerate(facts))
-            raise SystemExit(f"the ranks disagree on {what} ({seen})")
+            raise StageError(f"the ranks disagree on {what} ({seen})")
 
     def check_shared_folder(self, folder: Path) -> None:
         """Every rank must see the files rank 0 writes into `folder` (chunks are written by their
@@ -132,7 +133,7 @@ class Runtime:
             f"rank {rank} on {host} (its --out: {where})" for rank, (seen, host, where) in enumerate(facts) if not seen
         ]
         if blind:
-            raise SystemExit(
+            raise StageError(
                 f"--out is not shared between the nodes: rank 0 wrote into {facts[0][2]}, and {', '.join(blind)} "
                 "cannot see it, so their chunks would never reach the merge; give every node the same --out on a "
                 "file system they all mount (NFS, Lustre, a shared disk)"
@@ -211,29 +212,3 @@ class Progress:
         share = 100 * self.done / max(self.total, 1)
         line = f"{self.label} {self.done}/{self.total} ({share:.0f}%), {rate:,.2f}/s{rates}, ETA {eta:,.0f} s"
         self.log(line + (f", {detail()}" if detail else ""))
-
-
-def whole_number(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least `minimum` (argparse names the flag on a refusal,
-    exit 2), so a count of -1 or 0 never reaches the work."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value}: must be at least {minimum}")
-        return value
-
-    return parse
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Every stage's --help: the module docstring's layout kept, and each flag's default shown
-    (not for flags without one)."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is argparse.SUPPRESS or action.required:
-            return action.help
-        return super()._get_help_string(action)

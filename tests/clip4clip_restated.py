@@ -1,4 +1,4 @@
-"""CLIP4Clip's seqTransf and tightTransf heads, restated for the parity tests.
+"""CLIP4Clip's seqTransf, seqLSTM and tightTransf heads, restated for the parity tests.
 
 Written from reading CLIP4Clip's `modules/modeling.py`, `module_cross.py` and `until_module.py`
 (ArrowLuo/CLIP4Clip), in its own style rather than ours: sequence-first tensors through
@@ -10,6 +10,7 @@ for these heads. Not used outside tests.
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 MASK_VALUE = -1000000.0  # CLIP4Clip's additive mask for padded positions
 
@@ -87,6 +88,31 @@ class SeqTransfReference(nn.Module):
         positions = torch.arange(frames.shape[1]).unsqueeze(0).expand(frames.shape[0], -1)
         hidden = frames + self.frame_position_embeddings(positions)
         hidden = self.transformerClip(hidden.permute(1, 0, 2), additive_mask(mask)).permute(1, 0, 2)
+        hidden = hidden + original
+        hidden = hidden / hidden.norm(dim=-1, keepdim=True)
+        video = mean_pool(hidden, mask)
+        video = video / video.norm(dim=-1, keepdim=True)
+        text = text / text.norm(dim=-1, keepdim=True)
+        return text @ video.T
+
+
+class SeqLSTMReference(nn.Module):
+    """CLIP4Clip builds a frame position table for seqLSTM too (modeling.py L236), and never reads it."""
+
+    def __init__(self, width, positions=77):
+        super().__init__()
+        self.frame_position_embeddings = nn.Embedding(positions, width)
+        self.lstm_visual = nn.LSTM(
+            input_size=width, hidden_size=width, batch_first=True, bidirectional=False, num_layers=1
+        )
+
+    def forward(self, text, frames, mask):
+        """Cosines [Bt, Bv], as CLIP4Clip's _loose_similarity computes them for seqLSTM."""
+        original = frames
+        packed = pack_padded_sequence(frames, torch.sum(mask, dim=-1).cpu(), batch_first=True, enforce_sorted=False)
+        hidden, _ = self.lstm_visual(packed)
+        hidden, _ = pad_packed_sequence(hidden, batch_first=True)
+        hidden = torch.cat((hidden, original[:, hidden.size(1) :, ...].contiguous()), dim=1)
         hidden = hidden + original
         hidden = hidden / hidden.norm(dim=-1, keepdim=True)
         video = mean_pool(hidden, mask)

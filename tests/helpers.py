@@ -1,13 +1,23 @@
-"""What several test files share: the demo extraction's arguments, a cache's bytes, and stage
-scripts run as separate processes (for kill -9, Ctrl-C and concurrent runs)."""
+"""What several test files share: the stages' arguments for the demo and for small synthetic caches,
+a cache's bytes, one tensor-equality rule, and stage scripts run as separate processes (for kill -9,
+Ctrl-C and concurrent runs)."""
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
-from corpus.feature_cache import TIMINGS_NAME
+import pytest
+import torch
+
+import clip_vendor
+from corpus.feature_cache import TIMINGS_NAME, write_meta
+from fixtures.synthetic_cache import write_order_only_cache
+from infra.cli import StageError
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -51,6 +61,22 @@ def verify_args(demo, cache, n_videos, *extra, videos=None):
     ]
 
 
+def copied_annotations(demo, tmp_path):
+    """A copy of the demo's annotation folder, to change."""
+    return copied(demo / "annotations", tmp_path / "annotations")
+
+
+def copy_cache(cache, destination, **contract_changes):
+    """A copy of `cache` whose contract has the given {section: {field: value}} changes."""
+    shutil.copytree(cache, destination)
+    meta = json.loads((destination / "cache_meta.json").read_text())
+    meta["git_commit"] = "another commit"
+    for section, fields in contract_changes.items():
+        meta["contract"][section].update(fields)
+    write_meta(destination, meta)
+    return destination
+
+
 def cache_files(cache_dir):
     """{relative path: bytes} of every file in a cache but its timings (what the run cost, not what it made)."""
     return {
@@ -58,6 +84,22 @@ def cache_files(cache_dir):
         for path in sorted(cache_dir.rglob("*"))
         if path.is_file() and path.name != TIMINGS_NAME
     }
+
+
+def start_in_background(command, logs):
+    """A command in its own process group, at the lowest priority (the tests in the foreground come
+    first), run from the project's root, its output written to logs/stdout.txt and logs/stderr.txt
+    (files, not pipes: nobody reads a pipe while it runs)."""
+    logs.mkdir(parents=True, exist_ok=True)
+    with open(logs / "stdout.txt", "w") as stdout, open(logs / "stderr.txt", "w") as stderr:
+        command = ["nice", "-n", "19", *command]
+        return subprocess.Popen(command, cwd=PROJECT, stdout=stdout, stderr=stderr, start_new_session=True)
+
+
+def finished(process, logs):
+    """(exit code, stdout, stderr) of a process start_in_background started, once it has ended."""
+    code = process.wait()
+    return code, (logs / "stdout.txt").read_text(), (logs / "stderr.txt").read_text()
 
 
 def start_script(script, arguments):
@@ -96,3 +138,79 @@ def two_nodes(script, arguments_of_node, port):
         for node in (0, 1)
     ]
     return [(process.wait(timeout=600), process.communicate()[0]) for process in processes]
+
+
+def order_only_cache(clip, out, **sizes):
+    """A synthetic RTime-layout cache (fixtures.synthetic_cache.write_order_only_cache) for `clip`."""
+    write_order_only_cache(out, clip, asdict(clip_vendor.load(clip)[0].config), **sizes)
+    return out
+
+
+def train_args(cache, clip, out, head, *extra, batch_size=None):
+    """train_head.py's arguments on the CPU; `batch_size` goes before `extra`, which may override it."""
+    size = ["--batch-size", str(batch_size)] if batch_size else []
+    return ["--cache", str(cache), "--head", head, "--out", str(out), "--clip", str(clip), "--device", "cpu"] + [
+        *size,
+        *extra,
+    ]
+
+
+def assert_same_tensors(a: dict, b: dict) -> None:
+    """Two {name: tensor} dicts hold the same names, both ways, and equal tensors under each."""
+    assert a.keys() == b.keys(), sorted(a.keys() ^ b.keys())
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def copied(source, destination):
+    shutil.copytree(source, destination)
+    return destination
+
+
+def ids_of(demo, split):
+    """The video ids of a demo split, in file order."""
+    return list(json.loads((demo / "annotations" / f"{split}.json").read_text()))
+
+
+def result_json(results, name):
+    """The JSON of result `name` in a results folder."""
+    return json.loads((results / f"{name}.json").read_text())
+
+
+def tune_args(order, out, *extra):
+    """tune.py's arguments for the `order` fixture's cache: one head, mlpScore."""
+    return [
+        "--cache",
+        str(order / "cache"),
+        "--clip",
+        str(order / "clip.pt"),
+        "--out",
+        str(out),
+        "--heads",
+        "mlpScore",
+    ] + [*extra]
+
+
+def refusal(main, args):
+    """The StageError a stage must raise for `args` (its exit 1, one line): returned to be checked."""
+    with pytest.raises(StageError) as stop:
+        main(args)
+    return stop.value
+
+
+def usage_error(main, args, capsys):
+    """Run a stage that must refuse its flags before any work (argparse, exit 2); returns its message."""
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    return capsys.readouterr().err
+
+
+class RunsShell:
+    """Pickled, it runs a shell command when unpickled: what a crafted checkpoint would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))

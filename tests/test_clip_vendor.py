@@ -5,7 +5,6 @@ import subprocess
 import sys
 import warnings
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +13,8 @@ import clip_vendor
 from clip_vendor.archive import read_archive_state_dict
 from clip_vendor.model import eot_index
 from fixtures.reference_clip import load_reference_module, random_reference_clip, reference_tokenize, save_checkpoints
+from tests.helpers import PROJECT, assert_same_tensors
 
-PROJECT = Path(__file__).resolve().parents[1]
 RTIME_DIR = PROJECT.parent / "shared" / "rtime"
 
 # Two shapes of OpenAI's layout: patch 32 and patch 16, different widths, depths and embed dims.
@@ -207,7 +206,7 @@ def test_archive_and_state_dict_load_identical_weights(checkpoints):
     from_state = clip_vendor.read_state_dict(state_path)
     from_archive = clip_vendor.read_state_dict(archive_path)
     assert from_state.keys() == from_archive.keys()
-    assert all(torch.equal(from_state[key], from_archive[key]) for key in from_state)
+    assert_same_tensors(from_state, from_archive)
     with zipfile.ZipFile(archive_path) as archive:  # it really is a TorchScript archive
         assert any(name.endswith("constants.pkl") for name in archive.namelist())
 

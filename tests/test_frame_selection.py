@@ -11,9 +11,10 @@ import clip_vendor
 import evaluate
 import train_head
 from fixtures.synthetic_cache import write_sparse_content_cache
-from heads.architectures import build_head
+from heads.architectures import HeadShape, build_head
 from heads.frame_selection import PerturbedTopK, SelectFrames
-from heads.split_tensors import flip_frames
+from heads.loaded_split import flip_frames
+from infra.cli import StageError
 from make_demo_data import write_tiny_clip
 
 WIDTH, FRAMES, K = 32, 10, 4
@@ -31,7 +32,7 @@ def videos(seed=0):
 
 def selector(name="meanP", seed=1):
     torch.manual_seed(seed)
-    head = build_head(name, WIDTH, FRAMES, select_frames=K)
+    head = build_head(name, HeadShape(WIDTH, FRAMES), select_frames=K)
     for param in head.frame_scorer.parameters():  # a scorer that ranks frames decisively
         torch.nn.init.normal_(param, std=0.5)
     return head.eval()
@@ -125,9 +126,8 @@ def test_learned_selection_of_k_frames_beats_k_evenly_spaced_ones_where_few_fram
     assert checkpoint["config"]["select_frames"] == K and "frame_scorer.0.weight" in checkpoint["head"]
 
 
-def test_selecting_as_many_frames_as_the_video_has_is_refused(sparse_cache, tmp_path, capsys):
+def test_selecting_as_many_frames_as_the_video_has_is_refused(sparse_cache, tmp_path):
     cache, _ = sparse_cache
-    with pytest.raises(SystemExit):
+    with pytest.raises(StageError, match="--select-frames 16: the head reads 16 frames per video at most"):
         train_selecting_meanp(cache, tmp_path / "run", 16)
-    assert "--select-frames 16: the head reads 16 frames per video at most" in capsys.readouterr().err
-    assert isinstance(build_head("tightTransf", WIDTH, FRAMES, select_frames=K), SelectFrames)
+    assert isinstance(build_head("tightTransf", HeadShape(WIDTH, FRAMES), select_frames=K), SelectFrames)

@@ -1,12 +1,15 @@
 """The GPU kit's CPU dry run (bench/gpu_session.sh --dry-run): every bench end to end at tiny sizes,
-so a change that breaks a bench breaks a test here, not on a lent GPU's scarce minutes."""
+so a change that breaks a bench breaks a test here, not on a lent GPU's scarce minutes.
+
+The dry run is minutes of one process, and the rest of the suite mostly keeps one core busy: it
+is started as soon as its test is selected (tests/conftest.py) and checked last, so it runs beside
+the other tests."""
 
 import json
-import subprocess
-from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[1]
-# what each bench's log must hold besides its exit status: the rows the README's GPU tables are made of
+from tests.helpers import PROJECT, finished, start_in_background
+
+# what each bench's log must hold besides its exit status: the rows docs/gpu.md and the other docs pages tabulate
 EXPECTED_ROWS = {
     "env": ["torch ", "| OpenCV "],
     "parity": ["| frames | 31 |", "| captions (pooled) | 7 |", "| seqTransf | "],
@@ -22,15 +25,17 @@ EXPECTED_ROWS = {
 }
 
 
-def test_every_bench_of_the_gpu_session_runs_its_dry_run(tmp_path):
-    out = tmp_path / "out"
-    completed = subprocess.run(
-        ["bash", "bench/gpu_session.sh", str(out), "--dry-run", *EXPECTED_ROWS],
-        cwd=PROJECT,
-        capture_output=True,
-        text=True,
-    )
-    assert completed.returncode == 0, completed.stderr[-2000:]
+def dry_run(folder):
+    """The dry run of every bench into folder/out, started now: its process."""
+    script = PROJECT / "bench" / "gpu_session.sh"
+    return start_in_background(["bash", str(script), str(folder / "out"), "--dry-run", *EXPECTED_ROWS], folder)
+
+
+def test_every_bench_of_the_gpu_session_runs_its_dry_run(background):
+    process, folder = background["gpu_kit"]
+    code, _, errors = finished(process, folder)
+    assert code == 0, errors[-2000:]
+    out = folder / "out"
     for bench, rows in EXPECTED_ROWS.items():
         log = (out / f"{bench}.txt").read_text()
         statuses = [line for line in log.splitlines() if line.startswith(f"[{bench}: exit ")]

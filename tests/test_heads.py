@@ -1,13 +1,20 @@
+"""The invariants every head must hold, run over every head of HEADS by what it says it is (a new
+head is tested here without an edit): order-free heads score V and flip(V) alike to the last bit,
+order-aware ones apart; padding changes nothing; heads that start from CLIP's text layers hold them."""
+
 import numpy as np
 import pytest
 import torch
 
 import clip_vendor
 from corpus.sampling import frame_subset
-from heads.architectures import N_HEAD_LAYERS, build_head, clip_logit_scale, init_from_clip_text
-from heads.split_tensors import flip_frames
+from heads.architectures import HEADS, N_HEAD_LAYERS, HeadShape, build_head, clip_logit_scale, init_from_clip_text
+from heads.loaded_split import flip_frames
 
 WIDTH, N_FRAMES = 64, 6
+ORDER_FREE = [name for name, head in HEADS.items() if head.order_free]
+ORDER_AWARE = [name for name, head in HEADS.items() if not head.order_free]
+FROM_CLIP_TEXT = [name for name, head in HEADS.items() if head.needs_clip_text]
 
 
 @pytest.fixture(scope="module")
@@ -17,8 +24,8 @@ def clip_state(demo_data):
 
 def make_head(name, clip_state):
     torch.manual_seed(0)
-    head = build_head(name, WIDTH, N_FRAMES)
-    if name in ("seqTransf", "tightTransf"):
+    head = build_head(name, HeadShape(WIDTH, N_FRAMES))
+    if head.needs_clip_text:
         init_from_clip_text(head, clip_state)
     return head.eval()
 
@@ -41,7 +48,7 @@ def scores(head, text, frames, mask):
 def test_meanp_equals_the_formula():
     frames, mask = random_videos()
     text = torch.randn(4, WIDTH)
-    head = build_head("meanP", WIDTH, N_FRAMES)
+    head = build_head("meanP", HeadShape(WIDTH, N_FRAMES))
     expected = np.zeros((4, len(frames)))
     for v in range(len(frames)):
         real = frames[v][mask[v]].numpy().astype(np.float64)
@@ -66,16 +73,16 @@ def test_flip_reverses_real_frames_and_keeps_padding_last():
         assert torch.equal(reversed_frames[v, n_real:], frames[v, n_real:])
 
 
-def test_meanp_and_mlpscore_scores_identical_for_flipped_video(clip_state):
+@pytest.mark.parametrize("name", ORDER_FREE)
+def test_order_free_heads_score_a_flipped_video_identically(clip_state, name):
     frames, mask = random_videos()
     text = torch.randn(4, WIDTH)
-    for name in ("meanP", "mlpScore"):
-        head = make_head(name, clip_state)
-        with torch.no_grad():
-            assert torch.equal(scores(head, text, frames, mask), scores(head, text, flipped(frames, mask), mask))
+    head = make_head(name, clip_state)
+    with torch.no_grad():
+        assert torch.equal(scores(head, text, frames, mask), scores(head, text, flipped(frames, mask), mask))
 
 
-@pytest.mark.parametrize("name", ["seqTransf", "tightTransf"])
+@pytest.mark.parametrize("name", ORDER_AWARE)
 def test_order_aware_heads_score_flipped_video_differently(clip_state, name):
     frames, mask = random_videos()
     text = torch.randn(4, WIDTH)
@@ -85,7 +92,7 @@ def test_order_aware_heads_score_flipped_video_differently(clip_state, name):
     assert (forward - backward).abs().min() > 1e-6
 
 
-@pytest.mark.parametrize("name", ["meanP", "seqTransf", "tightTransf", "mlpScore"])
+@pytest.mark.parametrize("name", list(HEADS))
 def test_padded_frames_change_nothing(clip_state, name):
     frames, mask = random_videos()
     head = make_head(name, clip_state)
@@ -97,20 +104,19 @@ def test_padded_frames_change_nothing(clip_state, name):
         assert torch.allclose(scores(head, text, garbage, mask[1:2]), padded, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", ["seqTransf", "tightTransf"])
+@pytest.mark.parametrize("name", FROM_CLIP_TEXT)
 def test_initial_layers_equal_the_checkpoints_text_layers(clip_state, name):
-    head = make_head(name, clip_state)
-    prefix = "transformerClip." if name == "seqTransf" else "cross.transformer."
-    head_state = head.state_dict()
-    for layer in range(N_HEAD_LAYERS):
-        text_keys = [k for k in clip_state if k.startswith(f"transformer.resblocks.{layer}.")]
-        assert text_keys
-        for key in text_keys:
-            assert torch.equal(head_state[prefix + key[len("transformer.") :]], clip_state[key].float())
-    positions = head_state[
-        "frame_position_embeddings.weight" if name == "seqTransf" else "cross.embeddings.position_embeddings.weight"
-    ]
-    assert torch.equal(positions, clip_state["positional_embedding"][: len(positions)].float())
+    blocks, positions = make_head(name, clip_state).clip_text_targets()
+    block_state = blocks.state_dict()
+    text_keys = {
+        key[len("transformer.") :]: value
+        for key, value in clip_state.items()
+        if key.startswith("transformer.resblocks.") and int(key.split(".")[2]) < N_HEAD_LAYERS
+    }
+    assert block_state.keys() == text_keys.keys()
+    for key, value in text_keys.items():
+        assert torch.equal(block_state[key], value.float()), key
+    assert torch.equal(positions.weight, clip_state["positional_embedding"][: len(positions.weight)].float())
 
 
 def test_parameter_names_follow_clip4clip(clip_state):
@@ -157,7 +163,7 @@ def test_mlpscore_starts_as_meanp(clip_state):
 
 def test_text_layer_init_refuses_a_width_mismatch(clip_state):
     with pytest.raises(ValueError, match="text width 64 differs from the embedding width 128"):
-        init_from_clip_text(build_head("seqTransf", 128, N_FRAMES), clip_state)
+        init_from_clip_text(build_head("seqTransf", HeadShape(128, N_FRAMES)), clip_state)
 
 
 @pytest.mark.parametrize("n_cached", [3, 12, 13, 24, 25])

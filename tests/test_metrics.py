@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from evaluation.retrieval_metrics import binary_accuracy, retrieval_metrics
-from evaluation.retrieval_stats import METRICS, bootstrap_ci, holm_adjust, paired_difference
 from evaluation.scoring import directions
+from reporting.stats import METRICS, bootstrap_ci, holm_adjust, paired_difference
 
 
 def brute_force(scores, gold, ks=(1, 5, 10)):
@@ -226,3 +226,11 @@ def test_video_to_text_with_ties_matches_a_brute_force_over_caption_sets(seed):
     video_scores, video_gold = directions(scores, gold)["v2t"]
     np.testing.assert_array_equal(video_scores, set_scores)
     check_against_brute_force(video_scores, video_gold)
+
+
+def test_metrics_refuse_non_finite_scores_naming_how_many_queries():
+    scores = np.array([[0.9, 0.1], [np.nan, 0.2], [0.3, np.inf]])
+    with pytest.raises(ValueError, match="2 of 3 queries have non-finite scores"):
+        retrieval_metrics(scores, np.eye(3, 2, dtype=bool) | np.array([[0, 0], [0, 0], [1, 0]], dtype=bool))
+    with pytest.raises(ValueError, match="1 of 2 binary margins are not finite"):
+        binary_accuracy([0.5, np.nan])

@@ -96,8 +96,8 @@ def test_paragraphs_join_sentences_and_windows_keep_the_ending_truncation_loses(
 
 def test_paragraphs_are_refused_for_rtime_files(demo_data, tmp_path):
     with pytest.raises(
-        AnnotationError, match="test.json: paragraphs join a generic file's sentences; this file is rtime"
+        AnnotationError, match="test.json: --paragraphs joins a generic file's sentences; this split is rtime"
     ):
-        load_split(demo_data / "annotations" / "test.json", paragraphs=True)
-    with pytest.raises(SystemExit, match="paragraphs join a generic file's sentences"):
+        load_split(demo_data / "annotations", "test", paragraphs=True)
+    with pytest.raises(AnnotationError, match="--paragraphs joins a generic file's sentences"):
         extract.main(extract_args(demo_data, tmp_path / "cache", "--paragraphs"))

@@ -27,6 +27,7 @@ from fixtures.real_videos import (
     off_by_one_reversal,
     variants,
 )
+from infra.cli import StageError
 from make_demo_data import write_tiny_clip
 
 FPS, T_MAX = 4, 24
@@ -46,7 +47,7 @@ def full_decode(path):
 
 
 def rule_indices(n, first, last):
-    """The README's sampling rule, restated: duration from the timestamps, to the millisecond."""
+    """The sampling rule of docs/extract.md, restated: duration from the timestamps, to the millisecond."""
     duration = Fraction(round((last - first) * n / (n - 1) * 1000), 1000)
     k = min(max(1, math.floor(duration * FPS)), T_MAX, n)
     if n % 2 == 0 and k % 2 == 1:
@@ -226,7 +227,7 @@ def run_verify(root, reversed_folder, capsys, *extra):
     try:
         verify.main(args)
         passed = True
-    except SystemExit:
+    except StageError:  # verify raises one when a check fails, after printing the table of every check
         passed = False
     rows = {line.split("  ")[0].strip(): line for line in capsys.readouterr().out.splitlines()}
     return passed, rows
@@ -240,7 +241,7 @@ def test_verify_passes_lossless_reversals_of_real_files_exactly(real_cache, caps
 
 def test_verify_aligns_a_lossy_reversal_and_catches_one_a_frame_off(real_cache, capsys):
     root, _ = real_cache
-    # tiny 32-pixel CLIP: codec noise is far above ViT-B/32's (see README), so only alignment is asserted here
+    # tiny 32-pixel CLIP: codec noise is far above ViT-B/32's (see docs/verify.md), so only alignment is asserted here
     _, rows = run_verify(root, root / "lossy", capsys)
     assert " ok " in rows["reversed file aligned"]
     passed, rows = run_verify(root, root / "off_by_one", capsys, "--rel-tol", "1", "--min-cosine", "0")

@@ -15,10 +15,10 @@ from matplotlib.container import ErrorbarContainer
 import clip_vendor
 import evaluate
 import report
-from evaluation import report_plots
-from evaluation.report_tables import count, md, number
 from fixtures.synthetic_cache import write_order_only_cache
 from make_demo_data import write_tiny_clip
+from reporting import plots
+from reporting.tables import count, md, number
 
 METHODS = ["meanP zero-shot", "seqTransf", "seqTransf copy"]  # the last two identical: they overlap exactly
 SETTINGS = ["origin", "hard"]
@@ -65,7 +65,7 @@ def assert_tick_labels_apart(ax, renderer):
 
 
 def test_recall_bars_show_cis_zero_bars_and_a_legend_beside_the_data():
-    figure = drawn(report_plots.recall_figure(tables(), METHODS, SETTINGS, TITLES))
+    figure = drawn(plots.recall_figure(tables(), METHODS, SETTINGS, TITLES))
     renderer = figure.canvas.get_renderer()
     assert_legend_covers_no_axes(figure)
     assert [text.get_text() for text in figure.legends[0].get_texts()] == ["R@1", "R@5", "R@10"]
@@ -78,7 +78,7 @@ def test_recall_bars_show_cis_zero_bars_and_a_legend_beside_the_data():
 
 def test_rank_cdf_has_plain_ticks_and_keeps_identical_curves_apart():
     ranks = {s: {m: np.array([1.0, 2.0, 3.5, 3.5, 9.0]) for m in METHODS} for s in SETTINGS}
-    figure = drawn(report_plots.rank_cdf_figure(ranks, SETTINGS, TITLES))
+    figure = drawn(plots.rank_cdf_figure(ranks, SETTINGS, TITLES))
     renderer = figure.canvas.get_renderer()
     assert_legend_covers_no_axes(figure)
     for ax in figure.axes:
@@ -92,8 +92,8 @@ def test_rank_cdf_has_plain_ticks_and_keeps_identical_curves_apart():
         assert len(styles) == len(METHODS)  # identical data, yet every curve has its own line and marker
 
 
-def test_origin_to_hard_has_cis_and_offsets_overlapping_methods():
-    figure = drawn(report_plots.origin_to_hard_figure(tables(), METHODS))
+def test_origin_to_hard_contrast_has_cis_and_offsets_overlapping_methods():
+    figure = drawn(plots.contrast_figure(tables(), METHODS, ("origin", "hard"), TITLES))
     assert_legend_covers_no_axes(figure)
     (ax,) = figure.axes
     assert_labelled(ax, r"\(%\)")
@@ -110,7 +110,7 @@ def test_training_curves_show_loss_integer_epochs_and_each_seed_apart():
     trained = {
         m: [{"history": history(k + 1), "settings": {"seed": s}} for s in (0, 1)] for k, m in enumerate(METHODS[1:])
     }
-    figure = drawn(report_plots.training_figure(trained, "valid hard text->video R@1"))
+    figure = drawn(plots.training_figure(trained, "valid hard text->video R@1"))
     valid_ax, loss_ax = figure.axes
     assert_legend_covers_no_axes(figure)
     assert valid_ax.get_ylabel() == "validation R@1 (%)" and "loss" in loss_ax.get_ylabel()

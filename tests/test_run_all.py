@@ -1,15 +1,18 @@
 """run_all.sh at the scale users run: the heads x seeds matrix N at a time (each run its own log,
 one line when it ends, the first failure stopping the rest), the same report as one at a time,
-and the matrix printed as self-contained commands for any scheduler."""
+and the matrix printed as self-contained commands for any scheduler.
+
+The demo's matrix takes a minute of subprocesses: it is started as soon as a test here is selected
+(tests/conftest.py) and these tests run last, so it runs beside the rest of the suite."""
 
 import json
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-PROJECT = Path(__file__).resolve().parents[1]
+from tests.helpers import PROJECT, finished, start_in_background
+
 # A small matrix keeps the suite fast (the full demo is what `bash run_all.sh` runs): one seed of
 # an order-aware head and of an order-blind one.
 MATRIX = ["--heads", "seqTransf mlpScore", "--seeds", "0"]
@@ -32,20 +35,33 @@ def prepared_copy(work, destination):
     return destination
 
 
-@pytest.fixture(scope="module")
-def demo_work(tmp_path_factory):
-    """The demo's matrix run two at a time."""
-    work = tmp_path_factory.mktemp("demo") / "work"
-    code, stdout, stderr = outcome(run_all(work, *MATRIX, "--jobs", "2"))
+def demo_matrix(folder):
+    """The demo's matrix run two at a time into folder/work, from scratch, started now: its process."""
+    command = ["bash", str(PROJECT / "run_all.sh"), "--work", str(folder / "work"), *MATRIX, "--jobs", "2"]
+    return start_in_background(command, folder)
+
+
+def work_of(background, name):
+    """The work folder of a matrix started at collection, once it has ended well; and its output."""
+    process, folder = background[name]
+    code, stdout, stderr = finished(process, folder)
     assert code == 0, stdout[-3000:] + stderr[-3000:]
-    return work, stdout
+    return folder / "work", stdout
+
+
+@pytest.fixture(scope="module")
+def demo_work(background):
+    """The demo's matrix run two at a time (started at collection): (work folder, its output)."""
+    return work_of(background, "demo_matrix")
 
 
 def test_demo_run_shows_the_order_aware_head_above_the_order_blind_ones_on_hard(demo_work):
     work, stdout = demo_work
     assert f"Report: {work}/report/report.md" in stdout
     assert "running 2 runs, 2 at a time" in stdout and stdout.count(" done in ") == 2  # one line per run
-    assert all((work / "logs" / f"{head}_seed0.log").read_text() for head in ("seqTransf", "mlpScore"))
+    for head in ("seqTransf", "mlpScore"):  # each run's own log: its training, then its evaluation
+        log = (work / "logs" / f"{head}_seed0.log").read_text()
+        assert f"{head}: " in log and "trainable parameters" in log and f"wrote {work}/results/{head}_seed0.json" in log
     hard = json.loads((work / "report" / "report_numbers.json").read_text())["datasets"]["RTime test"]["tables"]
     hard = hard["hard/t2v"]
     for blind in ("meanP zero-shot", "mlpScore"):  # V and flip(V) score alike: every Hard query tied
@@ -54,17 +70,19 @@ def test_demo_run_shows_the_order_aware_head_above_the_order_blind_ones_on_hard(
     assert hard["seqTransf"]["n_tied"] == 0
 
 
-def test_one_at_a_time_gives_the_same_report_and_a_failed_run_stops_the_others(demo_work, tmp_path):
+def test_one_at_a_time_gives_the_same_report(demo_work, tmp_path):
     work, _ = demo_work
-    one_at_a_time = run_all(prepared_copy(work, tmp_path / "one"), *MATRIX, "--jobs", "1")
-    failing_work = prepared_copy(work, tmp_path / "failing")
-    failing = run_all(failing_work, *MATRIX, "--jobs", "2", "--train-args", "--frames 3")
-    code, stdout, stderr = outcome(one_at_a_time)
+    code, stdout, stderr = outcome(run_all(prepared_copy(work, tmp_path / "one"), *MATRIX, "--jobs", "1"))
     assert code == 0, stdout[-3000:] + stderr[-3000:]
+    assert "running 2 runs, 1 at a time" in stdout
     numbers = "report/report_numbers.json"
     assert (tmp_path / "one" / numbers).read_bytes() == (work / numbers).read_bytes()
 
-    code, _, stderr = outcome(failing)
+
+def test_a_failed_run_stops_the_others(demo_work, tmp_path):
+    work, _ = demo_work
+    failing_work = prepared_copy(work, tmp_path / "failing")
+    code, _, stderr = outcome(run_all(failing_work, *MATRIX, "--jobs", "2", "--train-args", "--frames 3"))
     assert code == 1 and "Stopping the 1 other running run(s)." in stderr
     failed = next(head for head in ("seqTransf", "mlpScore") if f"run {head}_seed0 failed (exit 2); see " in stderr)
     assert "--frames 3: use an even number" in (failing_work / "logs" / f"{failed}_seed0.log").read_text()
@@ -83,3 +101,12 @@ def test_the_printed_matrix_is_one_self_contained_resumable_command_per_run(demo
     assert "resuming" in completed.stdout  # the finished run is resumed, not redone
     after = json.loads((work / "results" / "seqTransf_seed0.json").read_text())
     assert after["hard"] == before["hard"] and after["origin"] == before["origin"]
+
+
+def test_run_all_refuses_a_gpu_count_that_is_not_a_number(tmp_path):
+    import subprocess
+
+    completed = subprocess.run(
+        ["bash", str(PROJECT / "run_all.sh"), "--gpus", "abc", "--work", str(tmp_path)], capture_output=True, text=True
+    )
+    assert completed.returncode == 2 and "--gpus 'abc'" in completed.stderr

@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import subprocess
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -13,11 +14,13 @@ import optuna
 import pytest
 
 import clip_vendor
+import train_head
 import tune
 from corpus.feature_cache import write_meta
 from fixtures.synthetic_cache import write_order_only_cache
+from infra.cli import StageError
 from make_demo_data import write_tiny_clip
-from tests.helpers import start_script, wait_until
+from tests.helpers import start_script, tune_args, usage_error, wait_until
 
 TRAIN_ARGS = "--epochs 2 --batch-size 16 --reverse-negatives --device cpu"
 
@@ -100,5 +103,70 @@ def test_a_search_space_with_an_unknown_setting_is_refused(cache_without_test, t
     cache, _ = cache_without_test
     space = tmp_path / "space.json"
     space.write_text(json.dumps({"learning_rate": {"low": 1e-4, "high": 1e-2}}))
-    with pytest.raises(SystemExit, match="unknown setting 'learning_rate'"):
+    with pytest.raises(StageError, match="unknown setting 'learning_rate'"):
         tune.main(["--cache", str(cache), "--heads", "meanP", "--space", str(space), "--out", str(tmp_path / "t")])
+
+
+def test_a_search_folder_is_refused_to_another_search(order, tmp_path):
+    out = tmp_path / "tuning"
+    tune.main(tune_args(order, out, "--trials", "1", "--train-args", "--epochs 1 --batch-size 8"))
+    before = sorted(path.name for path in (out / "trials" / "mlpScore").iterdir())
+    with pytest.raises(
+        StageError,
+        match=r"holds another search \(its train_args: that search has \['--epochs', '1', '--batch-size', '8'\]",
+    ):
+        tune.main(tune_args(order, out, "--trials", "2", "--train-args", "--epochs 2 --batch-size 8"))
+    with pytest.raises(StageError, match=r"holds another search \(its heads: that search has"):
+        tune.main(tune_args(order, out, "seqTransf", "--trials", "2", "--train-args", "--epochs 1 --batch-size 8"))
+    assert sorted(path.name for path in (out / "trials" / "mlpScore").iterdir()) == before  # nothing ran
+
+
+@pytest.mark.parametrize("flag", ["--head meanP", "--seed 3", "--lr=0.1", "--logit-scale 20"])
+def test_train_args_may_not_override_what_the_search_sets(order, tmp_path, capsys, flag):
+    message = usage_error(tune.main, tune_args(order, tmp_path / "t", "--train-args", f"--epochs 1 {flag}"), capsys)
+    assert f"{flag.split()[0].split('=')[0]} is set by the search itself" in message
+    assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("content", [b"this is no database", "sqlite-foreign"])
+def test_a_corrupt_or_foreign_study_file_is_refused_and_left_untouched(order, tmp_path, content):
+    out = tmp_path / "tuning"
+    out.mkdir()
+    study = out / "study.sqlite3"
+    if content == "sqlite-foreign":
+        subprocess.run(
+            [
+                "python3",
+                "-c",
+                f"import sqlite3; c = sqlite3.connect({str(study)!r}); c.execute('create table notes (x)'); c.commit()",
+            ],
+            check=True,
+        )
+    else:
+        study.write_bytes(content)
+    before = study.read_bytes()
+    with pytest.raises(StageError, match="not a readable SQLite database|not an optuna study") as exit_info:
+        tune.main(tune_args(order, out, "--trials", "1", "--train-args", "--epochs 1"))
+    assert "\n" not in str(exit_info.value) and study.read_bytes() == before
+
+
+def test_a_log_scale_search_range_from_zero_is_refused(order, tmp_path):
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"lr": {"low": 0, "high": 1e-2, "log": True}}))
+    with pytest.raises(
+        StageError, match=r"space.json: lr is searched on a log scale: its low bound must be above 0, not 0"
+    ):
+        tune.main(tune_args(order, tmp_path / "t", "--space", str(space)))
+
+
+def test_the_flags_a_search_sets_or_tunes_are_train_heads_own():
+    """tune.py passes these to train_head.py: a flag renamed there must fail here, not at trial 1."""
+    flags = {option for action in train_head.parser._actions for option in action.option_strings}
+    assert set(tune.SEARCH_OWNED_FLAGS) <= flags
+    assert tune.FLAGS == {
+        "lr": "--lr",
+        "weight_decay": "--weight-decay",
+        "warmup": "--warmup",
+        "logit_scale": "--logit-scale",
+    }
+    assert set(tune.FLAGS.values()) <= flags

@@ -1,4 +1,5 @@
-"""What no peer reports on RTime, computed from a method's result files (its seeds) alone.
+"""What no peer reports on RTime, computed from a method's result files (its seeds) alone. Each
+analysis is told which settings to read (the report asks the annotation format which they are).
 
 - Direction split: Hard text->video by the query's side (a forward caption, whose video is the
   original, or a reverse caption, whose video is the reversal), with the paired difference per
@@ -17,7 +18,9 @@ Per-query values are averaged over a method's seeds (their queries are the same,
 import numpy as np
 
 from evaluation.results import seed_averaged
-from evaluation.retrieval_stats import METRICS, paired_difference, percent_mean
+from evaluation.retrieval_metrics import binary_credit
+from reporting.seeds import mean_std
+from reporting.stats import METRICS, paired_difference, percent_mean
 
 R1 = "expected_recall@1"
 
@@ -37,15 +40,17 @@ def per_group(values: np.ndarray, groups: list) -> dict:
     return {group: sums[group] / counts[group] for group in sums}
 
 
-def direction_split(runs, seed: int, n_resamples: int) -> dict:
-    """Hard t2v's metrics by the query's side, the paired difference of expected R@1 (%) over
-    records (CI, p), Binary t2v accuracy by side, and the direction bias."""
-    recall = seed_averaged(runs, "hard/t2v", R1)
-    items = gold_items(runs[0], "hard")
+def direction_split(runs, setting: str, seed: int, n_resamples: int) -> dict:
+    """`setting`'s t2v metrics (its candidates hold originals and reversals) by the query's side,
+    the paired difference of expected R@1 (%) over records (CI, p), Binary t2v accuracy by side,
+    and the direction bias."""
+    key = f"{setting}/t2v"
+    recall = seed_averaged(runs, key, R1)
+    items = gold_items(runs[0], setting)
     side_of = np.array([reversed_flag for _, reversed_flag in items])
     by_side = {
         name: {
-            metric: float(statistic(seed_averaged(runs, "hard/t2v", column)[side_of == side]))
+            metric: float(statistic(seed_averaged(runs, key, column)[side_of == side]))
             for metric, (column, statistic) in METRICS.items()
         }
         for side, name in ((0, "forward"), (1, "reverse"))
@@ -57,10 +62,8 @@ def direction_split(runs, seed: int, n_resamples: int) -> dict:
     records = [video for video in sides[0] if video in sides[1]]
     forward, reverse = (np.array([sides[side][video] for video in records]) for side in (0, 1))
     diff, low, high, p = paired_difference(forward, reverse, percent_mean, seed, n_resamples)
-    # Binary per pair: right 1, tied 1/2, wrong 0, averaged over the seeds (each seed's pairs are the same)
-    credit = np.mean(
-        [np.where(m > 0, 1.0, np.where(m == 0, 0.5, 0.0)) for m in (r.margins["t2v"] for r in runs)], axis=0
-    )
+    # Binary per pair, averaged over the seeds (each seed's pairs are the same)
+    credit = np.mean([binary_credit(run.margins["t2v"]) for run in runs], axis=0)
     margin_sides = runs[0].sides["t2v"]
     # a reverse caption's right answer is the reversal: there, a wrong answer ranked the original first
     original_first = np.where(margin_sides == 0, credit, 1.0 - credit)
@@ -77,11 +80,11 @@ def direction_split(runs, seed: int, n_resamples: int) -> dict:
     }
 
 
-def paraphrase_drop(runs, seed: int, n_resamples: int) -> dict:
-    """Hard t2v expected R@1 (%) with human captions and with rewrites as queries, and the drop
-    (human - rewrites) paired by candidate, with its CI and p."""
-    human = per_group(seed_averaged(runs, "hard/t2v", R1), gold_items(runs[0], "hard"))
-    rewrites = per_group(seed_averaged(runs, "rewrites/t2v", R1), gold_items(runs[0], "rewrites"))
+def paraphrase_drop(runs, human_setting: str, rewrite_setting: str, seed: int, n_resamples: int) -> dict:
+    """t2v expected R@1 (%) with the human captions of `human_setting` and with the rewrites of
+    `rewrite_setting` as queries, and the drop (human - rewrites) paired by candidate, with its CI and p."""
+    human = per_group(seed_averaged(runs, f"{human_setting}/t2v", R1), gold_items(runs[0], human_setting))
+    rewrites = per_group(seed_averaged(runs, f"{rewrite_setting}/t2v", R1), gold_items(runs[0], rewrite_setting))
     items = [item for item in human if item in rewrites]
     a, b = np.array([human[item] for item in items]), np.array([rewrites[item] for item in items])
     drop, low, high, p = paired_difference(a, b, percent_mean, seed, n_resamples)
@@ -97,16 +100,9 @@ def paraphrase_drop(runs, seed: int, n_resamples: int) -> dict:
 
 def order_sensitivity(runs) -> dict:
     """{change: {share_dropped: mean and std over seeds, mean_margin: likewise}}."""
-    changes = runs[0].data["order"]
     return {
         change: {
-            key: {
-                "mean": float(np.mean([run.data["order"][change][key] for run in runs])),
-                "std": float(np.std([run.data["order"][change][key] for run in runs], ddof=1))
-                if len(runs) > 1
-                else 0.0,
-            }
-            for key in ("share_dropped", "mean_margin")
+            key: mean_std([run.data["order"][change][key] for run in runs]) for key in ("share_dropped", "mean_margin")
         }
-        for change in changes
+        for change in runs[0].data["order"]
     }

@@ -1,5 +1,6 @@
-"""In-batch contrastive training of a head on cached features: which items a batch holds, the
-symmetric InfoNCE loss over a batch gathered across ranks, and the optimiser's groups and schedule.
+"""In-batch contrastive training of a head on cached features: the optimisation flags, which items a
+batch holds, the symmetric InfoNCE loss over a batch gathered across ranks, and the optimiser's
+groups and schedule.
 
 Batches hold one caption per video (two captions of one video are never each other's negatives)
 and, with reverse negatives, each reversible video's time reversal with one of its reverse
@@ -7,14 +8,56 @@ captions. They are a function of (seed, epoch) alone, so any number of ranks com
 one-process loss: a rank holds the items of its own videos, and embeddings and scores are gathered.
 """
 
+import argparse
 import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from heads.split_tensors import HostSplit, SplitTensors
+from heads.architectures import CLIP_TEMPERATURE
+from heads.loaded_split import HostSplit, SplitTensors
+from infra.cli import whole_number
 from infra.runtime import Runtime
+
+# The settings tune.py may search (its search space names them), of those add_optimisation_flags adds.
+TUNABLE = ("lr", "weight_decay", "warmup", "logit_scale")
+
+
+def add_optimisation_flags(group: argparse._ArgumentGroup) -> None:
+    """train_head.py's optimisation flags; tune.py reads the flag of each TUNABLE setting from them."""
+    add = group.add_argument
+    add("--epochs", type=whole_number(1), default=5, help="passes over the train videos")
+    add("--batch-size", type=whole_number(2), default=128, help="videos per step, over all ranks (at least 2)")
+    add("--lr", type=float, default=1e-4, help="peak AdamW learning rate")
+    add("--weight-decay", type=float, default=0.2, help="AdamW decay on weight matrices")
+    add("--warmup", type=float, default=0.1, help="share of all steps spent warming the rate up")
+    add(
+        "--learn-temp",
+        action="store_true",
+        help="learn the temperature (ln kept in [0.1, ln 100]); not for a head whose score is its own logit",
+    )
+    add(
+        "--logit-scale",
+        type=float,
+        default=CLIP_TEMPERATURE,
+        help="the temperature cosines are scaled by (or where learning starts)",
+    )
+    add(
+        "--reverse-negatives",
+        action="store_true",
+        help="add flip(V) of each reversible video with its reverse captions",
+    )
+    add(
+        "--patience", type=whole_number(0), default=0, help="stop after this many epochs without improvement (0: never)"
+    )
+
+
+def tunable_flags() -> dict[str, str]:
+    """{setting: its train_head.py flag} of each TUNABLE setting, read off the flags themselves."""
+    group = argparse.ArgumentParser(add_help=False).add_argument_group()
+    add_optimisation_flags(group)
+    return {action.dest: action.option_strings[0] for action in group._group_actions if action.dest in TUNABLE}
 
 
 def param_groups(head: torch.nn.Module, log_scale: torch.nn.Parameter, weight_decay: float) -> list[dict]:

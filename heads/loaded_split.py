@@ -94,13 +94,20 @@ class HostSplit:
         if mode == "pooled":
             text = self.to_device(np.asarray(self.cache.text_feats[rows])).unsqueeze(1).float()
             return text, torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
-        tokens = np.zeros((len(rows), self.token_width, self.cache.text_feats.shape[1]), dtype=np.float16)
-        mask = np.zeros((len(rows), self.token_width), dtype=bool)
-        for index, row in enumerate(rows):
-            caption_tokens = self.cache.tokens(row)
-            tokens[index, : len(caption_tokens)] = caption_tokens
-            mask[index, : len(caption_tokens)] = True
+        dim = self.cache.text_feats.shape[1]
+        tokens, mask = padded_tokens([np.asarray(self.cache.tokens(row)) for row in rows], self.token_width, dim)
         return self.to_device(tokens).float(), self.to_device(mask)
+
+
+def padded_tokens(token_feats: list[np.ndarray], width: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each caption's token features [n_i, D] (fp16, as the cache stores them), zero-padded at the end
+    to [B, width, D], and the [B, width] mask of the real ones: how a head reads token input."""
+    tokens = np.zeros((len(token_feats), width, dim), dtype=np.float16)
+    mask = np.zeros((len(token_feats), width), dtype=bool)
+    for index, features in enumerate(token_feats):
+        tokens[index, : len(features)] = features
+        mask[index, : len(features)] = True
+    return tokens, mask
 
 
 def padded_frames(cache: CacheSplit, video_rows: Sequence, n_frames: int) -> tuple[np.ndarray, np.ndarray]:

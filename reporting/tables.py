@@ -5,9 +5,17 @@ break in it cannot break a row. Numbers are written the one way `number` says: a
 3e-4, not 0.0003000000000000001.
 """
 
-from evaluation.order_sensitivity import PERTURBATIONS
+from evaluation.results import PERTURBATIONS
 
 METRIC_NAMES = ("R@1", "R@5", "R@10", "MdR", "MnR")
+DIRECTION_TITLES = {"t2v": "text→video", "v2t": "video→text"}
+POSTPROCESS_TITLES = {"dsl": "With dual softmax (DSL)", "qbnorm": "With querybank normalisation (QB-Norm)"}
+POSTPROCESS_NOTES = {
+    "dsl": "DSL reads every test query at once to rescale each score (transductive): compare these numbers "
+    "with each other, and report the raw ones beside them.",
+    "qbnorm": "QB-Norm rescales the scores of a query whose best candidate is a hub of the training captions "
+    "(the querybank: the train split's captions); text→video only.",
+}
 
 
 def md(text) -> str:
@@ -57,7 +65,7 @@ def metric_table(title: str, rows: dict, footnote: str = "") -> list[str]:
 
 
 def binary_table(rows: dict, directions=("t2v", "v2t")) -> list[str]:
-    names = {"t2v": "text→video", "v2t": "video→text"}
+    names = DIRECTION_TITLES
     header = ["Method", *(name for d in directions for name in (f"{names[d]} accuracy", "tied"))]
     body = [
         [

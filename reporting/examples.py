@@ -21,9 +21,10 @@ import cv2
 import numpy as np
 from matplotlib.figure import Figure
 
+from corpus.feature_cache import CAPTIONS
 from corpus.video_frames import VideoError, decode_sampled_frames, index_video_files, spec_from_contract
-from evaluation.report_plots import save_figure
 from infra.file_io import atomic_write_bytes
+from reporting.plots import save_figure
 
 TOP = 5
 THUMB_HEIGHT = 72
@@ -73,15 +74,17 @@ def top_candidates(query_scores: np.ndarray, query_gold: np.ndarray, columns: li
     ]
 
 
-def write_examples(label: str, methods: dict, videos_dir: Path, out_dir: Path, n: int, stem: str) -> tuple[str, str]:
+def write_examples(
+    label: str, methods: dict, setting: str, videos_dir: Path, out_dir: Path, n: int, stem: str
+) -> tuple[str, str]:
     """Write {stem}examples.html (its thumbnails in {stem}examples/) and {stem}examples.png for one
-    dataset; returns their names."""
+    dataset's `setting` (one whose candidates hold originals and reversals); returns their names."""
     first = next(iter(methods.values()))[0]
     videos = index_video_files(videos_dir).files
     # one dataset is one cache's content (report.py refuses a mix): its queries and candidates are every method's
-    ids, gold = first.load_array("hard_ids"), first.load_array("hard_gold")
+    ids, gold = first.load_array(f"{setting}_ids"), first.load_array(f"{setting}_gold")
     rows, columns = ids["rows"], ids["columns"]
-    scores = {method: runs[0].load_array("hard_scores") for method, runs in methods.items()}  # read once
+    scores = {method: runs[0].load_array(f"{setting}_scores") for method, runs in methods.items()}  # read once
     queries = interesting_queries(scores, gold, columns, n)
     captions = caption_texts(first)
     thumbs_dir = out_dir / f"{stem}examples"
@@ -113,7 +116,7 @@ def write_examples(label: str, methods: dict, videos_dir: Path, out_dir: Path, n
 
 def caption_texts(run) -> dict:
     """{caption id: text} of the split's captions, from the cache the result names."""
-    path = Path(run.provenance["cache"]) / run.provenance["split"] / "captions.jsonl"
+    path = Path(run.provenance["cache"]) / run.provenance["split"] / CAPTIONS
     return {
         record["caption_id"]: record["text"]
         for record in (json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line)

@@ -1,0 +1,115 @@
+"""One error mechanism for every stage (infra/cli.py): library code raises a StageError and never
+exits; a stage's entry point turns it into one line on stderr and exit 1, Ctrl-C into exit 130,
+and a usage error found before any work is argparse's exit 2."""
+
+import ast
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import train_head
+from corpus.annotations import AnnotationError
+from corpus.feature_cache import CacheError
+from corpus.video_frames import VideoError
+from evaluation.results import ResultError
+from heads.checkpoints import CheckpointError
+from infra import cli
+from infra.cli import StageError
+from infra.file_io import FolderLocked, NotWritable, OutOfSpace
+from tests.helpers import PROJECT, train_args
+
+STAGE_SCRIPTS = ("extract.py", "verify.py", "train_head.py", "evaluate.py", "report.py", "search.py", "tune.py")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [CacheError, AnnotationError, VideoError, CheckpointError, ResultError, OutOfSpace, FolderLocked, NotWritable],
+)
+def test_every_domain_error_is_a_stage_error_and_ends_in_one_line_and_exit_1(error, monkeypatch, capsys):
+    assert issubclass(error, StageError)
+    monkeypatch.setattr(sys, "argv", ["stage.py"])
+
+    def main():
+        raise error.__new__(error)  # the message is set below: some take other arguments
+
+    def failing():
+        failure = error.__new__(error)
+        Exception.__init__(failure, "data/x.json: what was wrong, and what to do")
+        raise failure
+
+    with pytest.raises(SystemExit) as stop:
+        cli.run(failing)
+    assert stop.value.code == 1
+    assert capsys.readouterr().err == "stage.py: data/x.json: what was wrong, and what to do\n"
+
+
+def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
+    def interrupted():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as stop:
+        cli.run(interrupted, "interrupted; the epochs finished so far are kept")
+    assert stop.value.code == 130 and capsys.readouterr().err == "interrupted; the epochs finished so far are kept\n"
+
+
+def test_no_library_code_exits(tmp_path):
+    """sys.exit and SystemExit belong to infra/cli.py's entry point alone, and parser.error to a
+    stage's check_* functions (before any work); everything else raises."""
+    allowed_exits = {"infra/cli.py", "clip_vendor/fetch_vocab.py", "heads/__main__.py"}  # the last two: setup tools
+    found = []
+    for path in sorted(PROJECT.glob("**/*.py")):
+        relative = path.relative_to(PROJECT).as_posix()
+        if relative.split("/")[0] in {".venv", "tests", "bench", "fixtures"} or relative in allowed_exits:
+            continue
+        tree = ast.parse(path.read_text())
+        for function in [node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)]:
+            for call in [node for node in ast.walk(function) if isinstance(node, ast.Call | ast.Raise)]:
+                text = ast.unparse(call)
+                if "sys.exit(" in text or "SystemExit" in text:
+                    found.append(f"{relative}:{call.lineno} {function.name}: {text[:60]}")
+                if text.startswith("parser.error(") and not function.name.startswith("check_"):
+                    found.append(f"{relative}:{call.lineno} {function.name}: parser.error outside a check")
+    assert found == []
+
+
+def test_every_stage_script_enters_through_the_one_entry_point():
+    for script in STAGE_SCRIPTS:
+        tail = (PROJECT / script).read_text().rstrip().splitlines()[-1]
+        assert tail.startswith("    cli.run(main"), script
+
+
+def test_a_missing_pair_list_is_one_line_naming_it_not_a_traceback(demo_cache, tmp_path):
+    """Once a FileNotFoundError traceback out of evaluate.py."""
+    cache = tmp_path / "cache"
+    shutil.copytree(demo_cache, cache)
+    (cache / "test" / "test_pairs.csv").unlink()
+    completed = subprocess.run(
+        [sys.executable, "evaluate.py", "--cache", str(cache), "--head", "meanP", "--out", str(tmp_path / "r.json")],
+        cwd=PROJECT,
+        capture_output=True,
+        text=True,
+    )
+    assert completed.returncode == 1
+    assert (
+        completed.stderr == f"evaluate.py: {cache / 'test' / 'test_pairs.csv'} is missing; extract the cache again "
+        "into a new --out (or run verify.py to see what else is wrong)\n"
+    )
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_a_checkpoint_that_cannot_be_saved_is_one_line_not_a_traceback(order, tmp_path, monkeypatch, capsys):
+    """Once a CheckpointError traceback out of train_head.py's save."""
+
+    def unsavable(*args, **kwargs):
+        raise CheckpointError("the temperature is not finite; nothing saved")
+
+    monkeypatch.setattr(train_head, "head_checkpoint", unsavable)
+    monkeypatch.setattr(sys, "argv", ["train_head.py"])
+    args = train_args(order / "cache", order / "clip.pt", tmp_path / "run", "mlpScore", "--epochs", "1", batch_size=8)
+    with pytest.raises(SystemExit) as stop:
+        cli.run(lambda: train_head.main(args))
+    assert stop.value.code == 1
+    assert capsys.readouterr().err == "train_head.py: the temperature is not finite; nothing saved\n"
+    assert not (tmp_path / "run" / "best.pt").exists()

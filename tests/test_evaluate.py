@@ -1,0 +1,256 @@
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate
+import report
+import train_head
+from corpus.feature_cache import read_meta, write_meta
+from evaluation import results as result_files
+from evaluation.results import ResultError
+from evaluation.retrieval_metrics import binary_accuracy, retrieval_metrics
+from heads.checkpoints import CheckpointError
+from infra.cli import StageError
+from tests.helpers import RunsShell, copied, copy_cache, order_only_cache, train_args, usage_error
+
+
+def result_json(results, name):
+    return json.loads((results / f"{name}.json").read_text())
+
+
+def test_result_file_structure_and_meanp_ties(evaluated):
+    _, results = evaluated
+    result = result_json(results, "meanP")
+    assert set(result) == {"origin", "hard", "binary", "order", "provenance"}
+    for setting in ("origin", "hard"):
+        for direction in ("t2v", "v2t"):
+            block = result[setting][direction]
+            assert {
+                "R@1",
+                "R@5",
+                "R@10",
+                "MdR",
+                "MnR",
+                "expected",
+                "optimistic",
+                "pessimistic",
+                "n_queries",
+                "n_tied",
+            } <= set(block)
+    assert result["origin"]["t2v"]["n_queries"] == 12 and result["hard"]["t2v"]["n_queries"] == 24
+    assert result["hard"]["t2v"]["n_tied"] == 24  # meanP shows its ties on Hard
+    assert result["origin"]["t2v"]["n_tied"] == 0
+    assert result["binary"]["t2v"] == {"accuracy": 50.0, "n_pairs": 24, "n_tied": 24}
+
+
+def test_every_statistic_recomputes_from_the_saved_arrays(evaluated):
+    _, results = evaluated
+    result = result_json(results, "seqTransf_seed0")
+    arrays = results / "seqTransf_seed0"
+    for setting in ("origin", "hard"):
+        scores, gold = np.load(arrays / f"{setting}_scores.npy"), np.load(arrays / f"{setting}_gold.npy")
+        t2v, _ = retrieval_metrics(scores, gold)
+        # video->text ranks the candidates' caption sets, each scored by its best caption
+        set_scores = np.array(
+            [[scores[gold[:, g], v].max() for g in range(gold.shape[1])] for v in range(gold.shape[1])]
+        )
+        v2t, _ = retrieval_metrics(set_scores, np.eye(gold.shape[1], dtype=bool))
+        assert t2v == result[setting]["t2v"] and v2t == result[setting]["v2t"]
+        assert result[setting]["v2t_per_caption"] == retrieval_metrics(scores.T, gold.T)[0]
+        ids = json.loads((arrays / f"{setting}_ids.json").read_text())
+        assert len(ids["rows"]) == scores.shape[0] and len(ids["columns"]) == scores.shape[1]
+        per_query = np.load(arrays / f"{setting}_t2v_per_query.npy")
+        assert per_query.shape == (len(scores), 7)
+        assert 100 * per_query[:, 4].mean() == pytest.approx(result[setting]["t2v"]["expected"]["R@1"])
+    for direction in ("t2v", "v2t"):
+        margins = np.load(arrays / f"binary_{direction}_margins.npy")
+        assert binary_accuracy(margins) == result["binary"][direction]
+
+
+def test_binary_margins_compare_each_caption_and_video_with_the_reversal():
+    from evaluation.scoring import setting_from_pairs
+
+    pairs = [
+        {"caption_row": 0, "caption_id": "v#forward#human#0", "video_row": 0, "video_id": "v", "reversed": 0},
+        {"caption_row": 1, "caption_id": "v#reverse#human#0", "video_row": 0, "video_id": "v", "reversed": 1},
+    ]
+    setting = setting_from_pairs(pairs)  # candidates: (0, 0), (0, 1)
+    scores = np.array(
+        [
+            [0.9, 0.4],  # forward caption: original 0.9, reversal 0.4
+            [0.7, 0.2],
+        ]
+    )  # reverse caption: original 0.7, reversal 0.2
+    margins = evaluate.binary_margins(scores, setting)
+    np.testing.assert_allclose(margins["t2v"][0], [0.9 - 0.4, 0.2 - 0.7])
+    np.testing.assert_allclose(margins["v2t"][0], [0.9 - 0.7, 0.2 - 0.4])
+    assert margins["t2v"][1].tolist() == [0, 1] and margins["v2t"][1].tolist() == [0, 1]  # forward, then reverse
+
+
+def test_checkpoint_is_refused_on_a_cache_with_other_features_naming_the_field(evaluated, tmp_path):
+    cache, results = evaluated
+    other = copy_cache(cache, tmp_path / "other_cache", sampling={"fps": 2.0})
+    ckpt = result_json(results, "seqTransf_seed0")["provenance"]["ckpt"]
+    with pytest.raises(
+        CheckpointError, match=r"features differ in sampling\.fps: the checkpoint's training cache has 1\.0"
+    ):
+        evaluate.main(["--cache", str(other), "--ckpt", ckpt, "--out", str(tmp_path / "x.json")])
+
+
+def test_one_command_evaluates_a_checkpoint_on_several_datasets_and_reports_each(evaluated, tmp_path):
+    cache, results = evaluated
+    # same features, another cache (as another dataset extracted with the same CLIP and sampling)
+    other = copy_cache(cache, tmp_path / "other_dataset", compute={"batch_videos": 7})
+    ckpt = result_json(results, "seqTransf_seed0")["provenance"]["ckpt"]
+    out = tmp_path / "multi" / "seqTransf.json"
+    evaluate.main(["--ckpt", ckpt, "--cache", f"{cache}:test", "--cache", f"{other}:valid", "--out", str(out)])
+    first = json.loads((tmp_path / "multi" / "seqTransf.synthetic_test.json").read_text())
+    second = json.loads((tmp_path / "multi" / "seqTransf.synthetic_valid.json").read_text())
+    assert first["provenance"]["dataset"] == "synthetic test" and second["provenance"]["dataset"] == "synthetic valid"
+    assert first["hard"] == result_json(results, "seqTransf_seed0")["hard"]  # the same split scores as before
+    assert second["hard"]["t2v"]["n_queries"] == 32  # the valid split: 16 videos x 2 directions
+    assert second["provenance"]["training"]["selected_epoch"] == first["provenance"]["training"]["selected_epoch"]
+    evaluate.main(
+        [
+            "--head",
+            "meanP",
+            "--cache",
+            f"{cache}:test",
+            "--cache",
+            f"{other}:valid",
+            "--out",
+            str(tmp_path / "multi" / "meanP.json"),
+        ]
+    )
+    report.main(["--results", str(tmp_path / "multi"), "--out", str(tmp_path / "report")])
+    numbers = json.loads((tmp_path / "report" / "report_numbers.json").read_text())
+    assert sorted(numbers["datasets"]) == ["synthetic test", "synthetic valid"]
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "## Dataset synthetic test: test split" in markdown and "## Dataset synthetic valid: valid split" in markdown
+
+
+def test_a_head_with_parameters_needs_a_checkpoint(evaluated, tmp_path, capsys):
+    cache, _ = evaluated
+    args = ["--cache", str(cache), "--head", "seqTransf", "--out", str(tmp_path / "x.json")]
+    message = usage_error(evaluate.main, args, capsys)
+    assert "argument --head: invalid choice: 'seqTransf' (choose from 'meanP')" in message
+
+
+def test_generic_dataset_has_one_setting_and_no_binary(evaluated, tmp_path):
+    cache, _ = evaluated
+    generic = tmp_path / "generic"
+    shutil.copytree(cache, generic)
+    pair_file = generic / "test" / "test_pairs.csv"
+    with open(pair_file) as f:
+        rows = [row for row in csv.reader(f)]
+    with open(pair_file, "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows([rows[0]] + [row for row in rows[1:] if row[4] == "0"])
+    (generic / "test" / "test_origin_pairs.csv").unlink()
+    meta = json.loads((generic / "cache_meta.json").read_text())
+    meta["contract"]["annotations"]["test"]["format"] = "generic"
+    write_meta(generic, meta)
+    evaluate.main(["--cache", str(generic), "--head", "meanP", "--out", str(tmp_path / "generic.json")])
+    result = json.loads((tmp_path / "generic.json").read_text())
+    assert set(result) == {"all", "order", "provenance"} and result["all"]["t2v"]["n_queries"] == 12
+
+
+def test_evaluate_refuses_nan_scores_and_writes_no_result(small_clip, tmp_path):
+    cache = order_only_cache(small_clip, tmp_path / "cache", n_train=8, n_valid=4, n_test=6, n_frames=4)
+    feats = np.load(cache / "test" / "video_feats.npy")
+    feats[5] = np.nan
+    np.save(cache / "test" / "video_feats.npy", feats)
+    out = tmp_path / "meanP.json"
+    with pytest.raises(StageError, match=r"queries have NaN or Inf scores .*no result was written"):
+        evaluate.main(["--cache", str(cache), "--head", "meanP", "--out", str(out)])
+    assert not out.exists()
+
+
+def test_checkpoints_and_results_name_the_cache_bytes_they_came_from(demo_data, lone_cache, tmp_path):
+    meta = read_meta(lone_cache)
+    run = tmp_path / "run"
+    train_head.main(
+        [
+            "--cache",
+            str(lone_cache),
+            "--head",
+            "mlpScore",
+            "--out",
+            str(run),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "4",
+            "--frames",
+            "4",
+        ]
+    )
+    checkpoint = torch.load(run / "best.pt", weights_only=True)
+    assert checkpoint["config"]["cache_content_sha256"] == meta["content_sha256"]
+    evaluate.main(["--cache", str(lone_cache), "--ckpt", str(run / "best.pt"), "--out", str(tmp_path / "r.json")])
+    provenance = json.loads((tmp_path / "r.json").read_text())["provenance"]
+    assert provenance["cache_content_sha256"] == meta["content_sha256"]
+
+
+@pytest.mark.parametrize(
+    "extra,flag",
+    [(["--ckpt", "best.pt", "--frames", "4"], "--frames"), (["--head", "meanP", "--out", "results/meanP"], "--out")],
+)
+def test_evaluate_refuses_nonsense_before_any_scoring_naming_the_flag(tmp_path, capsys, extra, flag):
+    args = ["--cache", str(tmp_path), "--out", str(tmp_path / "x.json"), *extra]
+    with pytest.raises(SystemExit) as stop:
+        evaluate.main(args)
+    assert stop.value.code == 2 and flag in capsys.readouterr().err
+
+
+def test_a_malicious_checkpoint_is_refused_and_runs_nothing(small_clip, tmp_path):
+    marker = tmp_path / "code_ran"
+    crafted = tmp_path / "best.pt"
+    torch.save({"head": {}, "config": RunsShell(marker), "log_scale": torch.tensor(1.0)}, crafted)
+    with pytest.raises(CheckpointError, match=r"best.pt is not a plain checkpoint .*nothing in it ran"):
+        evaluate.main(["--cache", str(tmp_path), "--ckpt", str(crafted), "--out", str(tmp_path / "x.json")])
+    cache = order_only_cache(small_clip, tmp_path / "cache", n_train=16, n_valid=4, n_test=4, n_frames=4)
+    with pytest.raises(CheckpointError, match=r"best.pt is not a plain checkpoint"):
+        train_head.main(
+            train_args(cache, small_clip, tmp_path / "run", "seqTransf", "--init-from", str(crafted), batch_size=16)
+        )
+    assert not marker.exists()
+    torch.load(crafted, weights_only=False)  # the file really is malicious: an unrestricted load runs its code
+    assert marker.exists()
+
+
+def test_an_evaluation_killed_before_its_json_leaves_no_mixed_result(order, tmp_path, monkeypatch):
+    results = copied(order / "results", tmp_path / "results")
+    args = ["--cache", str(order / "cache"), "--head", "meanP", "--frames", "2", "--out", str(results / "meanP.json")]
+
+    def die(*_):  # the moment between the new arrays and the new JSON
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(result_files, "atomic_write_json", die)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.main(args)
+    monkeypatch.undo()
+    with pytest.raises(ResultError, match="meanP.json: its array .* is not the one it was computed with"):
+        report.main(["--results", str(results), "--out", str(tmp_path / "report")])
+    evaluate.main(args)  # a rerun makes the result whole again
+    report.main(["--results", str(results), "--out", str(tmp_path / "report")])
+
+
+def test_a_checkpoint_holding_another_heads_weights_is_named(order, tmp_path):
+    checkpoint = torch.load(order / "seqTransf" / "best.pt", weights_only=True)
+    checkpoint["config"]["head"] = "tightTransf"
+    torch.save(checkpoint, tmp_path / "mislabelled.pt")
+    with pytest.raises(CheckpointError, match=r"mislabelled.pt holds no 'cross\..*not weights of a TightTransf head"):
+        evaluate.main(
+            [
+                "--cache",
+                str(order / "cache"),
+                "--ckpt",
+                str(tmp_path / "mislabelled.pt"),
+                "--out",
+                str(tmp_path / "r.json"),
+            ]
+        )

@@ -1,0 +1,267 @@
+"""report.py: every number from its result files, and every refusal."""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+import evaluate
+import extract
+import report
+import train_head
+from evaluation.results import ResultError
+from reporting.stats import METRICS, bootstrap_ci, two_level_bootstrap_ci
+from tests.helpers import copied, extract_args, order_only_cache, result_json, train_args, usage_error
+
+
+def table_cells(markdown, title):
+    """{method: [cell text, ...]} of the markdown table under the heading `title`."""
+    table = markdown.split(f" {title}\n", 1)[1].strip().split("\n\n", 1)[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table.splitlines()[2:]]
+    return {row[0]: row[1:] for row in rows}
+
+
+def test_report_numbers_equal_the_result_files(evaluated, tmp_path):
+    _, results = evaluated
+    report.main(["--results", str(results), "--out", str(tmp_path / "report")])
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    files = {"meanP zero-shot": ["meanP"], "seqTransf": ["seqTransf_seed0", "seqTransf_seed1"]}
+    for setting, title in (
+        ("origin", "Table A: RTime-Origin, text→video"),
+        ("hard", "Table B: RTime-Hard, text→video"),
+    ):
+        cells = table_cells(markdown, title)
+        for method, names in files.items():
+            runs = [result_json(results, name) for name in names]
+            for column, metric in enumerate(METRICS):
+                per_seed = [run[setting]["t2v"]["expected"][metric] for run in runs]
+                std = np.std(per_seed, ddof=1) if len(per_seed) > 1 else 0.0
+                per_query = [np.load(results / name / f"{setting}_t2v_per_query.npy") for name in names]
+                source_column = 1 if metric in ("MdR", "MnR") else 4 + ("R@1", "R@5", "R@10").index(metric)
+                values = np.stack([table[:, source_column] for table in per_query])
+                if len(names) > 1:  # seeds: the two-level bootstrap, over seeds and queries
+                    low, high = two_level_bootstrap_ci(values, METRICS[metric][1], seed=0)
+                else:
+                    low, high = bootstrap_ci(values[0], METRICS[metric][1], seed=0)
+                assert cells[method][column] == f"{np.mean(per_seed):.2f} ± {std:.2f} [{low:.2f}, {high:.2f}]"
+            assert cells[method][5] == f"{runs[0][setting]['t2v']['n_tied']}/{runs[0][setting]['t2v']['n_queries']}"
+    binary = table_cells(markdown, "Binary: original vs its reversal")
+    assert binary["meanP zero-shot"][0] == f"{result_json(results, 'meanP')['binary']['t2v']['accuracy']:.2f} ± 0.00"
+    for plot in (
+        "synthetic_test_t2v_recall_at_1_5_10.png",
+        "synthetic_test_t2v_rank_cdf.png",
+        "synthetic_test_t2v_r1_origin_to_hard.png",
+        "training_valid_r1_and_loss_by_epoch.png",
+    ):
+        assert (tmp_path / "report" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert re.search(r"sha256 `[0-9a-f]{64}`", markdown)
+    numbers = json.loads((tmp_path / "report" / "report_numbers.json").read_text())
+    pairwise = numbers["datasets"]["synthetic test"]["pairwise"]
+    assert [(c["setting"], c["a"], c["b"]) for c in pairwise] == [
+        ("origin", "meanP zero-shot", "seqTransf"),
+        ("hard", "meanP zero-shot", "seqTransf"),
+    ]
+    assert all(c["p_holm"] >= c["p"] for c in pairwise)
+
+
+def test_report_refuses_results_of_different_caches(evaluated, tmp_path):
+    _, results = evaluated
+    mixed = tmp_path / "mixed"
+    shutil.copytree(results, mixed)
+    result = result_json(mixed, "meanP")
+    result["provenance"]["cache_content_sha256"] = "0" * 64
+    (mixed / "meanP.json").write_text(json.dumps(result))
+    with pytest.raises(ResultError, match="mixes caches for dataset .synthetic test."):
+        report.main(["--results", str(mixed), "--out", str(tmp_path / "report")])
+
+
+def test_report_states_how_each_method_was_trained(evaluated, tmp_path):
+    cache, results = evaluated
+    # a third method trained differently: the differences become columns, the rest one note
+    run = tmp_path / "seqTransf_lr"
+    train_head.main(
+        [
+            "--cache",
+            str(cache),
+            "--head",
+            "seqTransf",
+            "--out",
+            str(run),
+            "--clip",
+            str(cache.parent / "clip.pt"),
+            "--epochs",
+            "2",
+            "--batch-size",
+            "16",
+            "--lr",
+            "3e-4",
+        ]
+    )
+    mixed = tmp_path / "results"
+    shutil.copytree(results, mixed)
+    evaluate.main(
+        [
+            "--cache",
+            str(cache),
+            "--ckpt",
+            str(run / "best.pt"),
+            "--method",
+            "seqTransf-lr3e-4",
+            "--out",
+            str(mixed / "seqTransf_lr.json"),
+        ]
+    )
+    report.main(["--results", str(mixed), "--out", str(tmp_path / "report")])
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    methods = table_cells(markdown, "Methods")
+    header = markdown.split("## Methods\n", 1)[1].strip().splitlines()[0]
+    columns = [cell.strip() for cell in header.strip("|").split("|")][1:]
+    trained = {
+        name: result_json(results, name)["provenance"]["training"] for name in ("seqTransf_seed0", "seqTransf_seed1")
+    }
+    assert methods["seqTransf"][columns.index("selected epoch per seed")] == ", ".join(
+        str(trained[name]["selected_epoch"]) for name in ("seqTransf_seed0", "seqTransf_seed1")
+    )
+    for column, expected in (("epochs", ("3", "2", "—")), ("lr", ("1e-4", "3e-4", "—"))):
+        assert [
+            methods[m][columns.index(column)] for m in ("seqTransf", "seqTransf-lr3e-4", "meanP zero-shot")
+        ] == list(expected)
+    assert methods["meanP zero-shot"][columns.index("selected epoch per seed")] == "— (zero-shot)"
+    note = markdown.split("Shared by every trained method: ", 1)[1].split("\n", 1)[0]
+    shared = dict(item.split(": ", 1) for item in note.rstrip(".").split("; "))
+    assert shared["text input"] == "pooled" and shared["batch"] == "16"
+    assert "lr" not in shared and "epochs" not in shared
+    assert "The CLIP backbone is frozen" in markdown
+    assert "valid hard text->video R@1" in markdown  # the selection metric names its setting
+
+
+def test_report_refuses_a_result_with_a_non_finite_number(small_clip, tmp_path):
+    cache = order_only_cache(small_clip, tmp_path / "cache", n_train=8, n_valid=4, n_test=6, n_frames=4)
+    results = tmp_path / "results"
+    evaluate.main(["--cache", str(cache), "--head", "meanP", "--out", str(results / "meanP.json")])
+    result = json.loads((results / "meanP.json").read_text())
+    result["hard"]["t2v"]["expected"]["R@1"] = float("nan")
+    (results / "meanP.json").write_text(json.dumps(result))
+    with pytest.raises(ResultError, match=r"meanP.json: result.hard.t2v.expected.R@1 is not a finite number"):
+        report.main(["--results", str(results), "--out", str(tmp_path / "report")])
+
+
+@pytest.fixture(scope="module")
+def two_results(small_clip, tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    cache = order_only_cache(small_clip, root / "cache", n_train=16, n_valid=4, n_test=6, n_frames=4)
+    train_head.main(
+        train_args(cache, small_clip, root / "run", "mlpScore", "--epochs", "1", "--batch-size", "8", batch_size=16)
+    )
+    results = root / "results"
+    evaluate.main(["--cache", str(cache), "--head", "meanP", "--out", str(results / "meanP.json")])
+    evaluate.main(["--cache", str(cache), "--ckpt", str(root / "run" / "best.pt"), "--out", str(results / "mlp.json")])
+    return results
+
+
+def test_report_refuses_one_seed_twice(two_results, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(two_results, results)
+    shutil.copy(results / "mlp.json", results / "mlp_again.json")
+    with pytest.raises(ResultError, match=r"mlp.json are both 'mlpScore' seed 0 .*would be averaged as two seeds"):
+        report.main(["--results", str(results), "--out", str(tmp_path / "report")])
+
+
+def test_report_refuses_one_method_name_for_two_heads(two_results, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(two_results, results)
+    result = json.loads((results / "meanP.json").read_text())
+    result["provenance"]["method"] = "mlpScore"
+    (results / "meanP.json").write_text(json.dumps(result))
+    with pytest.raises(ResultError, match="method 'mlpScore' names results that differ in .* two methods, not seeds"):
+        report.main(["--results", str(results), "--out", str(tmp_path / "report")])
+
+
+def test_report_names_an_unrelated_json_file(two_results, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(two_results, results)
+    (results / "notes.json").write_text('{"todo": "rerun"}')
+    with pytest.raises(ResultError, match="notes.json is not an evaluate.py result"):
+        report.main(["--results", str(results), "--out", str(tmp_path / "report")])
+
+
+def test_a_hand_edited_metric_is_refused_naming_the_file_and_key(order, tmp_path):
+    results = copied(order / "results", tmp_path / "results")
+    data = json.loads((results / "seqTransf.json").read_text())
+    data["hard"]["t2v"]["expected"]["R@1"] += 10.0
+    (results / "seqTransf.json").write_text(json.dumps(data))
+    with pytest.raises(
+        ResultError,
+        match=r"seqTransf.json: hard.t2v.expected.R@1: the file says .*, its arrays give .*, which its per-query",
+    ):
+        report.main(["--results", str(results), "--out", str(tmp_path / "report")])
+    assert not (tmp_path / "report" / "report.md").exists()
+
+
+def test_arrays_overwritten_by_another_evaluation_are_refused(order, tmp_path):
+    results = copied(order / "results", tmp_path / "results")
+    shutil.rmtree(results / "seqTransf")
+    shutil.copytree(results / "meanP", results / "seqTransf")  # same names, another run's values
+    with pytest.raises(
+        ResultError, match=r"seqTransf.json: its array .*/seqTransf/\w+\.npy is not the one it was computed with"
+    ):
+        report.main(["--results", str(results), "--out", str(tmp_path / "report")])
+
+
+def test_a_missing_per_query_array_is_named(order, tmp_path):
+    results = copied(order / "results", tmp_path / "results")
+    (results / "meanP" / "hard_t2v_per_query.npy").unlink()
+    with pytest.raises(ResultError, match=r"meanP.json: its array hard_t2v_per_query \(.*\) is missing"):
+        report.main(["--results", str(results), "--out", str(tmp_path / "report")])
+
+
+def test_a_zero_shot_and_a_trained_head_are_never_seeds_of_one_method(order, tmp_path):
+    results = copied(order / "results", tmp_path / "results")
+    run = tmp_path / "meanP_trained"
+    train_head.main(
+        train_args(order / "cache", order / "clip.pt", run, "meanP", "--learn-temp", "--epochs", "1", batch_size=8)
+    )
+    evaluate.main(
+        ["--cache", str(order / "cache"), "--ckpt", str(run / "best.pt"), "--method", "meanP zero-shot"]
+        + ["--out", str(results / "meanP_trained.json")]
+    )
+    with pytest.raises(
+        ResultError, match="method 'meanP zero-shot' names results that differ in .* two methods, not seeds"
+    ):
+        report.main(["--results", str(results), "--out", str(tmp_path / "report")])
+
+
+@pytest.mark.parametrize("resamples", ["1", "0", "999"])
+def test_too_few_resamples_are_refused(order, tmp_path, capsys, resamples):
+    args = ["--results", str(order / "results"), "--out", str(tmp_path / "report"), "--n-resamples", resamples]
+    assert f"--n-resamples: {resamples}: must be at least 1000" in usage_error(report.main, args, capsys)
+
+
+def test_method_names_and_captions_cannot_break_a_row_or_a_file(demo_data, order, tmp_path):
+    results = copied(order / "results", tmp_path / "results")
+    for name, method in (("meanP", "mean|P\nzero-shot"), ("seqTransf", "seq\u2028Transf|x")):
+        data = json.loads((results / f"{name}.json").read_text())
+        data["provenance"]["method"] = method
+        (results / f"{name}.json").write_text(json.dumps(data))
+    report.main(["--results", str(results), "--out", str(tmp_path / "report")])
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    for table in re.findall(r"(?:^\|.*\n)+", markdown, flags=re.M):  # every row has its header's cells
+        cells = [len(line.replace("\\|", "").split("|")) for line in table.splitlines()]
+        assert len(set(cells)) == 1, table
+    assert markdown.count("| mean\\|P zero-shot |") >= 8 and markdown.count("| seq Transf\\|x |") >= 8
+    numbers = json.loads((tmp_path / "report" / "report_numbers.json").read_text())
+    assert {"mean|P\nzero-shot", "seq\u2028Transf|x"} <= set(numbers["methods"])
+
+    annotations = copied(demo_data / "annotations", tmp_path / "annotations")
+    test = json.loads((annotations / "test.json").read_text())
+    first = next(iter(test))
+    test[first]["forward_captions"][0] = "a shape grows\u2028and then\u2029fades"
+    (annotations / "test.json").write_text(json.dumps(test))
+    extract.main(extract_args(demo_data, tmp_path / "cache", "--splits", "test", annotations=annotations))
+    captions = [
+        json.loads(line) for line in (tmp_path / "cache" / "test" / "captions.jsonl").read_text().split("\n") if line
+    ]
+    assert captions[0]["text"] == "a shape grows\u2028and then\u2029fades"
+    evaluate.main(["--cache", str(tmp_path / "cache"), "--head", "meanP", "--out", str(tmp_path / "r.json")])
