@@ -38,6 +38,7 @@ from corpus.feature_cache import (
     split_format,
     spread,
 )
+from evaluation.conventions import CONVENTIONS, convention_numbers
 from evaluation.order_sensitivity import order_margins
 from evaluation.postprocess import METHOD_SUFFIX, POSTPROCESS, dual_softmax, querybank_normalise
 from evaluation.results import PER_QUERY_COLUMNS, PERMUTATIONS, file_label, order_summary, write_result
@@ -109,6 +110,14 @@ parser.add_argument(
     help="also the settings evaluated on request (RTime's `rewrites`: the paraphrases as queries, 9x Hard's queries)",
 )
 parser.add_argument(
+    "--convention",
+    action="append",
+    choices=CONVENTIONS,
+    default=[],
+    help="also record the numbers under a peer's protocol, beside ours (repeatable; evaluation/conventions.py): "
+    + "; ".join(f"{name}: {text}" for name, text in CONVENTIONS.items()),
+)
+parser.add_argument(
     "--postprocess",
     choices=POSTPROCESS,
     default=None,
@@ -136,6 +145,8 @@ def check_arguments(args):
         parser.error(f"--out {args.out}: give a .json path (the arrays go in a folder beside it)")
     if args.ckpt is not None and args.frames is not None:
         parser.error("--frames is for --head only: a checkpoint is evaluated with the frames it was trained on")
+    if args.convention and args.postprocess:
+        parser.error("--convention: the peers' protocols score raw similarities; evaluate without --postprocess")
     if args.frames is not None and args.frames % 2:
         parser.error(f"--frames {args.frames}: use an even number >= 2")
     for spec in args.cache:
@@ -196,6 +207,9 @@ def evaluate_one(args, checkpoint, cache_dir, split, label, out_path, device):
     if not args.postprocess:
         results["order"], order_arrays = order_sensitivity(head, data, settings[annotation.selection], device)
         arrays.update(order_arrays)
+    if args.convention:
+        fmt = split_format(meta, split)
+        results["conventions"] = {name: convention_numbers(name, arrays.__getitem__, fmt) for name in args.convention}
 
     # ---- what the report states, then the result as one unit
     training = training_record(args.ckpt, checkpoint)
@@ -212,7 +226,27 @@ def evaluate_one(args, checkpoint, cache_dir, split, label, out_path, device):
             f"{name:>8}: t2v R@1 {t2v['R@1']:.2f} (expected {t2v['expected']['R@1']:.2f}, "
             f"{t2v['n_tied']} of {t2v['n_queries']} queries tied){v2t}"
         )
+    for name, numbers in results.get("conventions", {}).items():
+        print(f"{name} convention: {convention_line(numbers)}")
     print(f"wrote {out_path}")
+
+
+def convention_line(numbers):
+    """A convention's headline numbers on one line: Binary, then text->video R@1 per setting."""
+    parts = [f"Binary {d} {m['accuracy']:.2f}" for d, m in numbers.get("binary", {}).items()]
+    for setting, metrics in numbers.items():
+        if setting == "binary":
+            continue
+        if "unavailable" in metrics:
+            parts.append(f"{setting} unavailable ({metrics['unavailable']})")
+            continue
+        t2v = metrics["t2v"]
+        if "optimistic" in t2v:
+            low, high = t2v["pessimistic"]["R@1"], t2v["optimistic"]["R@1"]
+            parts.append(f"{setting} t2v R@1 {low:.2f}" + (f" to {high:.2f} (ties)" if high != low else ""))
+        else:
+            parts.append(f"{setting} t2v R@1 {t2v['R@1']:.2f}")
+    return ", ".join(parts)
 
 
 def frames_to_use_here(requested, cached_frames, meta, where):
@@ -352,6 +386,7 @@ def provenance(args, config, training, target, meta, cached_frames, device):
         "ckpt_sha256": file_sha256(args.ckpt) if args.ckpt else None,
         "dataset": label,
         "annotation_format": split_format(meta, split),
+        "annotations": meta["contract"]["annotations"][split],  # file names and sha256: the report's published table
         "cache": str(cache_dir.resolve()),
         "cache_meta_sha256": file_sha256(cache_dir / META_NAME),
         "cache_content_sha256": content_digest(meta),

@@ -17,18 +17,21 @@ plots, and OUT/report_numbers.json with every number in the tables.
 import argparse
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from corpus.annotations import FORMATS
 from corpus.feature_cache import features_mismatch
+from evaluation.conventions import CONVENTIONS
 from evaluation.results import ResultError, file_label, read_result, seed_averaged
 from infra import cli
 from infra.cli import HelpFormatter, whole_number
 from infra.file_io import atomic_write_bytes, atomic_write_csv, atomic_write_json, exclusive_folder
 from infra.records import first_difference
 from reporting import plots
+from reporting.published import PUBLISHED
 from reporting.rtime_analyses import direction_split, order_sensitivity, paraphrase_drop
-from reporting.seeds import binary_row, method_row, pairwise
+from reporting.seeds import binary_row, convention_row, method_row, pairwise
 from reporting.stats import CONFIDENCE, METRICS, MIN_RESAMPLES, N_RESAMPLES
 from reporting.tables import (
     CSV_HEADER,
@@ -36,6 +39,7 @@ from reporting.tables import (
     POSTPROCESS_NOTES,
     POSTPROCESS_TITLES,
     binary_table,
+    convention_table,
     cost_table,
     csv_rows,
     direction_table,
@@ -47,6 +51,7 @@ from reporting.tables import (
     order_table,
     pairwise_table,
     paraphrase_table,
+    published_table,
 )
 
 # How a method was trained, as the methods table shows it: (column, reader of the training settings)
@@ -94,6 +99,13 @@ parser.add_argument(
 )
 parser.add_argument(
     "--videos", type=Path, help="with --examples: the folder of the video files the cache was made from"
+)
+parser.add_argument(
+    "--convention",
+    action="append",
+    choices=CONVENTIONS,
+    default=[],
+    help="also a table of each method under a peer's protocol, beside ours (repeatable; evaluation/conventions.py)",
 )
 
 
@@ -301,6 +313,9 @@ def dataset_section(label, methods, args):
         analyses, analysis_lines = analysis_sections(raw, annotation, binary, args)
         numbers.update(analyses)
         lines += analysis_lines
+        peers, peer_lines = peer_sections(raw, numbers, settings, binary, annotation, args)
+        numbers.update(peers)
+        lines += peer_lines
         lines += dataset_plots(label, raw, numbers["tables"], settings, annotation, args.out)
         if args.examples and binary:
             # imported here: the page decodes frames again with extraction's decoder, which preprocesses
@@ -372,6 +387,39 @@ def analysis_sections(methods, annotation, binary, args):
         numbers["order_sensitivity"] = {m: order_sensitivity(runs) for m, runs in methods.items()}
         lines += order_table(numbers["order_sensitivity"])
     return numbers, lines
+
+
+def peer_sections(methods, numbers, settings, binary, annotation, args):
+    """Each --convention's numbers beside ours, and the literature's figures where this dataset's test
+    file is the one they were published on (reporting/published.py), with ours under their convention."""
+    first = next(iter(methods.values()))[0]
+    published = PUBLISHED.get((first.provenance.get("annotations") or {}).get("sha256"), ())
+    names = list(dict.fromkeys([*args.convention, *(entry.convention for entry in published)]))
+    rows = {name: {m: convention_row(runs, name) for m, runs in methods.items()} for name in names}
+    columns = [(f"binary/{d}", f"Binary {DIRECTION_TITLES[d]}", "accuracy") for d in ("t2v", "v2t") if binary]
+    columns += [
+        (f"{setting}/{d}", f"{annotation.settings[setting].title.split(': ')[-1]} {DIRECTION_TITLES[d]} R@1", "R@1")
+        for setting in settings
+        for d in ("t2v", "v2t")
+    ]
+    ours = {
+        m: {
+            key: numbers["binary"][m][key.split("/")[1]]["mean"]
+            if metric == "accuracy"
+            else numbers["tables"][key][m]["R@1"]["mean"]
+            for key, _, metric in columns
+        }
+        for m in methods
+    }
+    lines = []
+    for name in args.convention:
+        lines += convention_table(name, CONVENTIONS[name], columns, ours, rows[name])
+    peers = {"conventions": rows} if rows else {}
+    if published:
+        videos = first.data[settings[0]]["n_candidates"]
+        lines += published_table(published, {entry.convention: rows[entry.convention] for entry in published}, videos)
+        peers["published"] = [asdict(entry) for entry in published]
+    return peers, lines
 
 
 def file_stem(label):

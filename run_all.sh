@@ -208,5 +208,5 @@ done
 trap - INT TERM
 
 STAGE="report"
-$PY report.py --results "$WORK/results" --out "$WORK/report" --examples 3 --videos "$VIDEOS"
+$PY report.py --results "$WORK/results" --out "$WORK/report" --examples 3 --videos "$VIDEOS" --convention carebench
 echo "Done. Report: $WORK/report/report.md"

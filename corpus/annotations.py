@@ -63,6 +63,12 @@ def make_caption(video_id: str, direction: str, kind: str, index: int, text: str
     return Caption(f"{video_id}#{direction}#{kind}#{index}", video_id, direction, kind, text)
 
 
+def caption_position(caption_id: str) -> tuple[str, str, int]:
+    """(direction, kind, index) of a caption id made by `make_caption` (a video id may hold '#')."""
+    _, direction, kind, index = caption_id.rsplit("#", 3)
+    return direction, kind, int(index)
+
+
 @dataclass(frozen=True)
 class VideoRecord:
     video_id: str

@@ -8,7 +8,8 @@ reversed), {setting}_gold.npy, {setting}_{direction}_per_query.npy [queries, 7] 
 PER_QUERY_COLUMNS), binary_{direction}_margins.npy and _sides.npy, order_{change}_margins.npy.
 OUT.json holds {setting: {"n_candidates", direction: {R@1, R@5, R@10, MdR, MnR, expected,
 optimistic, pessimistic, n_queries, n_tied}, "v2t_per_caption"}, "binary": {direction: {accuracy,
-n_pairs, n_tied}}, "order": {change: {share_dropped, mean_margin, n_queries}}, "provenance": {...}},
+n_pairs, n_tied}}, "order": {change: {share_dropped, mean_margin, n_queries}}, "conventions": {name:
+{...}} (with --convention only: evaluation/conventions.py), "provenance": {...}},
 and its provenance names each array by its path relative to the JSON's folder and its sha256, and
 carries everything a report states (CLIP file and hash, preprocessing, sampling, frames cached and
 seen, the training settings, what each stage cost).
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from evaluation.conventions import CONVENTIONS, convention_numbers
 from evaluation.retrieval_metrics import RECALL_KS, binary_accuracy, metrics_from_per_query
 from infra.cli import StageError
 from infra.file_io import atomic_folder, atomic_write_json, file_sha256
@@ -172,6 +174,13 @@ def check_numbers(result: Result) -> None:
             raise ResultError(
                 f"{result.path}: {mismatch or 'binary ' + direction + ' missing'}, not what its margins give"
             )
+    for name, recorded in result.data.get("conventions", {}).items():
+        if name not in CONVENTIONS:
+            raise ResultError(f"{result.path}: conventions.{name} is not a convention ({', '.join(CONVENTIONS)})")
+        recomputed = convention_numbers(name, result.load_array, result.provenance["annotation_format"])
+        mismatch = recomputed_difference(recorded, recomputed, f"conventions.{name}")
+        if mismatch:
+            raise ResultError(f"{result.path}: {mismatch}, not what its score matrices give")
     for change, margins in result.order.items():
         recorded = result.data.get("order", {}).get(change)
         mismatch = recomputed_difference(recorded, order_summary(margins), f"order.{change}")

@@ -31,7 +31,10 @@ def first_difference(
 
 
 def same_number(recorded: object, recomputed: object) -> bool:
-    """A recorded number equals its recomputation to rounding (1e-9, relative or absolute)."""
+    """A recorded number equals its recomputation to rounding (1e-9, relative or absolute); a
+    recorded text (a reason a number is missing) equals it exactly."""
+    if isinstance(recorded, str):
+        return recorded == recomputed
     if isinstance(recorded, bool) or not isinstance(recorded, int | float):
         return False
     return math.isclose(recorded, recomputed, rel_tol=1e-9, abs_tol=1e-9)

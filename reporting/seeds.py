@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 
+from evaluation.conventions import convention_numbers
 from evaluation.results import seed_averaged
 from reporting.stats import (
     METRICS,
@@ -51,6 +52,31 @@ def binary_row(runs, directions=("t2v", "v2t")):
             "n_pairs": runs[0].data["binary"][direction]["n_pairs"],
         }
     return row
+
+
+def convention_row(runs, name):
+    """A method's numbers under a peer's convention (evaluation/conventions.py), computed from each
+    seed's score matrices: {"setting/direction": the convention's metrics, each as mean and std over
+    seeds}, with "binary/t2v" and "binary/v2t"; {setting: {"unavailable": why}} where it cannot."""
+    per_seed = [convention_numbers(name, run.load_array, run.provenance["annotation_format"]) for run in runs]
+    row = {}
+    for setting, directions in per_seed[0].items():
+        if "unavailable" in directions:
+            row[setting] = directions
+            continue
+        for direction in directions:
+            row[f"{setting}/{direction}"] = over_seeds([numbers[setting][direction] for numbers in per_seed])
+    return row
+
+
+def over_seeds(records):
+    """Records of one shape, one per seed -> the same shape with each number's mean and std."""
+    return {
+        key: over_seeds([record[key] for record in records])
+        if isinstance(value, dict)
+        else mean_std([record[key] for record in records])
+        for key, value in records[0].items()
+    }
 
 
 def pairwise(methods, settings, seed, n_resamples):

@@ -6,6 +6,7 @@ break in it cannot break a row. Numbers are written the one way `number` says: a
 """
 
 from evaluation.results import PERTURBATIONS
+from reporting.published import PUBLISHED_COLUMNS
 
 METRIC_NAMES = ("R@1", "R@5", "R@10", "MdR", "MnR")
 DIRECTION_TITLES = {"t2v": "text→video", "v2t": "video→text"}
@@ -79,6 +80,86 @@ def binary_table(rows: dict, directions=("t2v", "v2t")) -> list[str]:
         for method, row in rows.items()
     ]
     return ["### Binary: original vs its reversal", "", *table(header, body), "An exact tie counts one half.", ""]
+
+
+def convention_range(value: dict, metric: str) -> tuple[float, float]:
+    """(low, high) of a convention's metric, means over seeds: one value unless ties leave the peer's
+    rank open between its bounds (reporting/seeds.py `convention_row`)."""
+    if "optimistic" in value:
+        return value["pessimistic"][metric]["mean"], value["optimistic"][metric]["mean"]
+    return value[metric]["mean"], value[metric]["mean"]
+
+
+def range_text(low: float, high: float) -> str:
+    return f"{low:.2f}" if low == high else f"{low:.2f}–{high:.2f}"
+
+
+def convention_text(row: dict, key: str, metric: str) -> str:
+    """A method's value under a convention, or why it has none."""
+    setting = key.split("/")[0]
+    if key not in row:
+        return "— (unavailable)" if setting in row else "—"
+    return range_text(*convention_range(row[key], metric))
+
+
+def convention_table(name: str, description: str, columns: list, ours: dict, theirs: dict) -> list[str]:
+    """columns: [(key "setting/direction", title, metric)]; ours {method: {key: our mean}}; theirs
+    {method: the convention's row}. Each cell: ours / theirs."""
+    # the columns the convention defines (clip4clip has no Binary)
+    columns = [
+        column
+        for column in columns
+        if any(column[0] in row or column[0].split("/")[0] in row for row in theirs.values())
+    ]
+    header = ["Method", *(title for _, title, _ in columns)]
+    body = [
+        [md(method), *(f"{ours[method][key]:.2f} / {convention_text(row, key, metric)}" for key, _, metric in columns)]
+        for method, row in theirs.items()
+    ]
+    reasons = sorted(
+        {value["unavailable"] for row in theirs.values() for value in row.values() if "unavailable" in value}
+    )
+    return [
+        f"### Beside the {name} convention",
+        "",
+        f"Each cell: ours / {name}, means over seeds. {name}: {description}.",
+        "",
+        *table(header, body),
+        *(line for reason in reasons for line in (f"Unavailable: {reason}.", "")),
+    ]
+
+
+def published_table(entries: tuple, ours: dict, videos: int) -> list[str]:
+    """The literature's figures on this test file (reporting/published.py), then ours under each
+    figure's convention. ours: {convention: {method: its convention row}}."""
+    header = ["Model", *(title for _, title in PUBLISHED_COLUMNS), "convention", "test videos", "source"]
+    body = [
+        [
+            md(entry.model),
+            *(f"{entry.numbers[key]:.2f}" if key in entry.numbers else "" for key, _ in PUBLISHED_COLUMNS),
+            entry.convention,
+            entry.videos,
+            entry.source,
+        ]
+        for entry in entries
+    ]
+    for convention, rows in ours.items():
+        for method, row in rows.items():
+            cells = [
+                convention_text(row, key, "accuracy" if key.startswith("binary") else "R@1")
+                for key, _ in PUBLISHED_COLUMNS
+            ]
+            body.append([f"{md(method)} (this report)", *cells, convention, str(videos), "this report's result files"])
+    return [
+        "### Published figures on this test set",
+        "",
+        *table(header, body),
+        "The literature's figures as their sources give them, rounded to two decimals; a cell a source does not "
+        "give is empty. This report's methods are computed under the same convention from their score matrices "
+        "(means over seeds; a range where ties leave the peer's unstable sort open). Figures over another number "
+        "of test videos are not strictly comparable.",
+        "",
+    ]
 
 
 def pairwise_table(comparisons: list[dict]) -> list[str]:

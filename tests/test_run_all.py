@@ -11,7 +11,9 @@ import subprocess
 
 import pytest
 
+from evaluation.results import read_result
 from tests.helpers import PROJECT, finished, start_in_background
+from tests.peers_restated import binary_similarities, carebench_binary
 
 # A small matrix keeps the suite fast (the full demo is what `bash run_all.sh` runs): one seed of
 # an order-aware head and of an order-blind one.
@@ -68,6 +70,22 @@ def test_demo_run_shows_the_order_aware_head_above_the_order_blind_ones_on_hard(
         assert hard[blind]["n_tied"] == hard[blind]["n_queries"]
     assert hard["seqTransf"]["R@1"]["mean"] > hard["meanP zero-shot"]["R@1"]["mean"] + 5.0, hard
     assert hard["seqTransf"]["n_tied"] == 0
+
+
+def test_demo_report_sets_carebench_binary_beside_ours_as_the_peer_computes_it(demo_work):
+    work, _ = demo_work
+    numbers = json.loads((work / "report" / "report_numbers.json").read_text())["datasets"]["RTime test"]
+    for method, name in (
+        ("meanP zero-shot", "meanP"),
+        ("seqTransf", "seqTransf_seed0"),
+        ("mlpScore", "mlpScore_seed0"),
+    ):
+        run = read_result(work / "results" / f"{name}.json")
+        peer = carebench_binary(binary_similarities(run.load_array("hard_scores"), run.load_array("hard_ids")))
+        for direction in ("t2v", "v2t"):
+            reported = numbers["conventions"]["carebench"][method][f"binary/{direction}"]
+            assert reported["accuracy"]["mean"] == pytest.approx(100.0 * peer[f"{direction}_acc"], abs=1e-9)
+            assert reported["n_pairs"]["mean"] == 24  # the demo's 24 test videos, the forward side only
 
 
 def test_one_at_a_time_gives_the_same_report(demo_work, tmp_path):
