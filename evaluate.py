@@ -29,31 +29,43 @@ import torch
 from corpus.annotations import FORMATS
 from corpus.feature_cache import (
     META_NAME,
+    CacheError,
     content_digest,
     feature_contract,
     frames_per_video,
     open_split,
+    pairs_path,
     read_meta,
+    read_pairs,
     read_timings,
     split_format,
     spread,
+    video_keys,
 )
 from evaluation.conventions import CONVENTIONS, convention_numbers
 from evaluation.order_sensitivity import order_margins
 from evaluation.postprocess import METHOD_SUFFIX, POSTPROCESS, dual_softmax, querybank_normalise
-from evaluation.results import PER_QUERY_COLUMNS, PERMUTATIONS, file_label, order_summary, write_result
+from evaluation.results import (
+    PER_QUERY_COLUMNS,
+    PERMUTATIONS,
+    check_result_target,
+    file_label,
+    order_summary,
+    write_result,
+)
 from evaluation.retrieval_metrics import binary_accuracy, retrieval_metrics
 from evaluation.scoring import (
     TIE_ORDER,
     autocast_for,
     binary_margins,
     candidate_index,
+    described,
     directions,
     read_setting,
     score_matrix,
 )
 from heads.architectures import CLIP_TEMPERATURE, PAIR_BATCH, ZERO_SHOT_HEADS
-from heads.checkpoints import LOG, head_for_cache, load_checkpoint
+from heads.checkpoints import LOG, head_for_cache, load_checkpoint, seen_test_videos
 from heads.loaded_split import PLACEMENTS, frames_to_use, load_split_tensors
 from infra import cli
 from infra.cli import HelpFormatter, StageError, whole_number
@@ -118,6 +130,12 @@ parser.add_argument(
     + "; ".join(f"{name}: {text}" for name, text in CONVENTIONS.items()),
 )
 parser.add_argument(
+    "--allow-overlap",
+    action="store_true",
+    help="score a checkpoint on videos it was trained or selected on (by file content); refused by default, "
+    "and the report marks it",
+)
+parser.add_argument(
     "--postprocess",
     choices=POSTPROCESS,
     default=None,
@@ -131,12 +149,14 @@ def main(argv=None):
     check_arguments(args)
     checkpoint = load_checkpoint(args.ckpt) if args.ckpt is not None else None
     targets = evaluation_targets(args)
+    # every target's overlap with the videos the head has seen, before any is scored
+    overlaps = [seen_overlap(args, checkpoint, cache_dir, split) for cache_dir, split, _, _ in targets]
     device = resolve_device(args.device)
     fix_cpu_threads(device)
-    for cache_dir, split, label, out_path in targets:
+    for (cache_dir, split, label, out_path), overlap in zip(targets, overlaps, strict=True):
         with exclusive_folder(out_path.parent, f".{out_path.stem}.lock"):
             remove_stale_outputs(out_path.with_suffix(""))  # what an evaluation killed half-way left
-            evaluate_one(args, checkpoint, cache_dir, split, label, out_path, device)
+            evaluate_one(args, checkpoint, (cache_dir, split, label, out_path), overlap, device)
 
 
 def check_arguments(args):
@@ -176,14 +196,28 @@ def evaluation_targets(args):
             "each its own label, as --cache PATH:SPLIT=LABEL (or extract the caches with distinct --dataset)"
         )
     if len(targets) == 1:
-        return [(*targets[0], args.out)]
-    return [
-        (cache_dir, split, label, args.out.with_name(f"{args.out.stem}.{file_label(label)}.json"))
-        for cache_dir, split, label in targets
-    ]
+        targets = [(*targets[0], args.out)]
+    else:
+        named = {}
+        for _, _, label in targets:
+            first = named.setdefault(file_label(label), label)
+            if first != label:
+                raise StageError(
+                    f"--cache: the labels {first!r} and {label!r} would both write {args.out.stem}."
+                    f"{file_label(label)}.json (a file name keeps letters, digits, '.' and '-'); give them labels "
+                    "that differ there, as --cache PATH:SPLIT=LABEL"
+                )
+        targets = [
+            (cache_dir, split, label, args.out.with_name(f"{args.out.stem}.{file_label(label)}.json"))
+            for cache_dir, split, label in targets
+        ]
+    for *_, out_path in targets:
+        check_result_target(out_path)
+    return targets
 
 
-def evaluate_one(args, checkpoint, cache_dir, split, label, out_path, device):
+def evaluate_one(args, checkpoint, target, overlap, device):
+    cache_dir, split, label, out_path = target
     # ---- the split, its annotation format and the head that scores it
     started = time.time()
     meta = read_meta(cache_dir)
@@ -199,8 +233,8 @@ def evaluate_one(args, checkpoint, cache_dir, split, label, out_path, device):
     )
 
     # ---- every setting of the format scored, then the order check on the one it selects on
-    names = [name for name, rule in annotation.settings.items() if args.rewrites or not rule.on_request]
-    settings = {name: read_setting(cache_dir, split, name) for name in names}
+    names = requested_settings(args, annotation, cache_dir, split)
+    settings = {name: read_setting(cache_dir, split, name, annotation.settings[name].paraphrases_of) for name in names}
     post = postprocessor(args.postprocess, head, checkpoint, data, cache_dir, meta, device)
     where = f"{args.ckpt or args.head} on {cache_dir} ({split})"
     results, arrays = score_settings(head, data, settings, annotation, post, args.postprocess, where, device)
@@ -214,6 +248,7 @@ def evaluate_one(args, checkpoint, cache_dir, split, label, out_path, device):
     # ---- what the report states, then the result as one unit
     training = training_record(args.ckpt, checkpoint)
     results["provenance"] = provenance(args, config, training, (cache_dir, split, label), meta, cached_frames, device)
+    results["provenance"]["overlap"] = overlap
     results["provenance"]["cost"]["evaluate"] = {
         "seconds": round(time.time() - started, 3),
         "device": device_name(device),
@@ -280,7 +315,8 @@ def score_settings(head, data, settings, annotation, post, post_name, where, dev
             ranked = {"t2v": (scores, setting.gold)}
         else:
             ranked = directions(scores, setting.gold)
-            results[name]["v2t_per_caption"], _ = retrieval_metrics(scores.T, setting.gold.T)
+            described_scores, described_gold = described(scores, setting.gold)
+            results[name]["v2t_per_caption"], _ = retrieval_metrics(described_scores.T, described_gold.T)
         for direction, (direction_scores, gold) in ranked.items():
             metrics, per_query = retrieval_metrics(direction_scores, gold)
             results[name][direction] = metrics
@@ -345,6 +381,44 @@ def bank_scores(head, data, setting, bank, device, block=4096):
             text = torch.from_numpy(np.asarray(bank[start : start + block])).to(device).float().unsqueeze(1)
             mask = torch.ones(text.shape[:2], dtype=torch.bool, device=device)
             yield head.score_matrix(text, mask, *index).float().cpu().numpy()
+
+
+def requested_settings(args, annotation, cache_dir, split):
+    """The settings to score: the format's, and those run on request with --rewrites. A requested
+    one with no query in this split (RTime files without rewrites) is left out, saying so; any
+    other with no query is an error naming its pair list."""
+    names = []
+    for name, rule in annotation.settings.items():
+        if rule.on_request and not args.rewrites:
+            continue
+        if not read_pairs(cache_dir, split, name):
+            if rule.on_request:
+                print(
+                    f"{name}: {cache_dir} ({split}) holds no such caption: the setting is left out, nothing to compare"
+                )
+                continue
+            raise CacheError(f"{pairs_path(cache_dir, split, name)}: no pair: the {name!r} setting has no query")
+        names.append(name)
+    return names
+
+
+def seen_overlap(args, checkpoint, cache_dir, split):
+    """{"train": ids, "valid": ids} of the evaluated videos a checkpoint was trained or selected on
+    (None for a zero-shot head, or an old checkpoint under --allow-overlap); any overlap is refused
+    unless --allow-overlap: a score on videos the head has seen is not a test score."""
+    if checkpoint is None or (args.allow_overlap and "seen_videos" not in checkpoint):
+        return None
+    keys = video_keys(cache_dir, split)
+    overlap = seen_test_videos(checkpoint, args.ckpt, keys)
+    if any(overlap.values()) and not args.allow_overlap:
+        seen = sorted({video_id for ids in overlap.values() for video_id in ids})
+        raise StageError(
+            f"{args.ckpt} has seen {len(seen)} of the {len(keys)} videos of {cache_dir} ({split}), by file content: "
+            f"{len(overlap['train'])} in training, {len(overlap['valid'])} in epoch selection (e.g. "
+            f"{', '.join(repr(video_id) for video_id in seen[:3])}); a score on videos a head has seen is not a test "
+            "score: evaluate it on videos it has not seen, or pass --allow-overlap (the report then marks it)"
+        )
+    return overlap
 
 
 def training_record(ckpt, checkpoint):

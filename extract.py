@@ -50,6 +50,7 @@ from corpus.feature_cache import (
     merge_split,
     open_cache_meta,
     record_timing,
+    storable_rows,
     text_part_path,
     video_part_path,
     write_meta,
@@ -71,7 +72,7 @@ from corpus.video_frames import (
 from infra import cli
 from infra.cli import HelpFormatter, StageError, whole_number
 from infra.file_io import atomic_write_json, exclusive_folder, file_sha256
-from infra.runtime import Progress, device_name, fix_cpu_threads, setup_runtime
+from infra.runtime import Progress, code_version, device_name, fix_cpu_threads, flag_settings, setup_runtime
 
 CACHE_FORMAT_VERSION = 3  # 3: the meta carries its own digest (meta_sha256)
 INTERRUPTED = "interrupted; finished chunks kept; rerun the same command to resume"
@@ -150,6 +151,11 @@ add(
 )
 
 
+# may differ between the nodes of one job: paths each mounts where it likes (the contract compares their
+# contents by sha256) and each machine's own resources
+PER_NODE_FLAGS = ("annotations", "videos", "clip", "out", "workers", "decode_ahead", "device")
+
+
 @dataclass(frozen=True)
 class Plan:
     """The settings every chunk of the work follows, read once from the command line."""
@@ -194,6 +200,9 @@ def main(argv=None):
         args.on_error,
     )
     contract = build_contract(args, plan.spec, annotations, model, preprocess, runtime.device, dtype_name, cpu_threads)
+    # before any work, every rank compares what defines the job: the flags, the code, and the contract
+    # (the CLIP file's and the annotations' sha256 among the rest); a difference stops them all
+    runtime.agree({"code version": code_version(), **flag_settings(args, PER_NODE_FLAGS), "contract": contract})
     with exclusive_folder(args.out) if runtime.master else contextlib.nullcontext():
         runtime.barrier()  # no rank writes before rank 0 holds the folder
         runtime.check_shared_folder(args.out)  # several machines: every rank writes where rank 0 merges
@@ -450,13 +459,14 @@ def encode_video_chunk(part_path, decoded, model, on_error):
         )
     frame_counts = [0 if video.failure else len(video.crops) for video in decoded]
     frame_feats = clip_vendor.encode_crops(model, [video.crops for video in decoded if video.failure is None])
-    bad_rows = ~np.isfinite(frame_feats).all(axis=1)
+    bad_rows = ~storable_rows(frame_feats)
     if bad_rows.any():
         owner = np.repeat([video.video_id for video in decoded], frame_counts)
         bad = sorted(set(owner[bad_rows].tolist()))
         raise StageError(
-            f"CLIP gave NaN or Inf features for video(s) {', '.join(bad)}; nothing of their chunk was written "
-            "(a broken checkpoint, or a dtype that overflows: try --dtype fp32)"
+            f"CLIP gave features for video(s) {', '.join(bad)} that are NaN or Inf, or too large for the cache's "
+            "fp16 (past 65504); nothing of their chunk was written (a broken checkpoint, or a dtype that "
+            "overflows: try --dtype fp32)"
         )
     write_video_part(part_path, decoded, frame_counts, frame_feats)
     return len(frame_feats)
@@ -470,14 +480,14 @@ def extract_texts(plan, split, captions, model, runtime):
         texts = [caption.text for caption in captions[start:stop]]
         pooled, token_feats = clip_vendor.encode_texts(model, texts, plan.context_length, plan.long_text)
         finite = [
-            bool(torch.isfinite(row).all() and torch.isfinite(tokens).all())
+            bool(storable_rows(row.float().cpu().numpy()) and storable_rows(tokens.float().cpu().numpy()).all())
             for row, tokens in zip(pooled, token_feats, strict=True)
         ]
         if not all(finite):
             bad = [caption.caption_id for caption, ok in zip(captions[start:stop], finite, strict=True) if not ok]
             raise StageError(
-                f"CLIP gave NaN or Inf features for caption(s) {', '.join(bad[:5])}"
-                f"{' ...' if len(bad) > 5 else ''}; nothing of their chunk was written"
+                f"CLIP gave features for caption(s) {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} that are "
+                "NaN or Inf, or too large for the cache's fp16 (past 65504); nothing of their chunk was written"
             )
         # Windows read a long caption whole; only truncation cuts one.
         truncated = (np.array(clip_vendor.token_lengths(texts)) > plan.context_length) & (plan.long_text == "truncate")

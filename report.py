@@ -26,7 +26,15 @@ from evaluation.conventions import CONVENTIONS
 from evaluation.results import ResultError, file_label, read_result, seed_averaged
 from infra import cli
 from infra.cli import HelpFormatter, whole_number
-from infra.file_io import atomic_write_bytes, atomic_write_csv, atomic_write_json, exclusive_folder
+from infra.file_io import (
+    atomic_folder,
+    atomic_write_bytes,
+    atomic_write_csv,
+    atomic_write_json,
+    check_replaceable,
+    exclusive_folder,
+    remove_stale_outputs,
+)
 from infra.records import first_difference
 from reporting import plots
 from reporting.published import PUBLISHED
@@ -39,6 +47,7 @@ from reporting.tables import (
     POSTPROCESS_NOTES,
     POSTPROCESS_TITLES,
     binary_table,
+    code,
     convention_table,
     cost_table,
     csv_rows,
@@ -112,9 +121,18 @@ parser.add_argument(
 def main(argv=None):
     args = parser.parse_args(argv)
     check_arguments(args)
+    check_replaceable(args.out)  # before any work: a folder holding a user's files is never written over
     datasets = load_results(args.results)
-    with exclusive_folder(args.out):
-        write_report(datasets, args)
+    if args.examples:
+        from reporting.examples import evaluated_cache  # torch, for decoding: only with --examples
+
+        for methods in datasets.values():  # each page shows a cache's captions: it must be the one evaluated
+            evaluated_cache(next(iter(methods.values()))[0])
+    # the lock sits beside the folder, which is written whole under a temporary name, then swapped in
+    with exclusive_folder(args.out.parent, f".{args.out.name}.lock"):
+        remove_stale_outputs(args.out)  # what a report killed half-way left
+        with atomic_folder(args.out, "report.py") as folder:
+            write_report(datasets, args, folder)
     print(f"report: {args.out / 'report.md'}")
 
 
@@ -124,26 +142,28 @@ def check_arguments(args):
         parser.error("--examples needs --videos: the frames are decoded again from the video files")
 
 
-def write_report(datasets, args):
+def write_report(datasets, args, folder):
+    """Every file of the report into `folder` (links in them are relative to args.out, where it goes)."""
     methods_lines, method_numbers = methods_section(datasets)
     numbers = {"methods": method_numbers, "datasets": {}}
     lines = ["# Retrieval report", "", *methods_lines]
+    stems = file_stems(datasets)
     for label, methods in datasets.items():
-        section, numbers["datasets"][label] = dataset_section(label, methods, args)
+        section, numbers["datasets"][label] = dataset_section(label, methods, args, folder, stems[label])
         lines += section
     trained = {method: info["trainings"] for method, info in method_numbers.items() if info["trainings"]}
     if trained:
         metrics = sorted({training["selection_metric"] for trainings in trained.values() for training in trainings})
         figure = plots.training_figure(trained, " / ".join(metrics))
-        name = plots.save_figure(figure, args.out / "training_valid_r1_and_loss_by_epoch.png")
+        name = plots.save_figure(figure, folder / "training_valid_r1_and_loss_by_epoch.png")
         lines += ["## Training", "", f"![validation R@1 and training loss by epoch]({name})", ""]
     lines += cost_table(cost_rows(datasets, method_numbers))
     lines += general_notes(args)
     for info in method_numbers.values():
         del info["trainings"]  # histories are in the result files; the numbers file keeps the tables
-    atomic_write_json(args.out / "report_numbers.json", numbers)
-    atomic_write_bytes(args.out / "report.md", "\n".join(lines).encode("utf-8"))
-    write_paste_tables(datasets, numbers, args.out)
+    atomic_write_json(folder / "report_numbers.json", numbers)
+    atomic_write_bytes(folder / "report.md", "\n".join(lines).encode("utf-8"))
+    write_paste_tables(datasets, numbers, folder)
 
 
 def write_paste_tables(datasets, numbers, out_dir):
@@ -273,6 +293,45 @@ def methods_section(datasets):
     }
 
 
+def check_enough_queries(run, settings):
+    """Refuse a dataset whose setting has fewer than two queries in a direction: no confidence
+    interval or test can be drawn from one value (a one-video test split)."""
+    for setting in settings:
+        for direction in ("t2v", "v2t"):
+            count = run.data[setting].get(direction, {}).get("n_queries", 2)
+            if count < 2:
+                raise ResultError(
+                    f"{run.path}: {setting} {direction} has {count} query; a confidence interval needs at least "
+                    "two: evaluate on a split of more videos"
+                )
+
+
+def seen_test_videos(methods):
+    """{method: {"train": n, "valid": n}} of the methods evaluated with --allow-overlap on videos they
+    were trained or selected on (evaluate.py refuses that by default)."""
+    seen = {}
+    for method, runs in methods.items():
+        counts = [{split: len(ids) for split, ids in (run.provenance.get("overlap") or {}).items()} for run in runs]
+        if any(sum(count.values()) for count in counts):
+            seen[method] = {split: max(count.get(split, 0) for count in counts) for split in ("train", "valid")}
+    return seen
+
+
+def overlap_warning(seen, split):
+    """A warning above a dataset's tables naming each method that saw its test videos."""
+    if not seen:
+        return []
+    named = "; ".join(
+        f"{md(method)} was trained on {count['train']} and selected its epoch on {count['valid']} of them"
+        for method, count in seen.items()
+    )
+    return [
+        f"**Not test scores:** some {split} videos were seen in training (evaluated with --allow-overlap): {named}. "
+        "Their numbers measure memory, not retrieval of unseen videos.",
+        "",
+    ]
+
+
 def method_settings(entry):
     """{column: value} of a method; values that differ between its seeds are joined with ' / '."""
     if not entry["trainings"]:
@@ -285,7 +344,7 @@ def method_settings(entry):
     return settings
 
 
-def dataset_section(label, methods, args):
+def dataset_section(label, methods, args, folder, stem):
     """One dataset's tables, plots and notes; returns (markdown lines, numbers). Methods with a
     post-processing (DSL, QB-Norm) get tables of their own, never mixed with raw numbers."""
     groups = {}
@@ -298,12 +357,15 @@ def dataset_section(label, methods, args):
     # the format's settings, in its order, that the results hold; those run on request have analyses of their own
     settings = [name for name, rule in annotation.settings.items() if name in first.data and not rule.on_request]
     binary = next((name for name in settings if annotation.settings[name].binary), None)
+    check_enough_queries(first, settings)
     lines = [f"## Dataset {md(label)}: {provenance['split']} split ({provenance['annotation_format']} annotations)", ""]
     numbers = {
         "tables": {},
         "binary": {},
         "sources": source_files(raw, args.out),
+        "seen_test_videos": seen_test_videos(methods),
     }
+    lines += overlap_warning(numbers["seen_test_videos"], provenance["split"])
     if raw:
         numbers["tables"], numbers["binary"], table_lines = result_tables(raw, settings, binary, ("t2v", "v2t"), args)
         lines += table_lines
@@ -316,13 +378,13 @@ def dataset_section(label, methods, args):
         peers, peer_lines = peer_sections(raw, numbers, settings, binary, annotation, args)
         numbers.update(peers)
         lines += peer_lines
-        lines += dataset_plots(label, raw, numbers["tables"], settings, annotation, args.out)
+        lines += dataset_plots(stem, raw, numbers["tables"], settings, annotation, folder)
         if args.examples and binary:
             # imported here: the page decodes frames again with extraction's decoder, which preprocesses
             # with torch; a report without --examples loads no torch at all
             from reporting.examples import write_examples
 
-            page, picture = write_examples(label, raw, binary, args.videos, args.out, args.examples, file_stem(label))
+            page, picture = write_examples(label, raw, binary, args.videos, folder, args.examples, stem)
             lines += [f"Where the heads part ways: [{page}]({page})", "", f"![examples]({picture})", ""]
     for post, group in groups.items():
         title = POSTPROCESS_TITLES[post]
@@ -422,14 +484,22 @@ def peer_sections(methods, numbers, settings, binary, annotation, args):
     return peers, lines
 
 
-def file_stem(label):
-    """A dataset label as the start of a file name: "RTime test" -> "RTime_test_"."""
-    return f"{file_label(label)}_"
+def file_stems(datasets):
+    """{dataset label: the start of its files' names}, "RTime test" -> "RTime_test_": two labels that
+    read alike as file names ("a b", "a_b") get "-2", "-3" in turn, so no figure overwrites another's."""
+    stems, taken = {}, set()
+    for label in datasets:
+        stem, count = file_label(label), 1
+        while stem in taken:
+            count += 1
+            stem = f"{file_label(label)}-{count}"
+        taken.add(stem)
+        stems[label] = f"{stem}_"
+    return stems
 
 
-def dataset_plots(label, methods, tables, settings, annotation, out_dir):
+def dataset_plots(prefix, methods, tables, settings, annotation, out_dir):
     titles = {setting: annotation.settings[setting].title.split(": ")[-1] for setting in settings}
-    prefix = file_stem(label)
     names = list(methods)
     ranks = {s: {m: seed_averaged(methods[m], f"{s}/t2v", METRICS["MnR"][0]) for m in names} for s in settings}
     figures = [
@@ -472,11 +542,11 @@ def dataset_notes(methods, args):
     seen = "; ".join(f"{md(m)}: {spread_text(runs[0].provenance['frames_seen'])}" for m, runs in methods.items())
     seeds = {m: [run.provenance["seed"] for run in runs] for m, runs in methods.items()}
     sources = "; ".join(
-        f"{md(m)}: " + ", ".join(f"`{os.path.relpath(run.path, args.out)}`" for run in runs)
+        f"{md(m)}: " + ", ".join(code(os.path.relpath(run.path, args.out)) for run in runs)
         for m, runs in methods.items()
     )
     return [
-        f"- CLIP checkpoint: `{clip['file']}`, sha256 `{clip['sha256']}`, config {json.dumps(clip['config'])}; "
+        f"- CLIP checkpoint: {code(clip['file'])}, sha256 `{clip['sha256']}`, config {json.dumps(clip['config'])}; "
         f"compute {json.dumps(first['compute'])}.",
         f"- Preprocessing: {json.dumps(first['preprocessing'])}.",
         f"- Frame sampling: fps {sampling['fps']}, t_max {sampling['t_max']}, rule: {sampling['rule']}.",

@@ -22,24 +22,28 @@ REPO="$(pwd)"
 ANNOTATIONS="" VIDEOS="" CLIP="" REVERSED="" WORK="" GPUS=1 GPU_SLOTS=false JOBS=1
 HEADS="" SEEDS="0 1 2" EPOCHS="" EXTRA_TRAIN_ARGS="" TUNE_TRIALS=""
 PRINT_RUNS=false SKIP_RUNS=false
+refuse() { echo "run_all.sh: $1" >&2; exit 2; }
+# a flag's value: there, and not empty (`--jobs ''` or a trailing `--jobs` would run with a default unseen)
+value() { if [ $# -lt 2 ] || [ -z "$2" ]; then refuse "$1 needs a value (see --help)"; fi; }
+JOBS_GIVEN=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    --annotations) ANNOTATIONS="$2"; shift 2 ;;
-    --videos) VIDEOS="$2"; shift 2 ;;
-    --clip) CLIP="$2"; shift 2 ;;
-    --reversed-videos) REVERSED="$2"; shift 2 ;;
-    --work) WORK="$2"; shift 2 ;;
-    --gpus) GPUS="$2"; JOBS="$2"; GPU_SLOTS=true; shift 2 ;;
-    --jobs) JOBS="$2"; shift 2 ;;
-    --heads) HEADS="$2"; shift 2 ;;
-    --seeds) SEEDS="$2"; shift 2 ;;
-    --epochs) EPOCHS="$2"; shift 2 ;;
-    --train-args) EXTRA_TRAIN_ARGS="$2"; shift 2 ;;
-    --tune) TUNE_TRIALS="$2"; shift 2 ;;
+    --annotations) value "$@"; ANNOTATIONS="$2"; shift 2 ;;
+    --videos) value "$@"; VIDEOS="$2"; shift 2 ;;
+    --clip) value "$@"; CLIP="$2"; shift 2 ;;
+    --reversed-videos) value "$@"; REVERSED="$2"; shift 2 ;;
+    --work) value "$@"; WORK="$2"; shift 2 ;;
+    --gpus) value "$@"; GPUS="$2"; JOBS="$2"; GPU_SLOTS=true; shift 2 ;;
+    --jobs) value "$@"; JOBS_GIVEN="$2"; shift 2 ;;
+    --heads) value "$@"; HEADS="$2"; shift 2 ;;
+    --seeds) value "$@"; SEEDS="$2"; shift 2 ;;
+    --epochs) value "$@"; EPOCHS="$2"; shift 2 ;;
+    --train-args) [ $# -ge 2 ] || refuse "--train-args needs a value (see --help)"; EXTRA_TRAIN_ARGS="$2"; shift 2 ;;
+    --tune) value "$@"; TUNE_TRIALS="$2"; shift 2 ;;
     --print-runs) PRINT_RUNS=true; shift ;;
     --skip-runs) SKIP_RUNS=true; shift ;;
     -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
-    *) echo "run_all.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    *) refuse "unknown argument '$1' (see --help)" ;;
   esac
 done
 
@@ -47,16 +51,40 @@ for NAME in ANNOTATIONS VIDEOS CLIP REVERSED WORK; do  # paths are the caller's,
   if [ -n "${!NAME}" ] && [ "${!NAME:0:1}" != / ]; then printf -v "$NAME" '%s/%s' "$CALLER" "${!NAME}"; fi
 done
 case "$GPUS" in
-  ''|*[!0-9]*|0) echo "run_all.sh: --gpus '$GPUS': give a whole number of GPUs, at least 1" >&2; exit 2 ;;
+  ''|*[!0-9]*|0) refuse "--gpus '$GPUS': give a whole number of GPUs, at least 1" ;;
 esac
+JOBS="${JOBS_GIVEN:-$JOBS}"
 for FLAG in EPOCHS TUNE_TRIALS JOBS; do
   if [ -n "${!FLAG}" ] && ! [ "${!FLAG}" -ge 1 ] 2>/dev/null; then
-    echo "run_all.sh: --$(echo "$FLAG" | tr 'A-Z_' 'a-z-' | sed 's/-trials//') '${!FLAG}': give a whole number, at least 1" >&2; exit 2
+    refuse "--$(echo "$FLAG" | tr 'A-Z_' 'a-z-' | sed 's/-trials//') '${!FLAG}': give a whole number, at least 1"
   fi
 done
+if $GPU_SLOTS && [ "$JOBS" -gt "$GPUS" ]; then  # each run of the matrix takes one GPU of its own
+  refuse "--jobs $JOBS with --gpus $GPUS: each run takes one GPU, so at most $GPUS run at once"
+fi
+for SEED in $SEEDS; do
+  case "$SEED" in *[!0-9]*) refuse "--seeds '$SEEDS': give whole numbers, as \"0 1 2\"" ;; esac
+done
+[ -n "${SEEDS// /}" ] || refuse "--seeds '$SEEDS': give at least one seed"
+
+# The work folder is one driver's: a second run_all.sh on it stops here, before it touches anything
+# (the runs' locks and logs are the first one's). Every stage and run it starts stops itself once
+# this driver is gone, even killed with SIGKILL (RUN_ALL_DRIVER: infra/cli.py).
+if [ -z "$ANNOTATIONS$VIDEOS$CLIP" ]; then WORK="${WORK:-work_demo}"; else WORK="${WORK:-work}"; fi
+WORK="$(realpath -m "$WORK")"
+if ! $PRINT_RUNS; then
+  mkdir -p "$WORK"
+  exec 9>>"$WORK/.run_all.lock"  # opened to append: a refused driver truncates nothing
+  if ! flock -n 9; then
+    refuse "another run_all.sh (pid $(cat "$WORK/.run_all.lock")) is running on $WORK: wait for it to end, or stop it"
+  fi
+  echo "$$" > "$WORK/.run_all.lock"
+  export RUN_ALL_DRIVER="$$"
+fi
 
 STAGE="set-up"
 trap 'echo "run_all.sh: stage \"$STAGE\" failed; the messages above say why." >&2' ERR
+trap 'echo "run_all.sh: hung up; the stage and runs under way stop with it" >&2; exit 129' HUP
 if ! $PRINT_RUNS; then
   bash setup_env.sh
 fi
@@ -182,7 +210,7 @@ stop_runs() {
   for pid in "${!NAME_OF[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
-trap 'stop_runs; echo "run_all.sh: interrupted; finished runs are kept, rerun to resume" >&2; exit 130' INT TERM
+trap 'stop_runs; echo "run_all.sh: interrupted; finished runs are kept, rerun to resume" >&2; exit 130' INT TERM HUP
 echo "running ${#RUNS[@]} runs, $JOBS at a time (logs: $WORK/logs/)"
 NEXT=0 FINISHED=0
 while [ "$FINISHED" -lt "${#RUNS[@]}" ]; do
@@ -205,7 +233,7 @@ while [ "$FINISHED" -lt "${#RUNS[@]}" ]; do
   fi
   echo "[$FINISHED/${#RUNS[@]}] $NAME done in $((SECONDS - STARTED[$DONE_PID])) s"
 done
-trap - INT TERM
+trap - INT TERM HUP
 
 STAGE="report"
 $PY report.py --results "$WORK/results" --out "$WORK/report" --examples 3 --videos "$VIDEOS" --convention carebench

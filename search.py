@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import clip_vendor
+from clip_vendor.tokenizer import reads_as_blank
 from corpus.feature_cache import content_digest, frames_per_video, open_split, read_meta
 from evaluation.scoring import Setting, candidate_index
 from heads.architectures import ZERO_SHOT_HEADS
@@ -30,13 +31,16 @@ from heads.checkpoints import head_for_cache, load_checkpoint
 from heads.loaded_split import frames_to_use, load_split_tensors, padded_tokens
 from infra import cli
 from infra.cli import HelpFormatter, StageError, whole_number
-from infra.file_io import atomic_folder, file_sha256
+from infra.file_io import OutOfSpace, atomic_folder, file_sha256
 from infra.runtime import fix_cpu_threads, resolve_device
 
 try:  # optional: a faiss index of the video vectors, for search outside this script
     import faiss
 except ImportError:
     faiss = None
+
+INDEX_KEY = "key.json"  # what the index was built for, and the sha256 of its files
+INDEX_FILES = ("index.npy", "ids.json")
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
 parser.add_argument("queries", nargs="*", help="texts to search for")
@@ -59,6 +63,7 @@ def main(argv=None):
     queries = list(args.queries) + (read_queries(args.queries_file) if args.queries_file else [])
     if not queries:
         raise StageError(f"--queries {args.queries_file}: the file holds no query")
+    check_queries(queries, read_meta(args.cache)["contract"]["tokenizer"])
     device = resolve_device(args.device)
     fix_cpu_threads(device)
     for query, hits in zip(queries, search(args, queries, device), strict=True):
@@ -71,6 +76,21 @@ def check_arguments(args):
     """Refuse a call with nothing to search for, before any work."""
     if not args.queries and not args.queries_file:
         parser.error("give queries as arguments or --queries FILE")
+
+
+def check_queries(queries, tokenizer):
+    """Refuse a query with no word once CLIP's text cleaning has run (it would rank every video by an
+    empty text), or one the cache's long-text rule would cut without a word (its end is lost)."""
+    lengths = clip_vendor.token_lengths(queries)
+    for number, (query, length) in enumerate(zip(queries, lengths, strict=True), 1):
+        if reads_as_blank(query):
+            raise StageError(f"query {number} ({query!r}) holds no word once CLIP's text cleaning has run")
+        if tokenizer["long_text"] == "truncate" and length > tokenizer["context_length"]:
+            raise StageError(
+                f"query {number} ({query[:40]!r}...) is {length} tokens, past the context length "
+                f"{tokenizer['context_length']} the cache's captions were encoded with: its end would be cut; "
+                "shorten it (a cache extracted with --long-text windows reads long texts whole)"
+            )
 
 
 def read_queries(path):
@@ -104,6 +124,12 @@ def search(args, queries, device):
             scores = head.score_matrix(text, text_mask, index).float().cpu().numpy()
         else:  # a cross-encoder: every query against every video, nothing to index
             scores = head.score_matrix(text, text_mask, *candidate_index(head, data, setting)).float().cpu().numpy()
+    if not np.isfinite(scores).all():
+        query = int(np.flatnonzero(~np.isfinite(scores).all(axis=1))[0])
+        raise StageError(
+            f"the head's scores for query {query + 1} ({queries[query][:40]!r}) are not all finite: no ranking is "
+            "shown for scores that cannot be compared (a checkpoint or cache with non-finite values?)"
+        )
     hits = []
     for row in scores:
         order = np.argsort(-row, kind="stable")[: args.top_k]  # ties kept in candidate order, as evaluate's stable rank
@@ -140,21 +166,50 @@ def video_index(args, meta, head, data, setting, video_ids, device):
         "split": args.split,
         "reversals": args.reversals,
     }
-    if (folder / "key.json").exists() and json.loads((folder / "key.json").read_text()) == key:
-        return torch.from_numpy(np.load(folder / "index.npy")).to(device)
+    saved = saved_index(folder, key)
+    if saved is not None:
+        return torch.from_numpy(saved).to(device)
     (vectors,) = candidate_index(head, data, setting)
     vectors = vectors.float().cpu().numpy()
-    with atomic_folder(folder) as tmp:
-        np.save(tmp / "index.npy", vectors)
-        ids = [{"video_id": video_ids[row], "reversed": flag} for row, flag in setting.candidates]
-        (tmp / "ids.json").write_text(json.dumps(ids))
-        if faiss is not None:
-            flat = faiss.IndexFlatIP(vectors.shape[1])
-            flat.add(vectors)
-            faiss.write_index(flat, str(tmp / "index.faiss"))
-        (tmp / "key.json").write_text(json.dumps(key))
-    print(f"index of {len(vectors)} videos saved in {folder}" + ("" if faiss else " (faiss not installed: .npy only)"))
+    ids = [{"video_id": video_ids[row], "reversed": flag} for row, flag in setting.candidates]
+    save_index(folder, key, vectors, ids)
     return torch.from_numpy(vectors).to(device)
+
+
+def saved_index(folder, key):
+    """The saved index's vectors when it was built for `key` and its files are the bytes its key
+    records (an index.npy changed since would rank other videos under their names), else None."""
+    try:
+        record = json.loads((folder / INDEX_KEY).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("key") != key:
+        return None
+    files = record.get("sha256", {})
+    if any(not (folder / name).is_file() or file_sha256(folder / name) != files.get(name) for name in INDEX_FILES):
+        print(f"the index in {folder} is not the one its {INDEX_KEY} records (a file changed): built again")
+        return None
+    return np.load(folder / "index.npy")
+
+
+def save_index(folder, key, vectors, ids):
+    """Save the index as one folder, with its key and its files' sha256; a cache or checkpoint folder
+    that cannot take it (read-only, full) leaves the search to run without saving, saying so."""
+    try:
+        with atomic_folder(folder, "search.py") as tmp:
+            np.save(tmp / "index.npy", vectors)
+            (tmp / "ids.json").write_text(json.dumps(ids))
+            if faiss is not None:
+                flat = faiss.IndexFlatIP(vectors.shape[1])
+                flat.add(vectors)
+                faiss.write_index(flat, str(tmp / "index.faiss"))
+            digests = {name: file_sha256(tmp / name) for name in INDEX_FILES}
+            (tmp / INDEX_KEY).write_text(json.dumps({"key": key, "sha256": digests}))
+    except (OSError, OutOfSpace) as err:
+        reason = err.strerror if isinstance(err, OSError) else "no space left"
+        print(f"the index could not be saved in {folder} ({reason}): searched without saving it; give --index DIR")
+        return
+    print(f"index of {len(vectors)} videos saved in {folder}" + ("" if faiss else " (faiss not installed: .npy only)"))
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ from corpus.feature_cache import (
     read_pairs,
     split_format,
     spread,
+    video_keys,
 )
 from evaluation.retrieval_metrics import retrieval_metrics
 from evaluation.scoring import autocast_for, directions, read_setting, score_matrix
@@ -79,7 +80,7 @@ from infra import cli
 from infra.cli import HelpFormatter, StageError, whole_number
 from infra.file_io import atomic_write_bytes, atomic_write_json, exclusive_folder, file_sha256
 from infra.records import first_difference
-from infra.runtime import Progress, device_name, fix_cpu_threads, setup_runtime
+from infra.runtime import Progress, code_version, device_name, fix_cpu_threads, flag_settings, setup_runtime
 
 PROGRESS_SECONDS = 10  # in-epoch progress lines at most this often
 INTERRUPTED = "interrupted; the epochs finished so far are kept in last.pt; rerun the same command to resume"
@@ -134,6 +135,9 @@ system.add_argument(
     help="tightTransf pairs per forward, each checkpointed in training: memory follows this, not the batch squared",
 )
 NOT_IN_CONFIG = ("out", "device", "pair_batch", "data_on")  # where and how fast, not what is computed
+# may differ between the nodes of one job: paths each mounts where it likes (their contents are compared
+# by digest) and how fast each computes
+PER_NODE_FLAGS = ("cache", "clip", "init_from", "out", "device", "pair_batch", "data_on")
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,7 @@ class Run:
     head: torch.nn.Module
     log_scale: torch.nn.Parameter
     optimizer: torch.optim.Optimizer | None
+    seen_videos: dict  # {"train", "valid": content keys of the split's videos}: evaluate keeps test videos apart
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     check_arguments(args)
     runtime = setup_runtime(args.device)
+    runtime.agree({"code version": code_version(), **flag_settings(args, PER_NODE_FLAGS)})
     with exclusive_folder(args.out) if runtime.master else contextlib.nullcontext():
         runtime.barrier()  # no rank starts before rank 0 holds the run folder
         train(args, runtime)
@@ -177,6 +183,8 @@ def train(args, runtime):
     seed_everything(args.seed, deterministic=not device.startswith("cuda"))
     meta, selection = open_cache(args.cache, runtime)
     config = run_config(args, meta, selection, cpu_threads)
+    # the digests of the cache and --init-from among the rest
+    runtime.agree({"run config": {key: value for key, value in config.items() if key not in PER_NODE_FLAGS}})
     head = make_head(args, meta, config, runtime.log).to(device)
     log_scale = clip_logit_scale(args.learn_temp, args.logit_scale, device)
     trainable = [p for p in [*head.parameters(), log_scale] if p.requires_grad]
@@ -185,7 +193,8 @@ def train(args, runtime):
         f"{frozen_clip_parameters(meta):,} frozen CLIP parameters (never loaded: features come from the cache)"
     )
     optimizer = torch.optim.AdamW(param_groups(head, log_scale, args.weight_decay), lr=args.lr) if trainable else None
-    run = Run(args.out, config, args.patience, head, log_scale, optimizer)
+    seen_videos = {split: sorted(set(video_keys(args.cache, split).values())) for split in ("train", "valid")}
+    run = Run(args.out, config, args.patience, head, log_scale, optimizer, seen_videos)
 
     # ---- data: this rank's train videos, every valid video, and the setting the epochs are selected on
     items = train_items(read_pairs(args.cache, "train", "train"), args.reverse_negatives)
@@ -264,7 +273,7 @@ def open_cache(cache_dir, runtime):
         problem = next((f"{path} not found" for path in needed if not path.exists()), None)
     except CacheError as err:
         meta, problem = None, str(err)
-    runtime.agree(content_digest(meta) if meta else "none", f"the content of the cache each reads ({cache_dir})")
+    runtime.agree({f"the content of --cache {cache_dir}": content_digest(meta) if meta else "unreadable"})
     if problem:
         raise CacheError(f"{problem}; {advice}")
     return meta, selection
@@ -447,7 +456,7 @@ def end_epoch(run, state, record, runtime):
         + ("; early stop" if stopped else "")
     )
     if runtime.master:
-        saved = head_checkpoint(run.head, run.log_scale, run.config, history, record["epoch"])
+        saved = head_checkpoint(run.head, run.log_scale, run.config, history, record["epoch"], run.seen_videos)
         if improved:
             save_checkpoint(run.out / BEST, saved)
         # written after best.pt: a resumed run never lacks it

@@ -6,14 +6,13 @@ text_feats = model.encode_text(clip_vendor.tokenize(captions).cuda())      # [B,
 frame_feats = clip_vendor.encode_crops(model, [crops_of_video_a, crops_of_video_b])  # fp16 numpy
 """
 
-import pickle
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .archive import read_archive_state_dict
+from .archive import check_zip_entries, read_archive_state_dict
 from .model import CLIP, ClipConfig, LayerNorm, infer_config
 from .preprocess import Preprocess, normalize, preprocess_frames
 from .tokenizer import token_lengths, tokenize, tokenize_windows
@@ -62,16 +61,19 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
+            check_zip_entries(archive, path)  # a zip bomb or a duplicated entry, before anything is read
     except zipfile.BadZipFile as err:
         raise ValueError(f"cannot read CLIP checkpoint {path}: not a PyTorch zip file, or truncated ({err})") from None
-    try:
-        if any(name.endswith("/constants.pkl") for name in names):  # only TorchScript archives have it
-            state_dict = read_archive_state_dict(path)  # as data: nothing in the archive runs
-        else:
+    if any(name.endswith("/constants.pkl") for name in names):  # only TorchScript archives have it
+        state_dict = read_archive_state_dict(path)  # as data: nothing in the archive runs
+    else:
+        try:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError) as err:
-        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise ValueError(f"cannot read CLIP checkpoint {path}: {first_line}") from None
+        except Exception as err:  # a crafted file can raise anything while it is read: one refusal naming it
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise ValueError(f"cannot read CLIP checkpoint {path}: {first_line}") from None
+    if not isinstance(state_dict, dict):
+        raise ValueError(f"{path} is not an OpenAI CLIP ViT checkpoint: it holds a {type(state_dict).__name__}")
     if isinstance(state_dict, dict) and isinstance(state_dict.get("state_dict"), dict):
         state_dict = state_dict["state_dict"]
     state_dict = {key: value for key, value in state_dict.items() if key not in ARCHIVE_ONLY_KEYS}
@@ -91,7 +93,11 @@ def build_model(state_dict: dict[str, torch.Tensor], path: str | Path = "<state 
     """Build a CLIP whose shapes are read off `state_dict`, and load it strictly (fp32)."""
     model = CLIP(infer_config(state_dict))
     weights = {key: value.float() for key, value in state_dict.items()}
-    missing, unexpected = model.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # a weight of another shape than the others imply
+        detail = " ".join(line.strip() for line in str(err).splitlines()[1:3])
+        raise ValueError(f"{path} is not in OpenAI's CLIP layout: {detail}") from None
     if missing:
         raise ValueError(
             f"{path} is not a complete CLIP checkpoint: missing key '{missing[0]}' ({len(missing)} missing in all)"

@@ -13,6 +13,12 @@ declare which attributes are parameters and buffers (`__parameters__ = [...]`).
   (a custom `__setstate__`) is refused too.
 - The code files are parsed (`ast.parse`), never run, for the `__parameters__` and `__buffers__`
   lists.
+- Before anything is read, the zip's directory must be one torch writes (`check_zip_entries`): no
+  entry twice (torch.jit.load and zipfile would read different copies), weights stored as is (so
+  they cannot declare more bytes than the file holds), and compressed entries (torch deflates the
+  code files) within a size limit: a zip bomb is refused by its declared sizes, never inflated.
+- Anything else that goes wrong while reading is one ArchiveError naming the file and what was
+  wrong: the file is not in OpenAI's layout, whatever the exception inside.
 
 The result is what `torch.jit.load(path).state_dict()` gives: every parameter and buffer of the
 module tree, named by its path (`visual.conv1.weight`), with its dtype and values bit for bit.
@@ -22,10 +28,12 @@ import ast
 import collections
 import pickle
 import zipfile
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 import torch
 
+MAX_COMPRESSED_ENTRY = 64 * 2**20  # bytes one deflated entry may declare (code files are kilobytes)
+MAX_COMPRESSED_TOTAL = 256 * 2**20  # and all of them together
 STORAGE_DTYPES = {
     "FloatStorage": torch.float32,
     "HalfStorage": torch.float16,
@@ -59,9 +67,27 @@ class ArchiveObject:
         self.attributes = state
 
 
+class StorageType:
+    """A storage class named in data.pkl: only a tag of a persistent id, giving its dtype."""
+
+    def __init__(self, name: str):
+        self.name, self.dtype = name, STORAGE_DTYPES[name]
+
+    def __call__(self, *args):
+        raise pickle.UnpicklingError(f"it calls torch.{self.name}, which is only a tag of tensor data; refused")
+
+
+def whole_numbers(value) -> bool:
+    return isinstance(value, tuple) and all(type(item) is int for item in value)
+
+
 def rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, *_):
     """The tensor a pickle describes, viewed on a flat storage tensor (torch's own layout rule)."""
-    return storage.as_strided(tuple(size), tuple(stride), storage_offset).detach().clone()
+    if not (isinstance(storage, torch.Tensor) and type(storage_offset) is int and whole_numbers(size)):
+        raise pickle.UnpicklingError(f"_rebuild_tensor_v2 is called on a {type(storage).__name__}, not tensor data")
+    if not (whole_numbers(stride) and len(stride) == len(size)):
+        raise pickle.UnpicklingError(f"_rebuild_tensor_v2 is given size {size!r} and stride {stride!r}")
+    return storage.as_strided(size, stride, storage_offset).detach().clone()
 
 
 class DataOnlyUnpickler(pickle.Unpickler):
@@ -76,7 +102,7 @@ class DataOnlyUnpickler(pickle.Unpickler):
         if module == "collections" and name == "OrderedDict":
             return collections.OrderedDict
         if module == "torch" and name in STORAGE_DTYPES:
-            return STORAGE_DTYPES[name]
+            return StorageType(name)
         if module == MODULE_NAMESPACE or module.startswith(MODULE_NAMESPACE + "."):
             qualified = f"{module}.{name}"
             if qualified not in self.module_classes:
@@ -85,9 +111,10 @@ class DataOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"it names the global {module}.{name}, which is not tensor data; refused")
 
     def persistent_load(self, pid):
-        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], torch.dtype)):
-            raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
-        _, dtype, key, _, numel = pid
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage" and isinstance(pid[1], StorageType)):
+            raise pickle.UnpicklingError(f"unknown persistent id {str(pid)[:80]}")
+        _, storage_type, key, _, numel = pid
+        dtype = storage_type.dtype
         data = bytearray(self.archive.read(f"{self.prefix}/data/{key}"))
         flat = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
         if flat.numel() < numel:
@@ -125,6 +152,28 @@ def declared_tensors(archive: zipfile.ZipFile, prefix: str) -> dict[str, tuple[l
     return declared
 
 
+def check_zip_entries(archive: zipfile.ZipFile, path) -> None:
+    """Refuse a zip torch would not write, from its directory alone (nothing is inflated): an entry
+    twice, or entries declaring more bytes than the file holds (stored) or than code needs (deflated)."""
+    entries = archive.infolist()
+    names = [entry.filename for entry in entries]
+    twice = next((name for name in names if names.count(name) > 1), None) if len(set(names)) < len(names) else None
+    if twice:
+        raise ArchiveError(f"{path}: holds the entry {twice} twice (torch would read one copy, zipfile the other)")
+    stored = sum(entry.file_size for entry in entries if entry.compress_type == zipfile.ZIP_STORED)
+    if stored > Path(path).stat().st_size:
+        raise ArchiveError(f"{path}: its stored entries declare {stored:,} bytes, more than the file's size")
+    deflated = [entry for entry in entries if entry.compress_type != zipfile.ZIP_STORED]
+    largest = max(deflated, key=lambda entry: entry.file_size, default=None)
+    if largest and largest.file_size > MAX_COMPRESSED_ENTRY:
+        raise ArchiveError(
+            f"{path}: entry {largest.filename} would inflate to {largest.file_size:,} bytes (a zip bomb?); a "
+            f"compressed entry of a checkpoint holds code, at most {MAX_COMPRESSED_ENTRY:,} bytes"
+        )
+    if sum(entry.file_size for entry in deflated) > MAX_COMPRESSED_TOTAL:
+        raise ArchiveError(f"{path}: its compressed entries would inflate past {MAX_COMPRESSED_TOTAL:,} bytes")
+
+
 def archive_prefix(archive: zipfile.ZipFile, path) -> str:
     tops = {name.split("/", 1)[0] for name in archive.namelist() if name.count("/") == 1 and name.endswith("/data.pkl")}
     if len(tops) != 1:
@@ -141,14 +190,16 @@ def read_archive_state_dict(path) -> dict[str, torch.Tensor]:
     `torch.jit.load(path).state_dict()` would give, read without running any of its code."""
     try:
         with zipfile.ZipFile(path) as archive:
+            check_zip_entries(archive, path)
             prefix = archive_prefix(archive, path)
             declared = declared_tensors(archive, prefix)
             with archive.open(f"{prefix}/data.pkl") as data:
                 root = DataOnlyUnpickler(data, archive, prefix).load()
-    except (pickle.UnpicklingError, KeyError, SyntaxError, ValueError, EOFError) as err:
-        if isinstance(err, ArchiveError):
-            raise
-        raise ArchiveError(f"{path}: refused to read the TorchScript archive: {err}") from None
+    except ArchiveError:
+        raise
+    except Exception as err:  # a crafted file can raise anything inside pickle, ast or zipfile: one refusal
+        what = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise ArchiveError(f"{path}: refused to read the TorchScript archive: {type(err).__name__}: {what}") from None
     if not isinstance(root, ArchiveObject):
         raise ArchiveError(f"{path}: data.pkl holds a {type(root).__name__}, not a TorchScript module")
     state_dict = {}

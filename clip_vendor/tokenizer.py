@@ -48,6 +48,14 @@ def clean_text(text: str) -> str:
     return regex.sub(r"\s+", " ", text).strip().lower()
 
 
+def reads_as_blank(text: str) -> bool:
+    """True when `clean_text` leaves nothing of `text`: white space, or entities such as `&nbsp;`
+    that unescape to it. Such a caption would be embedded as an empty query."""
+    if text.isascii() and "&" not in text:  # cleaning can only fold white space here: skip ftfy's cost
+        return not text.strip()
+    return not clean_text(text)
+
+
 class BpeTokenizer:
     def __init__(self, vocab_path=VOCAB_PATH):
         merges = read_merges(vocab_path)

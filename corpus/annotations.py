@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from clip_vendor.tokenizer import reads_as_blank
 from infra.cli import StageError
 from infra.file_io import file_sha256
 
@@ -119,8 +120,6 @@ def string_list(path, video_id, record, field, required, allow_empty):
         raise AnnotationError(f"{path}: record {video_id!r} field {field!r} must be a list of strings")
     if not value and not allow_empty:
         raise AnnotationError(f"{path}: record {video_id!r} field {field!r} is empty")
-    if any(not text.strip() for text in value):
-        raise AnnotationError(f"{path}: record {video_id!r} field {field!r} holds an empty caption")
     return value
 
 
@@ -247,8 +246,8 @@ def read_msrvtt_data(path: Path) -> tuple[dict[str, list[str]], set[str]]:
         if not (isinstance(sentence, dict) and isinstance(sentence.get("video_id"), str)):
             raise AnnotationError(f"{path}: sentences[{index}] has no video_id")
         text = sentence.get("caption")
-        if not (isinstance(text, str) and text.strip()):
-            raise AnnotationError(f"{path}: sentences[{index}] (video {sentence['video_id']!r}) has an empty caption")
+        if not isinstance(text, str):
+            raise AnnotationError(f"{path}: sentences[{index}] (video {sentence['video_id']!r}) has no caption text")
         captions.setdefault(sentence["video_id"], []).append(text)
     validate = {
         video["video_id"] for video in data["videos"] if isinstance(video, dict) and video.get("split") == "validate"
@@ -427,7 +426,22 @@ def load_split(
             f"this split is {annotation_format}"
         )
     records = annotation.read(folder, split)
+    check_captions_have_words(annotation.sources(folder, split), records)
     return annotation_format, [as_paragraph(record) for record in records] if paragraphs else records
+
+
+def check_captions_have_words(sources: list[Path], records: list[VideoRecord]) -> None:
+    """Refuse a caption that CLIP's text cleaning leaves blank (white space, `&nbsp;`): it would be
+    embedded as an empty query, the same vector for every such caption. Every format's one check."""
+    for record in records:
+        for caption in record.captions:
+            if reads_as_blank(caption.text):
+                direction, kind, index = caption_position(caption.caption_id)
+                raise AnnotationError(
+                    f"{' + '.join(str(path) for path in sources)}: record {record.video_id!r}, {direction} {kind} "
+                    f"caption {index} ({caption.text!r}), holds no word once CLIP's text cleaning has run (entities "
+                    "unescaped, white space removed): it would be embedded as an empty query"
+                )
 
 
 def sources_entry(folder: Path, split: str, annotation_format: str) -> dict:

@@ -14,7 +14,8 @@ import csv
 import hashlib
 import json
 import shutil
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,8 @@ TEXT_TOKEN_FEATS = "text_token_feats.npy"
 TEXT_TOKEN_OFFSETS = "text_token_offsets.npy"
 CAPTIONS = "captions.jsonl"
 VIDEO_FILES = "video_files.json"  # fingerprints of the video files the split was extracted from
+CHECKED_NAME = ".checked.json"  # per split: each file's state when its sha256 last matched the meta's (the fast path)
+BOOKKEEPING = (TIMINGS_NAME, CHECKED_NAME)  # what runs did with a cache, not what it holds: outside its bytes
 SPLIT_FILES = (VIDEO_FEATS, VIDEO_OFFSETS, VIDEO_IDS, TEXT_FEATS, TEXT_TOKEN_FEATS, TEXT_TOKEN_OFFSETS, CAPTIONS)
 PAIR_COLUMNS = ("caption_row", "caption_id", "video_row", "video_id", "reversed")
 
@@ -152,6 +155,26 @@ def split_file_digests(cache_dir: Path, split: str) -> dict[str, str]:
     return {name: file_sha256(split_dir / name) for name in names}
 
 
+def storable_rows(features) -> np.ndarray:
+    """[n] whether each row of features stays finite stored as the cache stores features (fp16): a
+    NaN or Inf, or a value past fp16's range (65504) that storage would make Inf, is not."""
+    with np.errstate(over="ignore"):  # the overflow is what is looked for
+        return np.isfinite(np.asarray(features, dtype=np.float16)).all(axis=-1)
+
+
+def video_keys(cache_dir: Path, split: str) -> dict[str, str]:
+    """{video_id: a short key of its file's content} for the videos of a split that were read at
+    extraction (size and head-and-tail sha256, as video_files.json recorded them): two caches of one
+    file give it the same key whatever its name or folder, so training and test videos can be compared."""
+    check_split_bytes(cache_dir, split, read_meta(cache_dir))
+    recorded = json.loads((Path(cache_dir) / split / VIDEO_FILES).read_text(encoding="utf-8"))
+    return {
+        video_id: hashlib.sha256(f"{entry['size']}:{entry['head_tail_sha256']}".encode()).hexdigest()[:16]
+        for video_id, entry in recorded.items()
+        if "head_tail_sha256" in entry
+    }
+
+
 def content_digest(meta: dict) -> str:
     """One sha256 over the contract and every file digest of every finished split: the exact bytes."""
     content = {"contract": meta["contract"], "files": meta.get("files", {})}
@@ -177,6 +200,24 @@ class CacheSplit:
     text_token_feats: np.ndarray  # [total_tokens, D] fp16, SOT..EOT of each caption
     text_token_offsets: np.ndarray  # [n_captions + 1] int64
     captions: list  # dicts: caption_id, video_id, direction, kind, text, row
+    folder: Path | None = None  # the split's folder
+    states: dict = field(default_factory=dict)  # {file name: its `file_state` when its bytes were checked}
+
+    def assert_unchanged(self) -> None:
+        """Stop a run whose cache files changed since they were checked (edited, replaced, cut): a
+        memory map would read the new bytes, or fault past a cut file's end."""
+        for name, state in self.states.items():
+            path = self.folder / name
+            try:
+                now = file_state(path)
+            except FileNotFoundError:
+                now = None
+            if now != state:
+                what = "was removed" if now is None else first_difference(state, now, ("it had", "it has"))
+                raise CacheError(
+                    f"{path} changed while this run was reading it ({what}); the run stops, as numbers from a "
+                    "file that changes under them cannot be trusted: rerun when nothing writes into the cache"
+                )
 
     def frames(self, video_row: int) -> np.ndarray:
         return self.video_feats[self.video_offsets[video_row] : self.video_offsets[video_row + 1]]
@@ -185,9 +226,94 @@ class CacheSplit:
         return self.text_token_feats[self.text_token_offsets[caption_row] : self.text_token_offsets[caption_row + 1]]
 
 
-def open_split(cache_dir: Path, split: str) -> CacheSplit:
-    """Memory-map a finished split; every file must be there, readable, and consistent with the rest."""
+def file_state(path: Path) -> dict:
+    """What changes when a file is edited, replaced or cut: its inode, size, and modification and
+    status-change times (the status change cannot be set back by a user)."""
+    stat = Path(path).stat()
+    return {
+        "dev": stat.st_dev,
+        "ino": stat.st_ino,
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "ctime_ns": stat.st_ctime_ns,
+    }
+
+
+CHECKED_IN_PROCESS = {}  # {split folder: what CHECKED_NAME would hold}: the fast path of a read-only cache
+
+
+def changed_split_files(cache_dir: Path, split: str, meta: dict, trust_checked: bool = True) -> tuple[list, dict, int]:
+    """([(name, why)] of the files of a finished split that are missing or whose sha256 is not the
+    one the meta recorded, {name: file_state} of the others, bytes hashed). With `trust_checked`, a
+    file whose state equals the one CHECKED_NAME recorded when its sha256 last matched is not hashed
+    again (the documented fast path: docs/cache.md)."""
     split_dir = Path(cache_dir) / split
+    recorded = meta.get("files", {}).get(split) or {}
+    checked = {}
+    if trust_checked:
+        try:
+            checked = json.loads((split_dir / CHECKED_NAME).read_text())
+        except (OSError, ValueError):
+            checked = {}
+        checked.update(CHECKED_IN_PROCESS.get(split_dir.resolve(), {}))
+    changed, states, hashed = [], {}, 0
+    for name, digest in recorded.items():
+        path = split_dir / name
+        try:
+            state = file_state(path)
+        except FileNotFoundError:
+            changed.append((name, "missing"))
+            continue
+        if checked.get(name) != {**state, "sha256": digest}:
+            hashed += state["size"]
+            if file_sha256(path) != digest:
+                changed.append((name, f"its sha256 is not the one {META_NAME} records"))
+                continue
+        states[name] = state
+    return changed, states, hashed
+
+
+def check_split_bytes(cache_dir: Path, split: str, meta: dict) -> dict:
+    """Every file of a finished split against the sha256 the meta recorded, before anything is read
+    from it: {name: file_state}. Raises CacheError naming the first changed file. States what the
+    check cost, once per split and process; records the checked states for the fast path."""
+    split_dir = Path(cache_dir) / split
+    split_format(meta, split)  # a split the cache does not hold is named as such
+    if not meta.get("files", {}).get(split):
+        raise CacheError(
+            f"{Path(cache_dir) / META_NAME} records no sha256 for the files of split {split!r}, so no byte read from "
+            f"them could be checked; {REBUILD}"
+        )
+    started = time.perf_counter()
+    changed, states, hashed = changed_split_files(cache_dir, split, meta)
+    if changed:
+        name, why = changed[0]
+        if why == "missing":
+            raise CacheError(f"{split_dir / name} is missing; {REBUILD}")
+        raise CacheError(
+            f"{split_dir / name}: {why}: the file was changed after extraction, and every number read from it "
+            f"would be wrong; {REBUILD}"
+        )
+    if hashed:
+        seconds = time.perf_counter() - started
+        print(
+            f"checked {split_dir}: {hashed / 1e6:,.1f} MB against {META_NAME}'s sha256 in {seconds:.2f} s "
+            f"({hashed / 1e6 / max(seconds, 1e-9):,.0f} MB/s)"
+        )
+        record = {name: {**state, "sha256": meta["files"][split][name]} for name, state in states.items()}
+        CHECKED_IN_PROCESS[split_dir.resolve()] = record
+        try:
+            atomic_write_json(split_dir / CHECKED_NAME, record)
+        except (OSError, StageError):  # a read-only cache: the check runs in full next time
+            pass
+    return states
+
+
+def open_split(cache_dir: Path, split: str, check_bytes: bool = True) -> CacheSplit:
+    """Memory-map a finished split; every file must be there, readable, consistent with the rest,
+    and (`check_bytes`; verify.py checks them itself) the bytes the meta recorded."""
+    split_dir = Path(cache_dir) / split
+    states = check_split_bytes(cache_dir, split, read_meta(cache_dir)) if check_bytes else {}
 
     def load(name):
         path = split_dir / name
@@ -204,7 +330,7 @@ def open_split(cache_dir: Path, split: str) -> CacheSplit:
         except (ValueError, OSError) as err:  # a cut .npy, bad JSON, a memory map past the end
             raise CacheError(f"{path} is unreadable ({type(err).__name__}: {err}); {REBUILD}") from None
 
-    cache = CacheSplit(*(load(name) for name in SPLIT_FILES))
+    cache = CacheSplit(*(load(name) for name in SPLIT_FILES), split_dir, states)
     problem = inconsistency(cache)
     if problem:
         raise CacheError(f"{split_dir}: {problem}; {REBUILD}")

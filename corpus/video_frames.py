@@ -41,6 +41,7 @@ import re
 import signal
 import sys
 import tempfile
+import unicodedata
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
@@ -413,8 +414,22 @@ VIDEO_SUFFIXES = frozenset(
 
 @dataclass(frozen=True)
 class VideoFolder:
-    files: dict  # {video id: its file}: the file named {id}.{suffix}
+    files: "FilesById"  # {video id: its file}: the file named {id}.{suffix}
     ignored: list  # files sharing a video's id that are not videos (yt-dlp's .description, .jpg ...)
+
+
+class FilesById(dict):
+    """{video id: its file}, keyed by the id in Unicode NFC: an id written in one normal form finds
+    the file named in the other (macOS file systems name files in NFD, annotation files hold NFC)."""
+
+    def __getitem__(self, video_id):
+        return super().__getitem__(unicodedata.normalize("NFC", video_id))
+
+    def get(self, video_id, default=None):
+        return super().get(unicodedata.normalize("NFC", video_id), default)
+
+    def __contains__(self, video_id):
+        return super().__contains__(unicodedata.normalize("NFC", video_id))
 
 
 def index_video_files(videos_dir: Path) -> VideoFolder:
@@ -427,8 +442,8 @@ def index_video_files(videos_dir: Path) -> VideoFolder:
     by_id = {}
     for path in sorted(videos_dir.iterdir()):
         if path.is_file():  # a folder or FIFO named like a video is no file: that video is missing
-            by_id.setdefault(path.stem, []).append(path)
-    files, ignored = {}, []
+            by_id.setdefault(unicodedata.normalize("NFC", path.stem), []).append(path)
+    files, ignored = FilesById(), []
     for video_id, paths in by_id.items():
         videos = [path for path in paths if path.suffix.lower() in VIDEO_SUFFIXES] if len(paths) > 1 else paths
         if len(videos) != 1:

@@ -31,7 +31,7 @@ import numpy as np
 from evaluation.conventions import CONVENTIONS, convention_numbers
 from evaluation.retrieval_metrics import RECALL_KS, binary_accuracy, metrics_from_per_query
 from infra.cli import StageError
-from infra.file_io import atomic_folder, atomic_write_json, file_sha256
+from infra.file_io import ForeignFiles, atomic_folder, atomic_write_json, check_replaceable, file_sha256
 from infra.records import first_difference, same_number
 
 # Columns of a {setting}_{direction}_per_query.npy array, in order.
@@ -63,13 +63,30 @@ class ResultError(StageError):
     """A result file that is not one, or whose numbers its own arrays do not back; names the file."""
 
 
+def check_result_target(out_path: Path) -> None:
+    """Refuse an OUT.json, or an array folder OUT/, that holds something evaluate.py did not write:
+    writing the result would replace it."""
+    out_path = Path(out_path)
+    check_replaceable(out_path.with_suffix(""))
+    if out_path.exists():
+        try:
+            ours = isinstance(json.loads(out_path.read_text(encoding="utf-8"))["provenance"]["arrays"], dict)
+        except (OSError, ValueError, KeyError, TypeError):
+            ours = False
+        if not ours:
+            raise ForeignFiles(
+                f"{out_path} exists and is not an evaluate.py result: writing the result would replace it; move it, "
+                "or choose another --out"
+            )
+
+
 def write_result(out_path: Path, result: dict, arrays: dict) -> None:
     """Write `arrays` ({name: numpy array, or a JSON value}) into the folder OUT/ as one unit, then
     OUT.json: `result` with `provenance.arrays` naming each array's relative path and sha256."""
     out_path = Path(out_path)
     array_dir = out_path.with_suffix("")
     named = {}
-    with atomic_folder(array_dir) as tmp_dir:
+    with atomic_folder(array_dir, "evaluate.py") as tmp_dir:
         for name, value in arrays.items():
             if isinstance(value, np.ndarray):
                 file = tmp_dir / f"{name}.npy"

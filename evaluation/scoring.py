@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from corpus.feature_cache import read_pairs
+from corpus.feature_cache import REBUILD, CacheError, pairs_path, read_pairs
 from heads.loaded_split import HostSplit, SplitTensors
 
 TIE_ORDER = "candidates: originals by video row, then reversed videos by video row; queries: captions by caption row"
@@ -34,14 +34,20 @@ class Setting:
     candidate_ids: list  # [n_candidates] {"video_id", "reversed"}, its columns
 
 
-def setting_from_pairs(pairs: list[dict]) -> Setting:
-    candidates = sorted({(p["video_row"], p["reversed"]) for p in pairs}, key=lambda item: (item[1], item[0]))
+def setting_from_pairs(pairs: list[dict], candidate_pairs: list[dict] | None = None) -> Setting:
+    """The setting of a pair list: its captions as queries, ranking the videos of `candidate_pairs`
+    (default: their own videos)."""
+    candidate_pairs = pairs if candidate_pairs is None else candidate_pairs
+    candidates = sorted({(p["video_row"], p["reversed"]) for p in candidate_pairs}, key=lambda item: (item[1], item[0]))
     column_of = {item: column for column, item in enumerate(candidates)}
-    video_id_of = {p["video_row"]: p["video_id"] for p in pairs}
+    video_id_of = {p["video_row"]: p["video_id"] for p in candidate_pairs}
     pairs = sorted(pairs, key=lambda p: p["caption_row"])
     gold = np.zeros((len(pairs), len(candidates)), dtype=bool)
     for query, pair in enumerate(pairs):
-        gold[query, column_of[(pair["video_row"], pair["reversed"])]] = True
+        item = (pair["video_row"], pair["reversed"])
+        if item not in column_of:
+            raise ValueError(f"caption {pair['caption_id']!r}: its video is not among the candidates")
+        gold[query, column_of[item]] = True
     return Setting(
         np.array([p["caption_row"] for p in pairs], dtype=np.int64),
         candidates,
@@ -60,13 +66,29 @@ def caption_set_scores(scores: np.ndarray, gold: np.ndarray) -> np.ndarray:
     return set_scores
 
 
+def described(scores: np.ndarray, gold: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, gold) of the candidates some query describes: only they have a caption set to find in
+    video->text (a paraphrase setting ranks all of another setting's videos, some with no caption)."""
+    columns = gold.any(axis=0)
+    return scores[:, columns], gold[:, columns]
+
+
 def directions(scores: np.ndarray, gold: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """{direction: (query x candidate scores, gold)}: text->video, and video->text over caption sets."""
-    return {"t2v": (scores, gold), "v2t": (caption_set_scores(scores, gold), np.eye(gold.shape[1], dtype=bool))}
+    """{direction: (query x candidate scores, gold)}: text->video, and video->text over the caption
+    sets of the described candidates."""
+    set_scores = caption_set_scores(*described(scores, gold))
+    return {"t2v": (scores, gold), "v2t": (set_scores, np.eye(len(set_scores), dtype=bool))}
 
 
-def read_setting(cache_dir: Path, split: str, setting: str) -> Setting:
-    return setting_from_pairs(read_pairs(cache_dir, split, setting))
+def read_setting(cache_dir: Path, split: str, setting: str, candidates_of: str | None = None) -> Setting:
+    """A split's setting. With `candidates_of` (a setting whose queries this one paraphrases), its
+    queries rank that setting's candidates, so the two compare like with like: RTime's rewrites
+    against all of Hard's videos, even where only some records have rewrites."""
+    pairs = read_pairs(cache_dir, split, setting)
+    try:
+        return setting_from_pairs(pairs, read_pairs(cache_dir, split, candidates_of) if candidates_of else None)
+    except ValueError as err:
+        raise CacheError(f"{pairs_path(cache_dir, split, setting)}: {err} of {candidates_of!r}; {REBUILD}") from None
 
 
 @torch.no_grad()

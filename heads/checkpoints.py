@@ -89,6 +89,21 @@ def check_features(trained_on: dict, meta: dict, ckpt: Path, cache_dir: Path) ->
         raise CheckpointError(f"{ckpt} cannot score {cache_dir}: its features differ in {mismatch}")
 
 
+def seen_test_videos(checkpoint: dict, ckpt: Path, test_keys: dict[str, str]) -> dict[str, list[str]]:
+    """{"train": [...], "valid": [...]}: the ids of the evaluated videos whose content the head was
+    trained on or selected on (by content key: a renamed or re-extracted file is the same video)."""
+    seen = checkpoint.get("seen_videos")
+    if seen is None:
+        raise CheckpointError(
+            f"{ckpt} records no training videos (written before train_head.py recorded them), so whether it "
+            "saw these test videos cannot be checked: train it again, or pass --allow-overlap"
+        )
+    return {
+        split: sorted(video_id for video_id, key in test_keys.items() if key in set(keys))
+        for split, keys in seen.items()
+    }
+
+
 def head_for_cache(
     meta: dict,
     cache_dir: Path,
@@ -133,8 +148,12 @@ def init_from(head: nn.Module, head_name: str, path: Path, meta: dict, cache_dir
     return "state dict in CLIP4Clip's names"
 
 
-def head_checkpoint(head: nn.Module, log_scale: torch.Tensor, config: dict, history: list, epoch: int) -> dict:
-    """What best.pt and last.pt hold for `epoch`: the weights, the settings and the history so far."""
+def head_checkpoint(
+    head: nn.Module, log_scale: torch.Tensor, config: dict, history: list, epoch: int, seen_videos: dict
+) -> dict:
+    """What best.pt and last.pt hold for `epoch`: the weights, the settings, the history so far, and
+    the content keys of the videos the head has seen ({"train": [...], "valid": [...]}: trained on,
+    and selected on), so evaluation can refuse to score them as test videos."""
     record = next(r for r in history if r["epoch"] == epoch)
     if not math.isfinite(log_scale.detach().item()):
         raise CheckpointError("the temperature is not finite; nothing saved")
@@ -145,4 +164,5 @@ def head_checkpoint(head: nn.Module, log_scale: torch.Tensor, config: dict, hist
         "epoch": epoch,
         "selection": record["selection"],
         "history": history,
+        "seen_videos": seen_videos,
     }

@@ -71,7 +71,13 @@ class HostSplit:
     def prefetch(self, video_rows: np.ndarray) -> None:
         """Start gathering the next batch's frames while the current one computes."""
         rows = np.array(video_rows)  # a copy: the caller's array may change before the fetch ends
-        self.pending = (rows, self.fetcher.submit(padded_frames, self.cache, rows, self.n_frames))
+        self.pending = (rows, self.fetcher.submit(self.gathered_frames, rows))
+
+    def gathered_frames(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        # the files are read all run long: one that was edited or cut since it was checked stops the run
+        # here, before a memory map reads its new bytes or faults past its end
+        self.cache.assert_unchanged()
+        return padded_frames(self.cache, rows, self.n_frames)
 
     def to_device(self, array: np.ndarray) -> torch.Tensor:
         tensor = torch.from_numpy(array)
@@ -84,13 +90,14 @@ class HostSplit:
         if self.pending is not None and np.array_equal(self.pending[0], rows):
             frames, mask = self.pending[1].result()
         else:
-            frames, mask = padded_frames(self.cache, rows, self.n_frames)
+            frames, mask = self.gathered_frames(rows)
         self.pending = None
         frames, mask = self.to_device(frames), self.to_device(mask)
         return flip_frames(frames, mask, reversed_flags.to(self.device)).float(), mask
 
     def text_input(self, caption_rows: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         rows = caption_rows.cpu().numpy()
+        self.cache.assert_unchanged()
         if mode == "pooled":
             text = self.to_device(np.asarray(self.cache.text_feats[rows])).unsqueeze(1).float()
             return text, torch.ones(text.shape[:2], dtype=torch.bool, device=text.device)
@@ -219,7 +226,7 @@ def load_split_tensors(
             array if isinstance(array, np.ndarray) and array.flags.writeable else np.array(array)
         ).to(device)
 
-    return SplitTensors(
+    loaded = SplitTensors(
         to_device(frames),
         to_device(frame_mask),
         to_device(local_row),
@@ -228,6 +235,8 @@ def load_split_tensors(
         to_device(token_index),
         to_device(token_mask),
     )
+    cache.assert_unchanged()  # what was read is what was checked
+    return loaded
 
 
 def flip_frames(frames: torch.Tensor, mask: torch.Tensor, reversed_flags: torch.Tensor) -> torch.Tensor:

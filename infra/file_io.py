@@ -24,6 +24,7 @@ from infra.cli import StageError
 
 STALE_TEMPORARY_GLOB = ".*.tmp*"
 LOCK_NAME = ".lock"
+MANIFEST = ".written_by.json"  # in every folder atomic_folder writes: its writer and every file it holds
 NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
@@ -91,19 +92,60 @@ def exclusive_folder(folder: Path, lock_name: str = LOCK_NAME) -> Iterator[None]
         handle.close()
 
 
-@contextlib.contextmanager
-def atomic_folder(path: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `path` to fill; when the block ends, its files are fsynced
-    and it replaces `path` whole (an old `path` is moved aside, then deleted), so `path` never
-    holds the files of two writes. On any error the temporary folder is removed."""
+class ForeignFiles(StageError):
+    """An output that would replace or delete something this project did not write there."""
+
+
+def folder_files(folder: Path) -> list[str]:
+    """Every file under `folder`, as paths relative to it, sorted."""
+    return sorted(str(item.relative_to(folder)) for item in Path(folder).rglob("*") if not item.is_dir())
+
+
+def check_replaceable(path: Path) -> None:
+    """Refuse to replace `path` unless it is absent, an empty folder, or a folder this project wrote
+    whose manifest lists every file in it now: what a user put there is never deleted."""
     path = Path(path)
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise ForeignFiles(f"{path} exists and is not a folder this project wrote: move it, or choose another output")
+    files = folder_files(path)
+    if not files:
+        return
+    try:
+        listed = set(json.loads((path / MANIFEST).read_text(encoding="utf-8"))["files"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise ForeignFiles(
+            f"{path} holds {files[0]!r} and was not written by this project (it has no {MANIFEST}): writing there "
+            "would delete it; move it, or choose another output"
+        ) from None
+    foreign = [name for name in files if name != MANIFEST and name not in listed]
+    if foreign:
+        raise ForeignFiles(
+            f"{path} holds {foreign[0]!r}, which this project did not write there: writing there would delete it; "
+            "move it, or choose another output"
+        )
+
+
+@contextlib.contextmanager
+def atomic_folder(path: Path, writer: str) -> Iterator[Path]:
+    """Yield a temporary folder beside `path` to fill; when the block ends, a manifest naming
+    `writer` and every file is added, its files are fsynced, and it replaces `path` whole (an old
+    `path` is moved aside, then deleted), so `path` never holds the files of two writes. An existing
+    `path` is replaced only if this project wrote all of it (`check_replaceable`, before the work and
+    again before the swap). On any error the temporary folder is removed."""
+    path = Path(path)
+    check_replaceable(path)
     tmp_path, old_path = temporary_path(path), path.with_name(f".{path.name}.old{os.getpid()}")
     shutil.rmtree(tmp_path, ignore_errors=True)
     try:
         tmp_path.mkdir(parents=True)
         yield tmp_path
-        for item in tmp_path.iterdir():
-            fsync_file(item)
+        manifest = {"writer": writer, "files": folder_files(tmp_path)}
+        (tmp_path / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        for item in folder_files(tmp_path):
+            fsync_file(tmp_path / item)
+        check_replaceable(path)
         if path.exists():
             os.replace(path, old_path)
         os.replace(tmp_path, path)

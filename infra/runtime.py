@@ -5,6 +5,7 @@ LOCAL_RANK from the environment torchrun sets, binds the GPU before `init_proces
 GPU, gloo on CPU), and only rank 0 prints. With one process every collective is the identity.
 """
 
+import hashlib
 import os
 import secrets
 import socket
@@ -97,17 +98,32 @@ class Runtime:
         if self.world_size > 1:
             dist.destroy_process_group()
 
-    def agree(self, value, what: str) -> None:
-        """Every rank must hold the same `value` (a JSON-able fact: a digest, a token seen); else
-        every rank stops with one message naming the ranks, their hosts and values. A collective:
-        every rank calls it, so a rank that disagrees cannot leave the others waiting forever."""
+    def agree(self, job: dict) -> None:
+        """Every rank must run the same job: `job` is {field: JSON-able value} (a flag's value, an
+        input file's sha256, the code version; nested dicts are compared field by field). A field
+        that differs stops every rank with one message naming it, and each value with its ranks and
+        hosts. A collective: every rank calls it before any work, so none is left waiting."""
         if self.world_size == 1:
             return
         facts = [None] * self.world_size
-        dist.all_gather_object(facts, (value, socket.gethostname()))
-        if any(fact[0] != facts[0][0] for fact in facts):
-            seen = "; ".join(f"rank {rank} on {host}: {value!r}" for rank, (value, host) in enumerate(facts))
-            raise StageError(f"the ranks disagree on {what} ({seen})")
+        try:
+            dist.all_gather_object(facts, (flat_fields(job), socket.gethostname()))
+        except RuntimeError as err:  # a rank that stopped on its own error first closes its connections
+            first_line = (str(err).strip().splitlines() or [""])[0][:160]
+            raise StageError(
+                f"another rank stopped before the ranks compared their jobs ({first_line}); its message says why"
+            ) from None
+        differing = []
+        for field in sorted({name for fields, _ in facts for name in fields}):
+            values = [fields.get(field) for fields, _ in facts]
+            if any(value != values[0] for value in values):
+                held = "; ".join(
+                    f"{value!r} on rank {rank} ({host})"
+                    for rank, (value, (_, host)) in enumerate(zip(values, facts, strict=True))
+                )
+                differing.append(f"{field} differs ({held})")
+        if differing:
+            raise StageError(f"the ranks do not run the same job: {'; '.join(differing)}; every rank stops")
 
     def check_shared_folder(self, folder: Path) -> None:
         """Every rank must see the files rank 0 writes into `folder` (chunks are written by their
@@ -138,6 +154,42 @@ class Runtime:
                 "cannot see it, so their chunks would never reach the merge; give every node the same --out on a "
                 "file system they all mount (NFS, Lustre, a shared disk)"
             )
+
+
+def flat_fields(facts: dict, prefix: str = "") -> dict:
+    """{"a.b": value} for {"a": {"b": value}}: each leaf a field of its own, named by its path."""
+    flat = {}
+    for name, value in facts.items():
+        if isinstance(value, dict) and value:
+            flat.update(flat_fields(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def code_version() -> str:
+    """One sha256 over the stage scripts and the packages they import (each file's name and bytes):
+    two ranks running different copies of the code differ here, whatever git says."""
+    packages = [
+        folder for folder in sorted(PROJECT.iterdir()) if (folder / "__init__.py").exists() and folder.name != "tests"
+    ]
+    digest = hashlib.sha256()
+    for path in sorted(PROJECT.glob("*.py")) + [path for folder in packages for path in sorted(folder.rglob("*.py"))]:
+        digest.update(f"{path.relative_to(PROJECT)}\n".encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def flag_settings(args, per_node: tuple) -> dict:
+    """{--flag: value} of a stage's arguments, less those that may differ between nodes (`per_node`:
+    paths each node mounts where it likes, whose contents are compared by digest, and local resources)."""
+    return {
+        f"--{name.replace('_', '-')}": str(value) if isinstance(value, Path) else value
+        for name, value in sorted(vars(args).items())
+        if name not in per_node
+    }
 
 
 def gather_rows(tensor: torch.Tensor) -> list[torch.Tensor]:

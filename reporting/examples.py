@@ -21,8 +21,16 @@ import cv2
 import numpy as np
 from matplotlib.figure import Figure
 
-from corpus.feature_cache import CAPTIONS
-from corpus.video_frames import VideoError, decode_sampled_frames, index_video_files, spec_from_contract
+from corpus.feature_cache import VIDEO_FILES, CacheError, CacheSplit, content_digest, open_split, read_meta
+from corpus.video_frames import (
+    VideoError,
+    decode_sampled_frames,
+    fingerprint_difference,
+    fingerprint_videos,
+    index_video_files,
+    spec_from_contract,
+)
+from infra.cli import StageError
 from infra.file_io import atomic_write_bytes
 from reporting.plots import save_figure
 
@@ -45,14 +53,15 @@ def interesting_queries(scores: dict, gold: np.ndarray, columns: list, n: int) -
     return [-query for _, query in sorted(interest, reverse=True)[:n]]
 
 
-def video_frames(run, video_id: str, reversed_flag: int, videos: dict) -> np.ndarray:
+def video_frames(run, path: Path, reversed_flag: int) -> np.ndarray:
     """The frames the cache holds for a video ([n, H, W, 3] BGR), decoded again from its file with
     the cache's decoding settings; in reverse order for the reversal."""
     provenance = run.provenance
     spec = spec_from_contract(provenance["sampling"], provenance["preprocessing"]["size"])
-    if video_id not in videos:
-        raise VideoError(f"video {video_id!r} has no file in --videos")
-    frames, _ = decode_sampled_frames(videos[video_id], spec)
+    try:
+        frames, _ = decode_sampled_frames(path, spec)
+    except VideoError as err:
+        raise StageError(f"--examples: {path} cannot be decoded again ({err})") from None
     return frames[::-1] if reversed_flag else frames
 
 
@@ -74,25 +83,61 @@ def top_candidates(query_scores: np.ndarray, query_gold: np.ndarray, columns: li
     ]
 
 
+def evaluated_cache(run) -> CacheSplit:
+    """The cache split a result was evaluated on, refused unless it still holds the same bytes: the
+    page shows its captions, and the frames of the video files it was extracted from."""
+    provenance = run.provenance
+    cache_dir = Path(provenance["cache"])
+    try:
+        meta = read_meta(cache_dir)
+    except CacheError as err:
+        raise StageError(
+            f"--examples: {run.path} was evaluated on the cache at {cache_dir}, which cannot be read ({err})"
+        ) from None
+    if content_digest(meta) != provenance["cache_content_sha256"]:
+        raise StageError(
+            f"--examples: the cache at {cache_dir} is not the one {run.path} was evaluated on (its content sha256 "
+            "differs: extracted again since?); the page would show other captions than the scores were computed "
+            "from: evaluate again, or report without --examples"
+        )
+    return open_split(cache_dir, provenance["split"])
+
+
+def checked_video_file(cache: CacheSplit, video_id: str, videos: dict, videos_dir: Path) -> Path:
+    """The file of a video in --videos, refused unless it is the one the cache was extracted from."""
+    recorded = json.loads((cache.folder / VIDEO_FILES).read_text())
+    difference = fingerprint_difference(
+        {video_id: recorded.get(video_id)}, fingerprint_videos([video_id], videos, videos_dir)
+    )
+    if difference:
+        raise StageError(
+            f"--videos {videos_dir}: video {video_id!r} is not the file the cache was extracted from ({difference}); "
+            "the page would show other frames than the cache holds: give the folder the cache was extracted from"
+        )
+    return videos[video_id]
+
+
 def write_examples(
     label: str, methods: dict, setting: str, videos_dir: Path, out_dir: Path, n: int, stem: str
 ) -> tuple[str, str]:
     """Write {stem}examples.html (its thumbnails in {stem}examples/) and {stem}examples.png for one
     dataset's `setting` (one whose candidates hold originals and reversals); returns their names."""
     first = next(iter(methods.values()))[0]
+    cache = evaluated_cache(first)
     videos = index_video_files(videos_dir).files
     # one dataset is one cache's content (report.py refuses a mix): its queries and candidates are every method's
     ids, gold = first.load_array(f"{setting}_ids"), first.load_array(f"{setting}_gold")
     rows, columns = ids["rows"], ids["columns"]
     scores = {method: runs[0].load_array(f"{setting}_scores") for method, runs in methods.items()}  # read once
     queries = interesting_queries(scores, gold, columns, n)
-    captions = caption_texts(first)
+    captions = {record["caption_id"]: record["text"] for record in cache.captions}
     thumbs_dir = out_dir / f"{stem}examples"
     thumbs_dir.mkdir(parents=True, exist_ok=True)
     blocks, figure_rows = [], []
     for query in queries:
         own = columns[int(gold[query].argmax())]
-        frames = [thumbnail(frame) for frame in video_frames(first, own["video_id"], own["reversed"], videos)]
+        path = checked_video_file(cache, own["video_id"], videos, videos_dir)
+        frames = [thumbnail(frame) for frame in video_frames(first, path, own["reversed"])]
         names = []
         for index, frame in enumerate(frames):
             name = f"q{query}_f{index}.png"
@@ -112,15 +157,6 @@ def write_examples(
     atomic_write_bytes(out_dir / f"{stem}examples.html", page.encode("utf-8"))
     save_figure(examples_figure(figure_rows), out_dir / f"{stem}examples.png", dpi=100)
     return f"{stem}examples.html", f"{stem}examples.png"
-
-
-def caption_texts(run) -> dict:
-    """{caption id: text} of the split's captions, from the cache the result names."""
-    path = Path(run.provenance["cache"]) / run.provenance["split"] / CAPTIONS
-    return {
-        record["caption_id"]: record["text"]
-        for record in (json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line)
-    }
 
 
 def direction(flag: int) -> str:

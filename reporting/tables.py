@@ -1,9 +1,12 @@
 """The report's markdown tables: how a number and a name are written, and each table's layout.
 
 Every text from a result (a method name, a dataset label) goes through `md`, so a `|` or a line
-break in it cannot break a row. Numbers are written the one way `number` says: a learning rate as
-3e-4, not 0.0003000000000000001.
+break in it cannot break a row, and markup in it (HTML, a link, emphasis) is shown, not rendered;
+in results.csv through `spreadsheet_text`, so it is never read as a formula. Numbers are written
+the one way `number` says: a learning rate as 3e-4, not 0.0003000000000000001.
 """
+
+import re
 
 from evaluation.results import PERTURBATIONS
 from reporting.published import PUBLISHED_COLUMNS
@@ -19,9 +22,33 @@ POSTPROCESS_NOTES = {
 }
 
 
+MARKDOWN_SPECIALS = "\\|<[]*_`&"  # what can start markup in a name: HTML, entities, links, emphasis, code
+
+
 def md(text) -> str:
-    """A text safe inside a markdown table cell: pipes escaped, line breaks of any kind made spaces."""
-    return " ".join(str(text).replace("\\", "\\\\").replace("|", "\\|").splitlines())
+    """A text shown as itself in markdown, in a table cell or a heading: the characters that start
+    markup are backslash-escaped (CommonMark shows an escaped punctuation mark as itself), line
+    breaks of any kind made spaces."""
+    line = " ".join(str(text).splitlines())
+    return "".join("\\" + ch if ch in MARKDOWN_SPECIALS else ch for ch in line)
+
+
+def code(text) -> str:
+    """A text as a markdown code span (a file name, a digest), shown as itself: its fence is one
+    backtick longer than the longest run of backticks in it (no escape works inside a code span)."""
+    line = " ".join(str(text).splitlines())
+    fence = "`" * (max((len(run) for run in re.findall("`+", line)), default=0) + 1)
+    padding = " " if line.startswith("`") or line.endswith("`") else ""
+    return f"{fence}{padding}{line}{padding}{fence}"
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what makes a spreadsheet read a cell as a formula
+
+
+def spreadsheet_text(text: str) -> str:
+    """A text cell of results.csv that a spreadsheet shows as text: one starting a formula gets a
+    leading quote (the usual neutralisation; numbers are written as numbers, never through this)."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
 
 
 def number(value) -> str:
@@ -364,8 +391,9 @@ def csv_rows(dataset: str, postprocess: str, tables: dict, seeds: dict) -> list[
                 value = row[metric]
                 over = "seeds and queries" if "ci_seeds_and_queries" in value else "queries"
                 low, high = value.get("ci_seeds_and_queries", value["ci"])
+                names = [spreadsheet_text(dataset), spreadsheet_text(method)]
                 rows.append(
-                    [dataset, method, postprocess, setting, direction, metric, value["mean"], value["std"], low, high]
+                    [*names, postprocess, setting, direction, metric, value["mean"], value["std"], low, high]
                     + [over, row["n_seeds"], " ".join(str(s) for s in seeds[method] if s is not None), row["n_queries"]]
                 )
     return rows

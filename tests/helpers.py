@@ -11,11 +11,12 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import clip_vendor
-from corpus.feature_cache import TIMINGS_NAME, write_meta
+from corpus.feature_cache import BOOKKEEPING, split_file_digests, write_meta
 from fixtures.synthetic_cache import write_order_only_cache
 from infra.cli import StageError
 
@@ -77,12 +78,28 @@ def copy_cache(cache, destination, **contract_changes):
     return destination
 
 
+def planted(cache, split, name, array):
+    """Save `array` as a file of a split and record the split's digests in the meta anew: a cache an
+    extractor wrote with that value in it, whose bytes the read-time check then passes, so what is
+    tested is the check of the stage that meets the value."""
+    np.save(cache / split / name, array)
+    recorded_anew(cache, split)
+
+
+def recorded_anew(cache, split):
+    """The meta of a cache whose split's files were changed by hand, recording their digests anew."""
+    meta = json.loads((cache / "cache_meta.json").read_text())
+    meta["files"][split] = split_file_digests(cache, split)
+    write_meta(cache, meta)
+
+
 def cache_files(cache_dir):
-    """{relative path: bytes} of every file in a cache but its timings (what the run cost, not what it made)."""
+    """{relative path: bytes} of every file in a cache but its bookkeeping (what runs cost and checked, not
+    what they made)."""
     return {
         str(path.relative_to(cache_dir)): path.read_bytes()
         for path in sorted(cache_dir.rglob("*"))
-        if path.is_file() and path.name != TIMINGS_NAME
+        if path.is_file() and path.name not in BOOKKEEPING
     }
 
 
@@ -136,6 +153,33 @@ def two_nodes(script, arguments_of_node, port):
             text=True,
         )
         for node in (0, 1)
+    ]
+    return [(process.wait(timeout=600), process.communicate()[0]) for process in processes]
+
+
+def two_ranks(script, arguments_of_rank, port):
+    """Run `script` as the two ranks of one job on this machine without torchrun's launcher (the
+    environment it would set: loopback rendezvous, gloo), rank r with arguments_of_rank(r): half
+    the processes to start where what is tested happens before any work. [(exit code, output)] per rank."""
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(PROJECT / script), *arguments_of_rank(rank)],
+            cwd=PROJECT,
+            env={
+                **os.environ,
+                "PYTHONPATH": str(PROJECT),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": str(port),
+                "RANK": str(rank),
+                "LOCAL_RANK": "0",
+                "WORLD_SIZE": "2",
+                "LOCAL_WORLD_SIZE": "1",
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for rank in (0, 1)
     ]
     return [(process.wait(timeout=600), process.communicate()[0]) for process in processes]
 

@@ -16,6 +16,7 @@ import torch
 from scipy import stats
 
 import evaluate
+import report
 from evaluation.order_sensitivity import frame_order, order_margins
 from evaluation.postprocess import dual_softmax, querybank_normalise
 from evaluation.results import PERMUTATIONS, read_result
@@ -25,6 +26,7 @@ from heads.checkpoints import head_from_checkpoint, load_checkpoint
 from heads.loaded_split import load_split_tensors
 from infra.cli import StageError
 from reporting.stats import METRICS, minimum_detectable_difference, two_level_bootstrap_ci
+from tests.helpers import copied, copy_cache
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -259,3 +261,41 @@ def test_the_report_says_which_frames_the_cache_holds_and_each_head_read(demo):
         "median": 12.0,
         "max": 12,
     }
+
+
+def results_on_cache(demo, tmp_path, cache):
+    """A copy of the demo's results (meanP and seqTransf) whose provenance names `cache` as the one evaluated."""
+    results = tmp_path / "results"
+    for name in ("meanP", "seqTransf_0"):
+        shutil.copytree(demo / "results" / name, results / name)
+        data = json.loads((demo / "results" / f"{name}.json").read_text())
+        data["provenance"]["cache"] = str(cache)
+        (results / f"{name}.json").write_text(json.dumps(data))
+    return results
+
+
+def examples_report(results, out, videos):
+    report.main(["--results", str(results), "--out", str(out), "--examples", "2", "--videos", str(videos)])
+
+
+def test_the_examples_page_shows_only_what_was_evaluated(demo, demo_data, tmp_path):
+    """Round four: the examples page showed captions re-extracted after the evaluation, and frames
+    of a wrong --videos folder (the reversed files), with no check; a moved cache or a missing video
+    was a traceback. The page now checks the cache's content digest against the result's, and each
+    video file's fingerprint against the one the cache recorded at extraction."""
+    videos = demo_data / "videos"
+    reextracted = copy_cache(demo / "cache", tmp_path / "reextracted", sampling={"fps": 2.0})
+    with pytest.raises(StageError, match=r"the cache at .*reextracted is not the one .* was evaluated on"):
+        examples_report(results_on_cache(demo, tmp_path / "a", reextracted), tmp_path / "a" / "report", videos)
+    with pytest.raises(StageError, match=r"was evaluated on the cache at .*moved, which cannot be read"):
+        examples_report(results_on_cache(demo, tmp_path / "b", tmp_path / "moved"), tmp_path / "b" / "report", videos)
+
+    results = results_on_cache(demo, tmp_path / "c", (demo / "cache").resolve())
+    with pytest.raises(StageError, match=r"--videos .*videos_reversed: video '[^']+' .*give the folder the cache was"):
+        examples_report(results, tmp_path / "c" / "report", demo_data / "videos_reversed")
+    none_left = copied(videos, tmp_path / "none_left")
+    for path in none_left.iterdir():
+        path.unlink()
+    with pytest.raises(StageError, match=r"--videos .*none_left: video '[^']+' is not the file the cache was"):
+        examples_report(results, tmp_path / "c" / "report", none_left)
+    assert not (tmp_path / "c" / "report").exists()  # the demo fixture's report shows the page when all is right

@@ -7,6 +7,7 @@ import pytest
 
 import extract
 import verify
+from clip_vendor.tokenizer import reads_as_blank
 from corpus.annotations import (
     FORMATS,
     AnnotationError,
@@ -50,6 +51,7 @@ def test_real_rtime_files_parse_to_expected_counts(split, n_videos, n_human):
 
 def write(tmp_path, content, name="train.json"):
     path = tmp_path / name
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(content if isinstance(content, str) else json.dumps(content))
     return path
 
@@ -90,7 +92,7 @@ def good_record(**changes):
             {"17": good_record(forward_rewrites=["ok", 3])},
             "record '17' field 'forward_rewrites' must be a list of strings",
         ),
-        ({"17": good_record(forward_captions=["  "])}, "record '17' field 'forward_captions' holds an empty caption"),
+        ({"17": good_record(forward_captions=["  "])}, "record '17', forward human caption 0 ('  '), holds no word"),
         ({"17": {"title": "x"}}, "record '17' has neither"),
     ],
 )
@@ -99,6 +101,25 @@ def test_malformed_rtime_records_name_file_and_record(tmp_path, content, message
     with pytest.raises(AnnotationError, match=str(path)) as err:
         load_split(path.parent, path.stem)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("blank", ["&nbsp;", "&amp;nbsp;", " \u00a0\t", "&#32;&nbsp;"])
+def test_a_caption_that_clip_cleaning_empties_is_refused_in_every_format(tmp_path, blank):
+    """Round three left this open: `&nbsp;` passed `text.strip()`, then CLIP's cleaning (entities
+    unescaped twice, white space collapsed) left an empty string, embedded as a query like any other
+    (every such caption the same vector). One check after every format's reader refuses it."""
+    rtime = write(tmp_path / "rtime", {"17": good_record(), "18": good_record(reverse_captions=["ok", blank])})
+    with pytest.raises(AnnotationError) as err:
+        load_split(rtime.parent, rtime.stem)
+    assert f"{rtime}: record '18', reverse human caption 1 ({blank!r}), holds no word" in str(err.value)
+    generic = write(tmp_path / "generic", {"v1": {"sentences": ["a cat", blank]}}, name="test.json")
+    with pytest.raises(AnnotationError, match=re.escape(f"{generic}: record 'v1', forward human caption 1")):
+        load_split(generic.parent, "test")
+    msrvtt = write_msrvtt(tmp_path / "msrvtt")
+    (msrvtt / "MSRVTT_JSFUSION_test.csv").write_text("key,vid_key,video_id,sentence\nret0,msr4,video4,&amp;nbsp;\n")
+    with pytest.raises(AnnotationError, match=re.escape("MSRVTT_JSFUSION_test.csv: record 'video4'")):
+        load_split(msrvtt, "test", "msrvtt-9k")
+    assert not reads_as_blank("&amp; co") and not reads_as_blank("caf\u00e9")
 
 
 def test_duplicate_video_id_is_rejected(tmp_path):

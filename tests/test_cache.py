@@ -49,6 +49,7 @@ from tests.helpers import (
     train_args,
     tune_args,
     two_nodes,
+    two_ranks,
     usage_error,
     verify_args,
     wait_until,
@@ -140,21 +141,55 @@ def test_the_cache_does_not_depend_on_the_thread_count_the_environment_sets(demo
     assert json.loads((demo_cache / "cache_meta.json").read_text())["contract"]["compute"]["cpu_threads"] == 1
 
 
+def split_of(cache, split):
+    """The files of one split of a cache, and what the meta records of it: what a run of that split alone made."""
+    meta = read_meta(cache)
+    recorded = {key: meta[key][split] for key in ("files", "counts")} | {"contract": meta["contract"]["compute"]}
+    return {name: data for name, data in cache_files(cache).items() if name.startswith(f"{split}/")}, recorded
+
+
 def test_torchrun_on_two_nodes_equals_one_process(demo_data, demo_cache, tmp_path):
     out = tmp_path / "two_nodes"  # a folder both "nodes" see, as a shared file system is
-    for code, output in two_nodes("extract.py", lambda node: extract_args(demo_data, out), port=29517):
+    # the train split: reversible records and one that is not, split between the ranks
+    args = extract_args(demo_data, out, "--splits", "train")
+    for code, output in two_nodes("extract.py", lambda node: args, port=29517):
         assert code == 0, output
-    assert cache_files(out) == cache_files(demo_cache)
+    assert split_of(out, "train") == split_of(demo_cache, "train")
 
 
 def test_an_output_folder_the_nodes_do_not_share_is_refused_naming_it(demo_data, tmp_path):
     outs = [tmp_path / "node0" / "cache", tmp_path / "node1" / "cache"]  # each node its own disk
-    nodes = two_nodes("extract.py", lambda node: extract_args(demo_data, outs[node]), port=29519)
+    nodes = two_ranks("extract.py", lambda node: extract_args(demo_data, outs[node]), port=29519)
     for code, output in nodes:
         assert code == 1, output
         assert f"--out is not shared between the nodes: rank 0 wrote into {outs[0]}, and rank 1 on " in output
         assert f"(its --out: {outs[1]}) cannot see it" in output
     assert not list(outs[0].rglob("*.npy")) and not outs[1].exists()  # stopped before any chunk
+
+
+def test_ranks_that_would_run_different_jobs_all_stop_naming_the_field(demo_data, tmp_path):
+    """Round four: under two-node torchrun, node 0 at --fps 4 and node 1 at --fps 1 gave "cache
+    complete" with meta fps 4.0 and videos of 2 and 12 frames; different captions mixed too. Every
+    rank now shares its flags, the code version and the contract (CLIP and annotation sha256)
+    before any work; every difference is named, and stops them all."""
+    other = copied_annotations(demo_data, tmp_path)  # rank 1's own copy, at another path, one caption changed
+    test = json.loads((other / "test.json").read_text())
+    next(iter(test.values()))["forward_captions"][0] = "another caption"
+    (other / "test.json").write_text(json.dumps(test))
+    folders, fps = (demo_data / "annotations", other), ("4", "1")
+    out = tmp_path / "cache"
+    nodes = two_ranks(
+        "extract.py",
+        lambda rank: extract_args(demo_data, out, "--fps", fps[rank], annotations=folders[rank]),
+        port=29541,
+    )
+    for code, output in nodes:
+        assert code == 1, output
+        assert re.search(
+            r"the ranks do not run the same job: --fps differs \(4\.0 on rank 0 \(.*\); 1\.0 on rank 1", output
+        )
+        assert "; contract.annotations.test.sha256 differs (" in output
+    assert not list(out.rglob("*.npy"))
 
 
 @pytest.fixture
@@ -293,29 +328,35 @@ def test_verify_names_a_video_file_gone_since_extraction(demo_data, demo_cache, 
     )
 
 
-def nan_clip(source, destination, key):
-    """The checkpoint at `source` with one weight matrix set to NaN (a broken or diverged file)."""
+def broken_clip(source, destination, key, broken):
+    """The checkpoint at `source` with one weight matrix broken: set to NaN (a diverged file), or made
+    huge, so features are finite in fp32 but past the range of the cache's fp16."""
     state = clip_vendor.read_state_dict(source)
-    state[key] = torch.full_like(state[key], float("nan"))
+    state[key] = torch.full_like(state[key], float("nan")) if broken == "nan" else state[key] * 1e7
     torch.save(state, destination)
     return destination
 
 
-def test_extract_refuses_nan_video_features_naming_the_videos(demo_data, tmp_path):
-    clip = nan_clip(demo_data / "clip_tiny.pt", tmp_path / "nan_visual.pt", "visual.proj")
+@pytest.mark.parametrize("broken", ["nan", "huge"])
+def test_extract_refuses_features_it_cannot_store_naming_the_videos(demo_data, tmp_path, broken):
+    """Round four: text features finite in fp32 but past fp16's range were cached as Inf with "cache
+    complete" (training then blamed the learning rate): what is checked is the value as stored."""
+    clip = broken_clip(demo_data / "clip_tiny.pt", tmp_path / "broken_visual.pt", "visual.proj", broken)
     args = extract_args(demo_data, tmp_path / "cache", "--splits", "test")
     args[args.index("--clip") + 1] = str(clip)
-    with pytest.raises(StageError, match=r"NaN or Inf features for video\(s\) " + ids_of(demo_data, "test")[0]):
+    first = ids_of(demo_data, "test")[0]
+    with pytest.raises(StageError, match=rf"features for video\(s\) {first}.* that are NaN or Inf, or too large"):
         extract.main(args)
     assert not list((tmp_path / "cache").rglob("*.npz"))  # nothing of the chunk was written
 
 
-def test_extract_refuses_nan_text_features_naming_the_captions(demo_data, tmp_path):
-    clip = nan_clip(demo_data / "clip_tiny.pt", tmp_path / "nan_text.pt", "text_projection")
+@pytest.mark.parametrize("broken", ["nan", "huge"])
+def test_extract_refuses_text_features_it_cannot_store_naming_the_captions(demo_data, tmp_path, broken):
+    clip = broken_clip(demo_data / "clip_tiny.pt", tmp_path / "broken_text.pt", "text_projection", broken)
     args = extract_args(demo_data, tmp_path / "cache", "--splits", "test")
     args[args.index("--clip") + 1] = str(clip)
     first = ids_of(demo_data, "test")[0]
-    with pytest.raises(StageError, match=rf"NaN or Inf features for caption\(s\) {first}#forward#human#0"):
+    with pytest.raises(StageError, match=rf"features for caption\(s\) {first}#forward#human#0.* that are NaN or Inf"):
         extract.main(args)
     assert not list((tmp_path / "cache").rglob("text_*.npz"))
 
@@ -528,7 +569,7 @@ def test_extraction_killed_at_any_moment_resumes_to_identical_bytes(demo_data, l
 @pytest.mark.parametrize("moment", ["train/parts/video_000000.npz", "train/video_feats.npy"])
 def test_ctrl_c_while_decoding_exits_cleanly_and_a_rerun_ends_identical(demo_data, lone_cache, tmp_path, moment):
     out = tmp_path / "cache"
-    args = extract_args(demo_data, out, "--batch-videos", "1")
+    args = extract_args(demo_data, out, "--batch-videos", "1", "--splits", "train")  # where both moments are
     args[args.index("--workers") + 1] = "2"  # decoding in worker processes, as on a real machine
     process = start_script("extract.py", args)
     wait_until(lambda: (out / moment).exists(), process)
@@ -538,7 +579,7 @@ def test_ctrl_c_while_decoding_exits_cleanly_and_a_rerun_ends_identical(demo_dat
     assert "interrupted; finished chunks kept; rerun the same command to resume" in errors
     assert "Traceback" not in errors
     extract.main(args)
-    assert cache_files(out) == cache_files(lone_cache)
+    assert split_of(out, "train") == split_of(lone_cache, "train")
 
 
 @pytest.mark.parametrize("moment", ["train/parts/video_000000.npz", "test/parts/video_000001.npz"])
@@ -702,6 +743,22 @@ def test_files_a_downloader_leaves_beside_a_video_are_ignored_and_listed(demo_da
     out = capsys.readouterr().out
     assert f"ignored 1 file(s) beside their video that are not videos: {video_id}.description" in out
     assert read_meta(tmp_path / "cache")["counts"]["test"]["videos"] == 4
+
+
+def test_a_video_id_finds_its_file_whichever_unicode_form_names_it(demo_data, tmp_path):
+    """Round four: an annotation id in NFC ("café", as JSON files hold it) missed its file named in
+    NFD (as macOS names files): the video was "missing". Ids and file names now meet in NFC."""
+    annotations = copied_annotations(demo_data, tmp_path)
+    test = json.loads((annotations / "test.json").read_text())
+    first = next(iter(test))
+    test = {("caf\u00e9" if video_id == first else video_id): record for video_id, record in test.items()}
+    (annotations / "test.json").write_text(json.dumps(test))
+    videos = copied(demo_data / "videos", tmp_path / "videos")
+    (videos / f"{first}.avi").rename(videos / "cafe\u0301.avi")
+    out = tmp_path / "cache"
+    extract.main(extract_args(demo_data, out, "--splits", "test", videos=videos, annotations=annotations))
+    assert open_split(out, "test").video_ids[0] == "caf\u00e9"
+    assert json.loads((out / "test" / "video_files.json").read_text())["caf\u00e9"]["file"] == "cafe\u0301.avi"
 
 
 def test_two_video_files_for_one_id_are_refused_naming_both(demo_data, tmp_path):

@@ -3,9 +3,12 @@ exits; a stage's entry point turns it into one line on stderr and exit 1, Ctrl-C
 and a usage error found before any work is argparse's exit 2."""
 
 import ast
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -113,3 +116,34 @@ def test_a_checkpoint_that_cannot_be_saved_is_one_line_not_a_traceback(order, tm
     assert stop.value.code == 1
     assert capsys.readouterr().err == "train_head.py: the temperature is not finite; nothing saved\n"
     assert not (tmp_path / "run" / "best.pt").exists()
+
+
+def test_a_stage_stops_once_the_run_all_that_started_it_is_killed(tmp_path):
+    """Round four: after a SIGKILL or SIGHUP of run_all.sh its runs went on as orphans, and a rerun
+    then failed on their locks. A stage started under run_all.sh (RUN_ALL_DRIVER) watches the driver
+    and stops as Ctrl-C stops it (exit 130, its state kept) once the driver is gone."""
+    driver = subprocess.Popen(["sleep", "300"])
+    stage = subprocess.Popen(
+        [sys.executable, "-c", "import time; from infra import cli; cli.run(lambda: time.sleep(120))"],
+        cwd=PROJECT,
+        env={**os.environ, "PYTHONPATH": str(PROJECT), cli.DRIVER_ENV: str(driver.pid)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)
+    assert stage.poll() is None  # the driver is alive: the stage works on
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    _, stderr = stage.communicate(timeout=30)
+    assert stage.returncode == cli.EXIT_INTERRUPTED
+    assert f"run_all.sh (pid {driver.pid}), which started this, is gone: stopping" in stderr
+
+
+def test_a_zombie_or_a_reused_pid_is_not_a_live_driver():
+    process = subprocess.Popen(["sleep", "300"])
+    started = cli.process_start(process.pid)
+    assert started is not None and started == cli.process_start(process.pid)
+    process.kill()
+    time.sleep(0.2)  # not reaped yet: a zombie
+    assert cli.process_start(process.pid) is None
+    process.wait()

@@ -290,3 +290,72 @@ def test_a_malicious_archive_is_refused_and_nothing_in_it_runs(tmp_path, capfd):
     with pytest.raises(ValueError, match="it names the global posix.system, which is not tensor data; refused"):
         clip_vendor.load(shell_path)
     assert not marker.exists()
+
+
+def rewritten(archive_path, destination, replace=None, extra=()):
+    """A copy of a TorchScript archive with entries replaced ({name suffix: bytes}) and `extra`
+    entries ((ZipInfo or name, bytes)) added."""
+    with zipfile.ZipFile(archive_path) as source, zipfile.ZipFile(destination, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            for suffix, new in (replace or {}).items():
+                if item.filename.endswith(suffix):
+                    data = new
+            target.writestr(item, data)
+        for info, data in extra:
+            target.writestr(info, data)
+    return destination
+
+
+def deep_expression_code(archive_path):
+    with zipfile.ZipFile(archive_path) as archive:
+        code = next(name for name in archive.namelist() if "/code/" in name and name.endswith(".py"))
+    return {code.split("/", 1)[1]: b"x = " + b"(" * 50_000 + b"1" + b")" * 50_000 + b"\n"}
+
+
+def zip_bomb_entry():
+    info = zipfile.ZipInfo("archive/extra/padding.bin")
+    info.compress_type = zipfile.ZIP_DEFLATED
+    return info, bytes(100 * 2**20)  # 100 MiB of zeros, about 100 kB compressed
+
+
+@pytest.mark.parametrize(
+    "craft, message",
+    [
+        (lambda path: {"replace": {"/data.pkl": b"ctorch\nFloatStorage\n)R."}}, "it calls torch.FloatStorage"),
+        (
+            lambda path: {
+                "replace": {"/data.pkl": b"ctorch._utils\n_rebuild_tensor_v2\n(X\x03\x00\x00\x00abcK\x00))tR."}
+            },
+            "_rebuild_tensor_v2 is called on a str, not tensor data",
+        ),
+        (lambda path: {"replace": deep_expression_code(path)}, "refused to read the TorchScript archive: "),
+        (lambda path: {"extra": [zip_bomb_entry()]}, "would inflate to 104,857,600 bytes (a zip bomb?)"),
+        (lambda path: {"extra": [("archive/data.pkl", b"\x80\x02}q\x00.")]}, "holds the entry archive/data.pkl twice"),
+    ],
+    ids=["reduce-on-a-storage", "rebuild-a-string", "deep-expression", "zip-bomb", "duplicate-entry"],
+)
+def test_a_crafted_archive_is_one_refusal_naming_the_file(checkpoints, tmp_path, craft, message):
+    """Round four: the reader let TypeError, AttributeError and MemoryError escape from crafted
+    archives (a 3 MB zip bomb reached 6.5 GB before it failed), and read duplicated entries unlike
+    torch.jit.load, silently. Each is now one ValueError naming the file, from the zip's directory
+    where it can be (nothing is inflated)."""
+    _, _, archive_path = checkpoints
+    crafted = rewritten(archive_path, tmp_path / "crafted.pt", **craft(archive_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # zipfile's own "Duplicate name" warning
+        with pytest.raises(ValueError) as refused:
+            clip_vendor.load(crafted)
+    assert str(crafted) in str(refused.value) and message in str(refused.value), str(refused.value)
+
+
+def test_a_weight_of_another_shape_is_refused_naming_the_file(checkpoints, tmp_path):
+    _, state_path, _ = checkpoints
+    state = torch.load(state_path, weights_only=True)
+    state["visual.transformer.resblocks.0.mlp.c_fc.bias"] = torch.zeros(3)
+    path = tmp_path / "reshaped.pt"
+    torch.save(state, path)
+    with pytest.raises(
+        ValueError, match=rf"{path} is not in OpenAI's CLIP layout: size mismatch for visual\.transformer"
+    ):
+        clip_vendor.load(path)

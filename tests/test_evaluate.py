@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 import shutil
 
 import numpy as np
@@ -7,15 +8,27 @@ import pytest
 import torch
 
 import evaluate
+import extract
 import report
 import train_head
-from corpus.feature_cache import read_meta, write_meta
+from corpus.feature_cache import CacheError, read_meta, split_file_digests, write_meta
 from evaluation import results as result_files
 from evaluation.results import ResultError
 from evaluation.retrieval_metrics import binary_accuracy, retrieval_metrics
 from heads.checkpoints import CheckpointError
 from infra.cli import StageError
-from tests.helpers import RunsShell, copied, copy_cache, order_only_cache, train_args, usage_error
+from infra.file_io import ForeignFiles
+from tests.helpers import (
+    RunsShell,
+    copied,
+    copy_cache,
+    extract_args,
+    order_only_cache,
+    planted,
+    recorded_anew,
+    train_args,
+    usage_error,
+)
 
 
 def result_json(results, name):
@@ -107,7 +120,11 @@ def test_one_command_evaluates_a_checkpoint_on_several_datasets_and_reports_each
     other = copy_cache(cache, tmp_path / "other_dataset", compute={"batch_videos": 7})
     ckpt = result_json(results, "seqTransf_seed0")["provenance"]["ckpt"]
     out = tmp_path / "multi" / "seqTransf.json"
-    evaluate.main(["--ckpt", ckpt, "--cache", f"{cache}:test", "--cache", f"{other}:valid", "--out", str(out)])
+    targets = ["--cache", f"{cache}:test", "--cache", f"{other}:valid", "--out", str(out)]
+    with pytest.raises(StageError, match=r"has seen 16 of the 16 videos of .*other_dataset \(valid\)"):
+        evaluate.main(["--ckpt", ckpt, *targets])  # its epoch was selected on those videos
+    assert not (tmp_path / "multi").exists()  # refused before any target was scored
+    evaluate.main(["--ckpt", ckpt, *targets, "--allow-overlap"])
     first = json.loads((tmp_path / "multi" / "seqTransf.synthetic_test.json").read_text())
     second = json.loads((tmp_path / "multi" / "seqTransf.synthetic_valid.json").read_text())
     assert first["provenance"]["dataset"] == "synthetic test" and second["provenance"]["dataset"] == "synthetic valid"
@@ -152,9 +169,10 @@ def test_generic_dataset_has_one_setting_and_no_binary(evaluated, tmp_path):
     (generic / "test" / "test_origin_pairs.csv").unlink()
     meta = json.loads((generic / "cache_meta.json").read_text())
     meta["contract"]["annotations"]["test"]["format"] = "generic"
+    meta["files"]["test"] = split_file_digests(generic, "test")  # the cache as extract.py would write it
     write_meta(generic, meta)
-    evaluate.main(["--cache", str(generic), "--head", "meanP", "--out", str(tmp_path / "generic.json")])
-    result = json.loads((tmp_path / "generic.json").read_text())
+    evaluate.main(["--cache", str(generic), "--head", "meanP", "--out", str(tmp_path / "generic_result.json")])
+    result = json.loads((tmp_path / "generic_result.json").read_text())
     assert set(result) == {"all", "order", "provenance"} and result["all"]["t2v"]["n_queries"] == 12
 
 
@@ -162,7 +180,7 @@ def test_evaluate_refuses_nan_scores_and_writes_no_result(small_clip, tmp_path):
     cache = order_only_cache(small_clip, tmp_path / "cache", n_train=8, n_valid=4, n_test=6, n_frames=4)
     feats = np.load(cache / "test" / "video_feats.npy")
     feats[5] = np.nan
-    np.save(cache / "test" / "video_feats.npy", feats)
+    planted(cache, "test", "video_feats.npy", feats)
     out = tmp_path / "meanP.json"
     with pytest.raises(StageError, match=r"queries have NaN or Inf scores .*no result was written"):
         evaluate.main(["--cache", str(cache), "--head", "meanP", "--out", str(out)])
@@ -254,3 +272,129 @@ def test_a_checkpoint_holding_another_heads_weights_is_named(order, tmp_path):
                 str(tmp_path / "r.json"),
             ]
         )
+
+
+def test_an_output_never_replaces_what_a_user_put_there(order, tmp_path):
+    """Round four: `--out project/data.json` deleted a user's `project/data/` (the array folder's
+    name), and an OUT.json that was not a result was overwritten. An output replaces only a folder
+    whose manifest says evaluate.py wrote every file in it, or a result file."""
+    args = ["--cache", str(order / "cache"), "--head", "meanP", "--out"]
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "thesis.tex").write_text("chapter one")
+    with pytest.raises(ForeignFiles, match=r"project/data holds 'thesis.tex' and was not written by this project"):
+        evaluate.main([*args, str(project / "data.json")])
+    assert (project / "data" / "thesis.tex").read_text() == "chapter one" and not (project / "data.json").exists()
+
+    (project / "notes.json").write_text('{"mine": 1}')
+    with pytest.raises(ForeignFiles, match=r"notes.json exists and is not an evaluate.py result"):
+        evaluate.main([*args, str(project / "notes.json")])
+    assert (project / "notes.json").read_text() == '{"mine": 1}'
+
+    evaluate.main([*args, str(project / "ours.json")])
+    evaluate.main([*args, str(project / "ours.json")])  # its own earlier result is replaced
+    (project / "ours" / "draft.txt").write_text("added by hand")  # ...but not once a user file is inside
+    with pytest.raises(ForeignFiles, match=r"holds 'draft.txt', which this project did not write there"):
+        evaluate.main([*args, str(project / "ours.json")])
+    assert (project / "ours" / "draft.txt").exists()
+
+
+def test_two_labels_that_make_one_file_name_are_refused_before_any_work(order, tmp_path):
+    cache = str(order / "cache")
+    out = tmp_path / "r.json"
+    with pytest.raises(StageError, match=r"labels 'small a/b' and 'small a_b' would both write r.small_a_b.json"):
+        evaluate.main(
+            ["--cache", f"{cache}:test=small a/b", "--cache", f"{cache}:test=small a_b", "--head", "meanP"]
+            + ["--out", str(out)]
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cache_bytes_changed_after_extraction_are_refused_by_evaluate(order, tmp_path, capsys):
+    """Round four: test frames edited in place after extraction gave Origin R@1 100.00 instead of
+    16.67 under an unchanged cache_content_sha256; only verify.py noticed. Every stage that opens a
+    split now checks its files against the meta's sha256 (the fast path: a file whose inode, size and
+    times equal those of its last successful check is not hashed again)."""
+    cache = copied(order / "cache", tmp_path / "cache")
+    args = ["--cache", str(cache), "--head", "meanP", "--out"]
+    evaluate.main([*args, str(tmp_path / "first.json")])
+    assert re.search(r"checked .*test: [\d.]+ MB against cache_meta.json's sha256 in", capsys.readouterr().out)
+    evaluate.main([*args, str(tmp_path / "again.json")])
+    assert "checked " not in capsys.readouterr().out  # unchanged since its check: not hashed again
+    frames = np.load(cache / "test" / "video_feats.npy", mmap_mode="r+")
+    frames[:] = frames[::-1].copy()  # in place: the same inode and size
+    frames.flush()
+    del frames
+    with pytest.raises(CacheError, match=r"test/video_feats.npy: its sha256 is not the one cache_meta.json records"):
+        evaluate.main([*args, str(tmp_path / "edited.json")])
+    assert not (tmp_path / "edited.json").exists()
+
+
+def test_a_head_that_saw_the_test_videos_is_refused_unless_allowed_and_then_marked(order, tmp_path):
+    """Round four: a head trained on a cache whose train split is this test split's videos (the same
+    file fingerprints under other names) was accepted, and the report said only "trained on: leak".
+    The checkpoint records the content keys of the videos it trained and selected on; evaluate
+    compares them with the evaluated split's."""
+    leak = copied(order / "cache", tmp_path / "leak")
+    test_files = json.loads((order / "cache" / "test" / "video_files.json").read_text())
+    train_files = json.loads((leak / "train" / "video_files.json").read_text())
+    for train_id, entry in zip(
+        list(train_files)[: len(test_files)], test_files.values(), strict=True
+    ):  # the test files, renamed
+        train_files[train_id] = {**entry, "file": f"{train_id}.mp4"}
+    (leak / "train" / "video_files.json").write_text(json.dumps(train_files))
+    recorded_anew(leak, "train")
+    run = tmp_path / "run"
+    train_head.main(train_args(leak, order / "clip.pt", run, "seqTransf", "--epochs", "1", batch_size=8))
+    args = ["--cache", str(order / "cache"), "--ckpt", str(run / "best.pt"), "--out", str(tmp_path / "r" / "leak.json")]
+    with pytest.raises(StageError) as refused:
+        evaluate.main(args)
+    assert f"{run / 'best.pt'} has seen 6 of the 6 videos of {order / 'cache'} (test), by file content: 6 in " in str(
+        refused.value
+    )
+    assert "0 in epoch selection (e.g. 'test0', 'test1', 'test2')" in str(refused.value)
+    assert not (tmp_path / "r" / "leak.json").exists()
+
+    evaluate.main([*args, "--allow-overlap"])
+    assert result_json(tmp_path / "r", "leak")["provenance"]["overlap"]["train"] == [f"test{i}" for i in range(6)]
+    shutil.copy(order / "results" / "meanP.json", tmp_path / "r")
+    shutil.copytree(order / "results" / "meanP", tmp_path / "r" / "meanP")
+    report.main(["--results", str(tmp_path / "r"), "--out", str(tmp_path / "report")])
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert (
+        "**Not test scores:** some test videos were seen in training (evaluated with --allow-overlap): seqTransf "
+        in (markdown)
+    )
+    numbers = json.loads((tmp_path / "report" / "report_numbers.json").read_text())
+    assert numbers["datasets"]["synthetic test"]["seen_test_videos"] == {"seqTransf": {"train": 6, "valid": 0}}
+
+
+def test_rewrites_rank_the_same_candidates_as_hard_or_are_left_out_saying_so(demo_data, tmp_path, capsys):
+    """Round four: with rewrites for half the records, the rewrites ranked 6 candidates instead of
+    Hard's 12, so the paraphrase "drop" was an artefact; with none, --rewrites was a TypeError. A
+    setting that paraphrases another now ranks that setting's candidates; an empty one is left out."""
+    annotations = copied(demo_data / "annotations", tmp_path / "annotations")
+    test = json.loads((annotations / "test.json").read_text())
+    for record in list(test.values())[:2]:
+        record["forward_rewrites"], record["reverse_rewrites"] = [], []
+    (annotations / "test.json").write_text(json.dumps(test))
+    extract.main(extract_args(demo_data, tmp_path / "half", "--splits", "test", annotations=annotations))
+    out = tmp_path / "results" / "half.json"
+    evaluate.main(["--cache", str(tmp_path / "half"), "--head", "meanP", "--rewrites", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["rewrites"]["n_candidates"] == result["hard"]["n_candidates"] == 8  # not the 4 with rewrites
+    assert result["rewrites"]["v2t"]["n_queries"] == 4  # the videos some rewrite describes
+    report.main(["--results", str(tmp_path / "results"), "--out", str(tmp_path / "report")])
+    numbers = json.loads((tmp_path / "report" / "report_numbers.json").read_text())
+    paraphrase = next(iter(numbers["datasets"].values()))["paraphrase"]["meanP zero-shot"]
+    assert paraphrase["n_candidates"] == 4  # the drop pairs the 4 candidates both kinds of query describe
+
+    for record in test.values():
+        record["forward_rewrites"], record["reverse_rewrites"] = [], []
+    (annotations / "test.json").write_text(json.dumps(test))
+    extract.main(extract_args(demo_data, tmp_path / "none", "--splits", "test", annotations=annotations))
+    out = tmp_path / "none_result.json"
+    capsys.readouterr()
+    evaluate.main(["--cache", str(tmp_path / "none"), "--head", "meanP", "--rewrites", "--out", str(out)])
+    assert "rewrites: " in capsys.readouterr().out
+    assert "rewrites" not in json.loads(out.read_text())

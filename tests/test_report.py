@@ -1,5 +1,6 @@
 """report.py: every number from its result files, and every refusal."""
 
+import csv
 import json
 import re
 import shutil
@@ -12,6 +13,7 @@ import extract
 import report
 import train_head
 from evaluation.results import ResultError
+from infra.file_io import ForeignFiles, OutOfSpace
 from reporting.stats import METRICS, bootstrap_ci, two_level_bootstrap_ci
 from tests.helpers import copied, extract_args, order_only_cache, result_json, train_args, usage_error
 
@@ -265,3 +267,95 @@ def test_method_names_and_captions_cannot_break_a_row_or_a_file(demo_data, order
     ]
     assert captions[0]["text"] == "a shape grows\u2028and then\u2029fades"
     evaluate.main(["--cache", str(tmp_path / "cache"), "--head", "meanP", "--out", str(tmp_path / "r.json")])
+
+
+HOSTILE_NAMES = {
+    "meanP": "<img src=x onerror=alert(1)>",
+    "seqTransf": '=HYPERLINK("http://e.x") [x](javascript:alert(1)) *b* `c`',
+}
+HOSTILE_LABEL = "</title><script>alert(2)</script> &amp; _t_"
+
+
+def test_names_stay_text_in_markdown_and_csv(order, tmp_path):
+    """Round four: a method named `<img src=x onerror=...>` reached report.md raw 13 times, a label
+    `</title><script>` 4 times, a link `[x](javascript:...)` too; `=HYPERLINK(...)` reached
+    results.csv as a formula. Every name now goes through `tables.md` (markup escaped) and the CSV
+    writer (a text cell starting a formula is prefixed with a quote)."""
+    results = copied(order / "results", tmp_path / "results")
+    for name, method in HOSTILE_NAMES.items():
+        data = json.loads((results / f"{name}.json").read_text())
+        data["provenance"]["method"], data["provenance"]["dataset"] = method, HOSTILE_LABEL
+        (results / f"{name}.json").write_text(json.dumps(data))
+    report.main(["--results", str(results), "--out", str(tmp_path / "report")])
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    text = "\n".join(line for line in markdown.splitlines() if not line.startswith("!["))  # not our figure files
+    for raw in ("<img", "<script", "</title", "](javascript", "[x]", "*b*", "`c`", "&amp;", "_t_"):
+        assert not re.search(r"(?<!\\)" + re.escape(raw), text), raw  # never without its escape
+    assert markdown.count(r"\<img src=x onerror=alert(1)>") >= 8
+    assert markdown.count(r'=HYPERLINK("http://e.x") \[x\](javascript:alert(1)) \*b\* \`c\`') >= 8
+    assert r"\</title>\<script>alert(2)\</script> \&amp; \_t\_" in markdown
+    rows = list(csv.reader((tmp_path / "report" / "results.csv").open()))
+    methods = {row[1] for row in rows[1:]}
+    assert methods == {HOSTILE_NAMES["meanP"], "'" + HOSTILE_NAMES["seqTransf"]}
+    assert all(not cell.startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows[1:] for cell in row[:5])
+    numbers = json.loads((tmp_path / "report" / "report_numbers.json").read_text())
+    assert set(HOSTILE_NAMES.values()) <= set(numbers["methods"])  # the data file keeps the names as given
+
+
+def test_a_report_folder_is_replaced_whole_or_not_at_all(order, tmp_path, monkeypatch):
+    """Round four: a report killed or out of space part-way left new figures beside the old
+    report.md; and a report folder holding a user's file was written into. The report is now written
+    as one folder under a temporary name and swapped in; a folder with files this project did not
+    write there is refused before any work."""
+    out = tmp_path / "report"
+    args = ["--results", str(order / "results"), "--out", str(out)]
+    report.main(args)
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
+    (out / "old_figure.png").write_bytes(b"a figure of an earlier report")
+    manifest = json.loads((out / ".written_by.json").read_text())
+    manifest["files"].append("old_figure.png")
+    (out / ".written_by.json").write_text(json.dumps(manifest))  # as if an earlier report.py had written it
+
+    def out_of_space(*_):  # after the figures, before report.md
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "atomic_write_json", out_of_space)
+    with pytest.raises(OutOfSpace, match=r"no space left on the device writing .*report; nothing half-written"):
+        report.main(args)
+    monkeypatch.undo()
+    assert (out / "report.md").read_bytes() == before["report.md"] and (out / "old_figure.png").exists()
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".report")]
+    report.main(args)
+    assert not (out / "old_figure.png").exists()  # replaced whole: nothing of the earlier report is left
+    assert {path.name: path.read_bytes() for path in out.iterdir() if path.name != ".written_by.json"} == {
+        name: data for name, data in before.items() if name != ".written_by.json"
+    }
+
+    (out / "thesis.tex").write_text("chapter one")
+    with pytest.raises(ForeignFiles, match=r"report holds 'thesis.tex', which this project did not write there"):
+        report.main(args)
+    assert (out / "thesis.tex").read_text() == "chapter one" and (out / "report.md").exists()
+
+
+def test_two_labels_that_read_alike_as_file_names_get_figures_of_their_own(order, tmp_path):
+    """Round four: labels `small test` and `small_test` made the same figure names, one dataset's
+    plots overwriting the other's."""
+    results = tmp_path / "results"
+    for label, name in (("small test", "a"), ("small_test", "b")):
+        cache = f"{order / 'cache'}:test={label}"
+        evaluate.main(["--cache", cache, "--head", "meanP", "--out", str(results / f"{name}.json")])
+    report.main(["--results", str(results), "--out", str(tmp_path / "report")])
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    sections = markdown.split("## Dataset ")[1:]
+    figures = [re.findall(r"\]\(([^)]+\.png)\)", section) for section in sections]
+    assert len(figures) == 2 and figures[0] and not set(figures[0]) & set(figures[1])
+    assert all((tmp_path / "report" / name).exists() for names in figures for name in names)
+
+
+def test_a_split_of_one_video_is_named_not_a_scipy_traceback(small_clip, tmp_path):
+    """Round four: a one-video test split reached scipy's bootstrap, a ValueError traceback."""
+    cache = order_only_cache(small_clip, tmp_path / "cache", n_train=8, n_valid=2, n_test=1, n_frames=4)
+    evaluate.main(["--cache", str(cache), "--head", "meanP", "--out", str(tmp_path / "results" / "meanP.json")])
+    with pytest.raises(ResultError, match=r"meanP.json: origin t2v has 1 query; a confidence interval needs at least"):
+        report.main(["--results", str(tmp_path / "results"), "--out", str(tmp_path / "report")])
+    assert not (tmp_path / "report").exists()

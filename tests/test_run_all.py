@@ -5,6 +5,7 @@ and the matrix printed as self-contained commands for any scheduler.
 The demo's matrix takes a minute of subprocesses: it is started as soon as a test here is selected
 (tests/conftest.py) and these tests run last, so it runs beside the rest of the suite."""
 
+import fcntl
 import json
 import shutil
 import subprocess
@@ -51,10 +52,25 @@ def work_of(background, name):
     return folder / "work", stdout
 
 
+# Drivers `demo_work` starts in copies of the demo's work folder once its matrix has ended, to run
+# beside the tests that follow: {name: (process, its folder; the work folder is folder/work)}
+BESIDE = {}
+BESIDE_ARGS = {"one_at_a_time": ["--jobs", "1"], "failing": ["--jobs", "2", "--train-args", "--frames 3"]}
+
+
 @pytest.fixture(scope="module")
-def demo_work(background):
+def demo_work(background, tmp_path_factory):
     """The demo's matrix run two at a time (started at collection): (work folder, its output)."""
-    return work_of(background, "demo_matrix")
+    work, stdout = work_of(background, "demo_matrix")
+    for name, extra in BESIDE_ARGS.items():
+        folder = tmp_path_factory.mktemp(name)
+        command = ["bash", str(PROJECT / "run_all.sh"), "--work", str(prepared_copy(work, folder / "work")), *MATRIX]
+        BESIDE[name] = (start_in_background([*command, *extra], folder), folder)
+    yield work, stdout
+    for process, _ in BESIDE.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_demo_run_shows_the_order_aware_head_above_the_order_blind_ones_on_hard(demo_work):
@@ -88,19 +104,10 @@ def test_demo_report_sets_carebench_binary_beside_ours_as_the_peer_computes_it(d
             assert reported["n_pairs"]["mean"] == 24  # the demo's 24 test videos, the forward side only
 
 
-def test_one_at_a_time_gives_the_same_report(demo_work, tmp_path):
-    work, _ = demo_work
-    code, stdout, stderr = outcome(run_all(prepared_copy(work, tmp_path / "one"), *MATRIX, "--jobs", "1"))
-    assert code == 0, stdout[-3000:] + stderr[-3000:]
-    assert "running 2 runs, 1 at a time" in stdout
-    numbers = "report/report_numbers.json"
-    assert (tmp_path / "one" / numbers).read_bytes() == (work / numbers).read_bytes()
-
-
-def test_a_failed_run_stops_the_others(demo_work, tmp_path):
-    work, _ = demo_work
-    failing_work = prepared_copy(work, tmp_path / "failing")
-    code, _, stderr = outcome(run_all(failing_work, *MATRIX, "--jobs", "2", "--train-args", "--frames 3"))
+def test_a_failed_run_stops_the_others(demo_work):
+    process, folder = BESIDE["failing"]
+    code, _, stderr = finished(process, folder)
+    failing_work = folder / "work"
     assert code == 1 and "Stopping the 1 other running run(s)." in stderr
     failed = next(head for head in ("seqTransf", "mlpScore") if f"run {head}_seed0 failed (exit 2); see " in stderr)
     assert "--frames 3: use an even number" in (failing_work / "logs" / f"{failed}_seed0.log").read_text()
@@ -128,3 +135,54 @@ def test_run_all_refuses_a_gpu_count_that_is_not_a_number(tmp_path):
         ["bash", str(PROJECT / "run_all.sh"), "--gpus", "abc", "--work", str(tmp_path)], capture_output=True, text=True
     )
     assert completed.returncode == 2 and "--gpus 'abc'" in completed.stderr
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--jobs", ""], "--jobs needs a value"),
+        (["--jobs"], "--jobs needs a value"),
+        (["--seeds", ""], "--seeds needs a value"),
+        (["--seeds", " "], "--seeds ' ': give at least one seed"),
+        (["--seeds", "0 x"], "--seeds '0 x': give whole numbers"),
+        (["--gpus", "1", "--jobs", "3"], "--jobs 3 with --gpus 1: each run takes one GPU, so at most 1 run at once"),
+    ],
+)
+def test_run_all_refuses_a_flag_it_would_misread_before_touching_anything(tmp_path, flags, message):
+    """Round four: `--jobs ''` and a trailing `--jobs` were an unbound-variable crash or the default,
+    `--seeds ''` ran nothing with exit 0, `--gpus 1 --jobs 3` handed out CUDA_VISIBLE_DEVICES 0, 1, 2."""
+    work = tmp_path / "work"
+    completed = subprocess.run(
+        ["bash", str(PROJECT / "run_all.sh"), "--work", str(work), *flags], capture_output=True, text=True
+    )
+    assert completed.returncode == 2 and f"run_all.sh: {message}" in completed.stderr, completed.stderr
+    assert not work.exists()
+
+
+def test_a_second_driver_on_one_work_folder_is_refused_before_it_touches_anything(tmp_path):
+    """Round four: a second run_all.sh on the same work folder failed on the first one's locks and
+    truncated its runs' logs (NUL bytes). It is now refused before anything, naming the holder."""
+    work = tmp_path / "work"
+    (work / "logs").mkdir(parents=True)
+    (work / "logs" / "seqTransf_seed0.log").write_text("epoch 1 ...\n")
+    lock = work / ".run_all.lock"
+    lock.write_text("4242\n")
+    with open(lock, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # the first driver, alive
+        completed = subprocess.run(
+            ["bash", str(PROJECT / "run_all.sh"), "--work", str(work)], capture_output=True, text=True
+        )
+    assert completed.returncode == 2
+    assert f"another run_all.sh (pid 4242) is running on {work}: wait for it to end, or stop it" in completed.stderr
+    assert lock.read_text() == "4242\n" and (work / "logs" / "seqTransf_seed0.log").read_text() == "epoch 1 ...\n"
+    assert sorted(path.name for path in work.rglob("*")) == [".run_all.lock", "logs", "seqTransf_seed0.log"]
+
+
+def test_one_at_a_time_gives_the_same_report(demo_work):
+    work, _ = demo_work
+    process, folder = BESIDE["one_at_a_time"]
+    code, stdout, stderr = finished(process, folder)
+    assert code == 0, stdout[-3000:] + stderr[-3000:]
+    assert "running 2 runs, 1 at a time" in stdout
+    numbers = "report/report_numbers.json"
+    assert (folder / "work" / numbers).read_bytes() == (work / numbers).read_bytes()

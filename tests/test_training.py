@@ -18,17 +18,20 @@ import train_head
 from corpus.feature_cache import CacheError, write_meta
 from heads import training
 from heads.checkpoints import CheckpointError, save_checkpoint
-from heads.loaded_split import HostSplit, SplitTensors
+from heads.loaded_split import HostSplit, SplitTensors, load_split_tensors
 from infra.cli import StageError
 from infra.file_io import FolderLocked, OutOfSpace, file_sha256
 from tests.helpers import (
     PROJECT,
     assert_same_tensors,
+    copied,
     order_only_cache,
+    planted,
     refusal,
     start_script,
     train_args,
     two_nodes,
+    two_ranks,
     usage_error,
     wait_until,
 )
@@ -223,6 +226,18 @@ def test_torchrun_on_two_nodes_with_reversals_equals_one_process(small_clip, par
     assert scale_gap < 0.01, scale_gap
 
 
+def test_ranks_given_different_settings_all_stop_naming_the_flag(small_clip, small_cache, tmp_path):
+    """Round four: --frames 12 on one node and --frames 4 on the other (or another --lr) exited 0 and
+    recorded node 0's settings."""
+    lrs = ("1e-3", "3e-3")
+    args = [train_args(small_cache, small_clip, tmp_path / "run", "seqTransf", "--lr", lr, batch_size=16) for lr in lrs]
+    for code, output in two_ranks("train_head.py", lambda node: args[node], port=29545):
+        assert code == 1, output
+        assert "the ranks do not run the same job: --lr differs (0.001 on rank 0 (" in output
+        assert "0.003 on rank 1 (" in output
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
 def test_tighttransf_reads_token_features_when_asked(small_cache, small_clip, tmp_path):
     train_head.main(
         train_args(
@@ -242,7 +257,7 @@ def test_tighttransf_reads_token_features_when_asked(small_cache, small_clip, tm
     assert checkpoint["config"]["text_input"] == "tokens"
     positions = checkpoint["head"]["cross.embeddings.position_embeddings.weight"]
     assert len(positions) == 4 + 77  # frames + the text's context length
-    out = tmp_path / "tokens.json"
+    out = tmp_path / "tokens_valid.json"
     evaluate.main(
         [
             "--cache",
@@ -253,6 +268,7 @@ def test_tighttransf_reads_token_features_when_asked(small_cache, small_clip, tm
             str(tmp_path / "tokens" / "best.pt"),
             "--out",
             str(out),
+            "--allow-overlap",  # the split the epoch was selected on: scored again to compare
         ]
     )
     result = json.loads(out.read_text())
@@ -344,7 +360,7 @@ def test_frames_read_from_the_host_train_and_score_exactly_as_on_the_device(
             + [*extra, "--data-on", where]
         )
         heads[where] = torch.load(run / "last.pt", weights_only=True)["head"]
-        out = tmp_path / f"{where}.json"
+        out = tmp_path / f"{where}_result.json"
         evaluate.main(
             ["--cache", str(small_cache), "--ckpt", str(run / "best.pt"), "--out", str(out), "--data-on", where]
         )
@@ -367,7 +383,7 @@ def test_training_stops_on_a_non_finite_loss_naming_epoch_and_step_and_saves_not
     cache = order_only_cache(small_clip, tmp_path / "cache", n_train=64, n_valid=8, n_test=4, n_frames=4)
     feats = np.load(cache / "train" / "video_feats.npy")
     feats[12] = np.inf  # one frame of one train video
-    np.save(cache / "train" / "video_feats.npy", feats)
+    planted(cache, "train", "video_feats.npy", feats)
     with pytest.raises(StageError, match=r"loss is not finite at epoch 1, step [1-4] of 4"):
         train_head.main(train_args(cache, small_clip, tmp_path / "run", "seqTransf", "--epochs", "2", batch_size=16))
     assert not (tmp_path / "run" / "best.pt").exists() and not (tmp_path / "run" / "last.pt").exists()
@@ -406,7 +422,8 @@ def test_training_out_of_disk_is_a_clear_error_and_a_rerun_ends_identical(small_
     real_write_bytes, writes = Path.write_bytes, []
 
     def full_after_three(self, data):  # config.json, best.pt and last.pt fit; the epoch's log.jsonl does not
-        writes.append(self.name)
+        if tmp_path / "run" in self.parents:  # the run's files (not the cache's check stamps)
+            writes.append(self.name)
         if len(writes) > 3:
             raise OSError(errno.ENOSPC, "No space left on device")
         return real_write_bytes(self, data)
@@ -496,3 +513,51 @@ def test_rerunning_a_finished_meanp_training_is_a_no_op(order, tmp_path):
     first = (tmp_path / "run" / "best.pt").read_bytes()
     train_head.main(args)  # once: "max() arg is an empty sequence"
     assert (tmp_path / "run" / "best.pt").read_bytes() == first
+
+
+def edited_in_place(path):
+    """Reverse the rows of a cached .npy where it lies (same inode, same size), as an editor would."""
+    array = np.load(path, mmap_mode="r+")
+    array[:] = array[::-1].copy()
+    array.flush()
+
+
+def test_a_cache_file_edited_while_host_training_reads_it_stops_the_run_and_keeps_its_epochs(
+    small_clip, small_cache, tmp_path, monkeypatch
+):
+    """Round four: train features edited while `--data-on host` training read them gave a different
+    selected epoch and no error; a file cut short gave a bus error. The files' states are taken when
+    their bytes are checked, and every batch read from them first checks that they still hold."""
+    from heads import loaded_split
+
+    cache = copied(small_cache, tmp_path / "cache")
+    run = tmp_path / "run"
+    real_padded_frames = loaded_split.padded_frames
+
+    def edit_after_the_first_epoch(split_cache, rows, n_frames):
+        if (run / "log.jsonl").exists() and split_cache.folder.name == "train":
+            edited_in_place(cache / "train" / "video_feats.npy")
+        return real_padded_frames(split_cache, rows, n_frames)
+
+    monkeypatch.setattr(loaded_split, "padded_frames", edit_after_the_first_epoch)
+    args = train_args(cache, small_clip, run, "seqTransf", "--epochs", "3", "--data-on", "host", batch_size=16)
+    with pytest.raises(CacheError, match=r"train/video_feats.npy changed while this run was reading it \(.*\)"):
+        train_head.main(args)
+    assert finished_epochs(run) == 1 and (run / "last.pt").exists()  # the finished epoch is kept
+
+
+@pytest.mark.parametrize("damage", ["cut", "replaced"])
+def test_a_host_split_refuses_to_read_a_file_cut_or_replaced_under_it(small_cache, tmp_path, damage):
+    cache = copied(small_cache, tmp_path / "cache")
+    split = load_split_tensors(cache, "train", 4, "cpu", where="host")
+    path = cache / "train" / "video_feats.npy"
+    rows, flags = torch.tensor([0, 1]), torch.zeros(2, dtype=torch.bool)
+    split.video_batch(rows, flags)  # reads while the files hold
+    if damage == "cut":  # a read past the new end of a memory map is a bus error, not an exception
+        os.truncate(path, path.stat().st_size // 2)
+    else:
+        path.write_bytes(path.read_bytes())  # the same bytes, another write: only the check can tell
+    with pytest.raises(CacheError, match=r"video_feats.npy changed while this run was reading it"):
+        split.video_batch(rows, flags)
+    with pytest.raises(CacheError, match=r"changed while this run was reading it"):
+        split.text_input(rows, "pooled")
