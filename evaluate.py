@@ -65,7 +65,7 @@ from evaluation.scoring import (
     score_matrix,
 )
 from heads.architectures import CLIP_TEMPERATURE, PAIR_BATCH, ZERO_SHOT_HEADS
-from heads.checkpoints import LOG, head_for_cache, load_checkpoint, seen_test_videos
+from heads.checkpoints import LOG, CheckpointError, head_for_cache, load_checkpoint, seen_test_videos
 from heads.loaded_split import PLACEMENTS, frames_to_use, load_split_tensors
 from infra import cli
 from infra.cli import HelpFormatter, StageError, whole_number
@@ -406,10 +406,15 @@ def seen_overlap(args, checkpoint, cache_dir, split):
     """{"train": ids, "valid": ids} of the evaluated videos a checkpoint was trained or selected on
     (None for a zero-shot head, or an old checkpoint under --allow-overlap); any overlap is refused
     unless --allow-overlap: a score on videos the head has seen is not a test score."""
-    if checkpoint is None or (args.allow_overlap and "seen_videos" not in checkpoint):
+    if checkpoint is None:
         return None
     keys = video_keys(cache_dir, split)
-    overlap = seen_test_videos(checkpoint, args.ckpt, keys)
+    try:
+        overlap = seen_test_videos(checkpoint, args.ckpt, keys)
+    except CheckpointError:
+        if args.allow_overlap:  # an old checkpoint whose training videos are unknown: nothing to record
+            return None
+        raise
     if any(overlap.values()) and not args.allow_overlap:
         seen = sorted({video_id for ids in overlap.values() for video_id in ids})
         raise StageError(

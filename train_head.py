@@ -41,7 +41,6 @@ from corpus.feature_cache import (
     read_pairs,
     split_format,
     spread,
-    video_keys,
 )
 from evaluation.retrieval_metrics import retrieval_metrics
 from evaluation.scoring import autocast_for, directions, read_setting, score_matrix
@@ -64,6 +63,7 @@ from heads.checkpoints import (
     init_from,
     load_checkpoint,
     save_checkpoint,
+    training_video_keys,
 )
 from heads.loaded_split import PLACEMENTS, HostSplit, frames_to_use, load_split_tensors
 from heads.training import (
@@ -193,8 +193,7 @@ def train(args, runtime):
         f"{frozen_clip_parameters(meta):,} frozen CLIP parameters (never loaded: features come from the cache)"
     )
     optimizer = torch.optim.AdamW(param_groups(head, log_scale, args.weight_decay), lr=args.lr) if trainable else None
-    seen_videos = {split: sorted(set(video_keys(args.cache, split).values())) for split in ("train", "valid")}
-    run = Run(args.out, config, args.patience, head, log_scale, optimizer, seen_videos)
+    run = Run(args.out, config, args.patience, head, log_scale, optimizer, training_video_keys(args.cache))
 
     # ---- data: this rank's train videos, every valid video, and the setting the epochs are selected on
     items = train_items(read_pairs(args.cache, "train", "train"), args.reverse_negatives)

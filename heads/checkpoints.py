@@ -18,7 +18,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from corpus.feature_cache import feature_contract, features_mismatch
+from corpus.feature_cache import (
+    CacheError,
+    content_digest,
+    feature_contract,
+    features_mismatch,
+    read_meta,
+    video_keys,
+)
 from heads.architectures import PAIR_BATCH, ZERO_SHOT_HEADS, HeadShape, base_head, build_head, load_head_weights
 from infra.cli import StageError
 from infra.file_io import atomic_write_bytes
@@ -89,15 +96,39 @@ def check_features(trained_on: dict, meta: dict, ckpt: Path, cache_dir: Path) ->
         raise CheckpointError(f"{ckpt} cannot score {cache_dir}: its features differ in {mismatch}")
 
 
+SEEN_SPLITS = ("train", "valid")  # trained on, and selected the epoch on
+
+
+def training_video_keys(cache_dir: Path) -> dict[str, list[str]]:
+    """{"train", "valid": the sorted content keys of the split's videos}: what a checkpoint records
+    of the videos it has seen."""
+    return {split: sorted(set(video_keys(cache_dir, split).values())) for split in SEEN_SPLITS}
+
+
+def seen_videos(checkpoint: dict, ckpt: Path) -> dict[str, list[str]]:
+    """The content keys of the videos a checkpoint has seen: recorded in it, or (a checkpoint from
+    before they were recorded) read from its training cache, if that still holds the bytes it was
+    trained on."""
+    if "seen_videos" in checkpoint:
+        return checkpoint["seen_videos"]
+    config = checkpoint["config"]
+    try:
+        same = content_digest(read_meta(Path(config["cache"]))) == config["cache_content_sha256"]
+    except CacheError:
+        same = False
+    if not same:
+        raise CheckpointError(
+            f"{ckpt} records no training videos (written before train_head.py recorded them), and its training "
+            f"cache {config['cache']} is not there with the bytes it was trained on, so whether it saw these test "
+            "videos cannot be checked: train it again, or pass --allow-overlap"
+        )
+    return training_video_keys(Path(config["cache"]))
+
+
 def seen_test_videos(checkpoint: dict, ckpt: Path, test_keys: dict[str, str]) -> dict[str, list[str]]:
     """{"train": [...], "valid": [...]}: the ids of the evaluated videos whose content the head was
     trained on or selected on (by content key: a renamed or re-extracted file is the same video)."""
-    seen = checkpoint.get("seen_videos")
-    if seen is None:
-        raise CheckpointError(
-            f"{ckpt} records no training videos (written before train_head.py recorded them), so whether it "
-            "saw these test videos cannot be checked: train it again, or pass --allow-overlap"
-        )
+    seen = seen_videos(checkpoint, ckpt)
     return {
         split: sorted(video_id for video_id, key in test_keys.items() if key in set(keys))
         for split, keys in seen.items()

@@ -48,6 +48,17 @@ def run(main: Callable[[], None], on_interrupt: str = "interrupted; rerun the sa
     except KeyboardInterrupt:
         print(on_interrupt, file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+    finally:
+        release_process_group()
+
+
+def release_process_group() -> None:
+    """Destroy a torch.distributed process group a stage that stopped left behind: left to the
+    interpreter's teardown, gloo's threads abort it ("terminate called", exit -6 instead of the
+    stage's own code). torch is only looked up here, never imported: report.py has none."""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 def process_start(pid: int) -> str | None:

@@ -133,11 +133,14 @@ def run_extract(demo, out, *extra, launcher=None, env=None):
 
 def test_the_cache_does_not_depend_on_the_thread_count_the_environment_sets(demo_data, demo_cache, tmp_path):
     # torchrun sets OMP_NUM_THREADS=1; CLIP on the CPU computes with a fixed thread count whatever it says
-    runs = {threads: run_extract(demo_data, tmp_path / threads, env={"OMP_NUM_THREADS": threads}) for threads in "13"}
+    runs = {
+        threads: run_extract(demo_data, tmp_path / threads, "--splits", "test", env={"OMP_NUM_THREADS": threads})
+        for threads in "13"
+    }
     for threads, process in runs.items():
         output, _ = process.communicate()
         assert process.returncode == 0, output
-        assert cache_files(tmp_path / threads) == cache_files(demo_cache), threads
+        assert split_of(tmp_path / threads, "test") == split_of(demo_cache, "test"), threads
     assert json.loads((demo_cache / "cache_meta.json").read_text())["contract"]["compute"]["cpu_threads"] == 1
 
 
@@ -159,7 +162,7 @@ def test_torchrun_on_two_nodes_equals_one_process(demo_data, demo_cache, tmp_pat
 
 def test_an_output_folder_the_nodes_do_not_share_is_refused_naming_it(demo_data, tmp_path):
     outs = [tmp_path / "node0" / "cache", tmp_path / "node1" / "cache"]  # each node its own disk
-    nodes = two_ranks("extract.py", lambda node: extract_args(demo_data, outs[node]), port=29519)
+    nodes = two_nodes("extract.py", lambda node: extract_args(demo_data, outs[node]), port=29519)
     for code, output in nodes:
         assert code == 1, output
         assert f"--out is not shared between the nodes: rank 0 wrote into {outs[0]}, and rank 1 on " in output

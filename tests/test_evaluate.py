@@ -398,3 +398,19 @@ def test_rewrites_rank_the_same_candidates_as_hard_or_are_left_out_saying_so(dem
     evaluate.main(["--cache", str(tmp_path / "none"), "--head", "meanP", "--rewrites", "--out", str(out)])
     assert "rewrites: " in capsys.readouterr().out
     assert "rewrites" not in json.loads(out.read_text())
+
+
+def test_a_checkpoint_from_before_seen_videos_were_recorded_is_checked_against_its_training_cache(order, tmp_path):
+    checkpoint = torch.load(order / "seqTransf" / "best.pt", weights_only=True)
+    del checkpoint["seen_videos"]
+    torch.save(checkpoint, tmp_path / "old.pt")
+    args = ["--cache", str(order / "cache"), "--ckpt", str(tmp_path / "old.pt"), "--out"]
+    evaluate.main([*args, str(tmp_path / "r" / "old.json")])  # its training cache is there: read from it
+    assert result_json(tmp_path / "r", "old")["provenance"]["overlap"] == {"train": [], "valid": []}
+    checkpoint["config"]["cache"] = str(tmp_path / "moved")
+    torch.save(checkpoint, tmp_path / "moved.pt")
+    args[args.index(str(tmp_path / "old.pt"))] = str(tmp_path / "moved.pt")
+    with pytest.raises(CheckpointError, match=r"moved.pt records no training videos .* training cache .*moved is not"):
+        evaluate.main([*args, str(tmp_path / "r" / "moved.json")])
+    evaluate.main([*args, str(tmp_path / "r" / "moved.json"), "--allow-overlap"])
+    assert result_json(tmp_path / "r", "moved")["provenance"]["overlap"] is None

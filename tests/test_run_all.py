@@ -3,11 +3,12 @@ one line when it ends, the first failure stopping the rest), the same report as 
 and the matrix printed as self-contained commands for any scheduler.
 
 The demo's matrix takes a minute of subprocesses: it is started as soon as a test here is selected
-(tests/conftest.py) and these tests run last, so it runs beside the rest of the suite."""
+(tests/conftest.py), followed by the same matrix one at a time and one that fails, each in a copy
+of its data and cache; these tests run last, so all of it runs beside the rest of the suite."""
 
 import fcntl
 import json
-import shutil
+import shlex
 import subprocess
 
 import pytest
@@ -31,46 +32,55 @@ def outcome(process):
     return process.returncode, stdout, stderr
 
 
-def prepared_copy(work, destination):
-    """A work folder holding the demo's data and cache, but no run yet."""
-    for name in ("demo", "cache"):
-        shutil.copytree(work / name, destination / name)
-    return destination
+# Drivers run in copies of the demo matrix's work folder once it has ended, beside the rest of the
+# suite: {name: their flags}
+AFTER_THE_MATRIX = {"one_at_a_time": ["--jobs", "1"], "failing": ["--jobs", "2", "--train-args", "--frames 3"]}
 
 
 def demo_matrix(folder):
-    """The demo's matrix run two at a time into folder/work, from scratch, started now: its process."""
-    command = ["bash", str(PROJECT / "run_all.sh"), "--work", str(folder / "work"), *MATRIX, "--jobs", "2"]
-    return start_in_background(command, folder)
+    """Started now: the demo's matrix two at a time into folder/work, from scratch; once it has ended
+    well, each driver of AFTER_THE_MATRIX in a copy of its data and cache, side by side. Each
+    driver's output and exit code go to folder/{matrix or name}/. Its process."""
+    work = folder / "work"
+
+    def driver(name, work_folder, flags):
+        logs = folder / name
+        logs.mkdir()
+        command = shlex.join(["bash", str(PROJECT / "run_all.sh"), "--work", str(work_folder), *MATRIX, *flags])
+        out, err, code = (shlex.quote(str(logs / file)) for file in ("stdout.txt", "stderr.txt", "code"))
+        return f"{command} > {out} 2> {err}; echo $? > {code}"
+
+    matrix_code = shlex.quote(str(folder / "matrix" / "code"))
+    lines = [f'{driver("matrix", work, ["--jobs", "2"])}; [ "$(cat {matrix_code})" = 0 ] || exit 1']
+    for name, flags in AFTER_THE_MATRIX.items():
+        copy = shlex.quote(str(folder / name / "work"))
+        sources = " ".join(shlex.quote(str(work / part)) for part in ("demo", "cache"))
+        lines.append(f"mkdir -p {copy} && cp -r {sources} {copy} && ({driver(name, folder / name / 'work', flags)}) &")
+    return start_in_background(["bash", "-c", "\n".join([*lines, "wait"])], folder)
 
 
-def work_of(background, name):
-    """The work folder of a matrix started at collection, once it has ended well; and its output."""
-    process, folder = background[name]
-    code, stdout, stderr = finished(process, folder)
-    assert code == 0, stdout[-3000:] + stderr[-3000:]
-    return folder / "work", stdout
-
-
-# Drivers `demo_work` starts in copies of the demo's work folder once its matrix has ended, to run
-# beside the tests that follow: {name: (process, its folder; the work folder is folder/work)}
-BESIDE = {}
-BESIDE_ARGS = {"one_at_a_time": ["--jobs", "1"], "failing": ["--jobs", "2", "--train-args", "--frames 3"]}
+def driver_outcome(folder, name):
+    """(exit code, stdout, stderr) of a driver the demo matrix's chain ran."""
+    logs = folder / name
+    return int((logs / "code").read_text()), (logs / "stdout.txt").read_text(), (logs / "stderr.txt").read_text()
 
 
 @pytest.fixture(scope="module")
-def demo_work(background, tmp_path_factory):
-    """The demo's matrix run two at a time (started at collection): (work folder, its output)."""
-    work, stdout = work_of(background, "demo_matrix")
-    for name, extra in BESIDE_ARGS.items():
-        folder = tmp_path_factory.mktemp(name)
-        command = ["bash", str(PROJECT / "run_all.sh"), "--work", str(prepared_copy(work, folder / "work")), *MATRIX]
-        BESIDE[name] = (start_in_background([*command, *extra], folder), folder)
-    yield work, stdout
-    for process, _ in BESIDE.values():
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+def chain(background):
+    """The folder of the demo matrix's chain (started at collection), once it has ended."""
+    process, folder = background["demo_matrix"]
+    code, stdout, stderr = finished(process, folder)
+    matrix = driver_outcome(folder, "matrix") if (folder / "matrix" / "code").exists() else (None, "", "")
+    assert code == 0, stdout[-2000:] + stderr[-2000:] + matrix[1][-3000:] + matrix[2][-3000:]
+    return folder
+
+
+@pytest.fixture(scope="module")
+def demo_work(chain):
+    """The demo's matrix run two at a time: (work folder, its output)."""
+    code, stdout, stderr = driver_outcome(chain, "matrix")
+    assert code == 0, stdout[-3000:] + stderr[-3000:]
+    return chain / "work", stdout
 
 
 def test_demo_run_shows_the_order_aware_head_above_the_order_blind_ones_on_hard(demo_work):
@@ -104,10 +114,9 @@ def test_demo_report_sets_carebench_binary_beside_ours_as_the_peer_computes_it(d
             assert reported["n_pairs"]["mean"] == 24  # the demo's 24 test videos, the forward side only
 
 
-def test_a_failed_run_stops_the_others(demo_work):
-    process, folder = BESIDE["failing"]
-    code, _, stderr = finished(process, folder)
-    failing_work = folder / "work"
+def test_a_failed_run_stops_the_others(chain):
+    code, _, stderr = driver_outcome(chain, "failing")
+    failing_work = chain / "failing" / "work"
     assert code == 1 and "Stopping the 1 other running run(s)." in stderr
     failed = next(head for head in ("seqTransf", "mlpScore") if f"run {head}_seed0 failed (exit 2); see " in stderr)
     assert "--frames 3: use an even number" in (failing_work / "logs" / f"{failed}_seed0.log").read_text()
@@ -178,11 +187,10 @@ def test_a_second_driver_on_one_work_folder_is_refused_before_it_touches_anythin
     assert sorted(path.name for path in work.rglob("*")) == [".run_all.lock", "logs", "seqTransf_seed0.log"]
 
 
-def test_one_at_a_time_gives_the_same_report(demo_work):
+def test_one_at_a_time_gives_the_same_report(demo_work, chain):
     work, _ = demo_work
-    process, folder = BESIDE["one_at_a_time"]
-    code, stdout, stderr = finished(process, folder)
+    code, stdout, stderr = driver_outcome(chain, "one_at_a_time")
     assert code == 0, stdout[-3000:] + stderr[-3000:]
     assert "running 2 runs, 1 at a time" in stdout
     numbers = "report/report_numbers.json"
-    assert (folder / "work" / numbers).read_bytes() == (work / numbers).read_bytes()
+    assert (chain / "one_at_a_time" / "work" / numbers).read_bytes() == (work / numbers).read_bytes()
