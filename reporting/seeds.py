@@ -23,6 +23,13 @@ def mean_std(per_seed):
     return {"mean": float(np.mean(per_seed)), "std": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0}
 
 
+def shown_ci(cell: dict) -> tuple[float, float]:
+    """The 95% CI the report shows for a metric cell, in tables and figures alike: over seeds and
+    queries where a method has several seeds, else over queries."""
+    low, high = cell.get("ci_seeds_and_queries", cell["ci"])
+    return low, high
+
+
 def method_row(runs, setting, direction, seed, n_resamples):
     """{metric: {mean, std, ci[, ci_seeds_and_queries]}} over the seeds of one method, plus
     tied-query counts. `ci` resamples the queries of the seed-averaged values; with two seeds or

@@ -10,6 +10,7 @@ import re
 
 from evaluation.results import PERTURBATIONS
 from reporting.published import PUBLISHED_COLUMNS
+from reporting.seeds import shown_ci
 
 METRIC_NAMES = ("R@1", "R@5", "R@10", "MdR", "MnR")
 DIRECTION_TITLES = {"t2v": "text→video", "v2t": "video→text"}
@@ -69,7 +70,7 @@ def count(value: float, total: int) -> str:
 
 def cell(value: dict) -> str:
     """mean ± std [95% CI]: the CI over seeds and queries where there are seeds, else over queries."""
-    low, high = value.get("ci_seeds_and_queries", value["ci"])
+    low, high = shown_ci(value)
     return f"{value['mean']:.2f} ± {value['std']:.2f} [{low:.2f}, {high:.2f}]"
 
 
@@ -390,7 +391,7 @@ def csv_rows(dataset: str, postprocess: str, tables: dict, seeds: dict) -> list[
             for metric in METRIC_NAMES:
                 value = row[metric]
                 over = "seeds and queries" if "ci_seeds_and_queries" in value else "queries"
-                low, high = value.get("ci_seeds_and_queries", value["ci"])
+                low, high = shown_ci(value)
                 names = [spreadsheet_text(dataset), spreadsheet_text(method)]
                 rows.append(
                     [*names, postprocess, setting, direction, metric, value["mean"], value["std"], low, high]
