@@ -36,7 +36,6 @@ from corpus.feature_cache import (
     open_split,
     pairs_path,
     read_meta,
-    read_pairs,
     read_timings,
     split_format,
     spread,
@@ -233,8 +232,7 @@ def evaluate_one(args, checkpoint, target, overlap, device):
     )
 
     # ---- every setting of the format scored, then the order check on the one it selects on
-    names = requested_settings(args, annotation, cache_dir, split)
-    settings = {name: read_setting(cache_dir, split, name, annotation.settings[name].paraphrases_of) for name in names}
+    settings = requested_settings(args, annotation, cache_dir, split)
     post = postprocessor(args.postprocess, head, checkpoint, data, cache_dir, meta, device)
     where = f"{args.ckpt or args.head} on {cache_dir} ({split})"
     results, arrays = score_settings(head, data, settings, annotation, post, args.postprocess, where, device)
@@ -254,7 +252,7 @@ def evaluate_one(args, checkpoint, target, overlap, device):
         "device": device_name(device),
     }
     write_result(out_path, results, arrays)
-    for name in names:
+    for name in settings:
         t2v = results[name]["t2v"]
         v2t = f", v2t R@1 {results[name]['v2t']['R@1']:.2f}" if "v2t" in results[name] else ""
         print(
@@ -384,22 +382,24 @@ def bank_scores(head, data, setting, bank, device, block=4096):
 
 
 def requested_settings(args, annotation, cache_dir, split):
-    """The settings to score: the format's, and those run on request with --rewrites. A requested
-    one with no query in this split (RTime files without rewrites) is left out, saying so; any
-    other with no query is an error naming its pair list."""
-    names = []
+    """{name: Setting} to score: the format's, and those run on request with --rewrites; a setting
+    that paraphrases another ranks that one's candidates. A requested one with no query in this
+    split (RTime files without rewrites) is left out, saying so; any other with no query is an error
+    naming its pair list."""
+    settings = {}
     for name, rule in annotation.settings.items():
         if rule.on_request and not args.rewrites:
             continue
-        if not read_pairs(cache_dir, split, name):
+        setting = read_setting(cache_dir, split, name, rule.paraphrases_of)
+        if not len(setting.caption_rows):
             if rule.on_request:
                 print(
                     f"{name}: {cache_dir} ({split}) holds no such caption: the setting is left out, nothing to compare"
                 )
                 continue
             raise CacheError(f"{pairs_path(cache_dir, split, name)}: no pair: the {name!r} setting has no query")
-        names.append(name)
-    return names
+        settings[name] = setting
+    return settings
 
 
 def seen_overlap(args, checkpoint, cache_dir, split):

@@ -479,11 +479,13 @@ def extract_texts(plan, split, captions, model, runtime):
     for chunk_index, start, stop in chunks:
         texts = [caption.text for caption in captions[start:stop]]
         pooled, token_feats = clip_vendor.encode_texts(model, texts, plan.context_length, plan.long_text)
-        finite = [
-            bool(storable_rows(row.float().cpu().numpy()) and storable_rows(tokens.float().cpu().numpy()).all())
-            for row, tokens in zip(pooled, token_feats, strict=True)
-        ]
-        if not all(finite):
+        # what is written: fp16, so a value past its range is checked as the Inf it would be stored as
+        pooled_stored = pooled.to(torch.float16).cpu().numpy()
+        tokens_stored = torch.cat(token_feats).to(torch.float16).cpu().numpy()
+        token_counts = np.array([len(tokens) for tokens in token_feats])
+        token_starts = np.concatenate([[0], np.cumsum(token_counts)[:-1]])
+        finite = storable_rows(pooled_stored) & np.logical_and.reduceat(storable_rows(tokens_stored), token_starts)
+        if not finite.all():
             bad = [caption.caption_id for caption, ok in zip(captions[start:stop], finite, strict=True) if not ok]
             raise StageError(
                 f"CLIP gave features for caption(s) {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} that are "
@@ -492,11 +494,7 @@ def extract_texts(plan, split, captions, model, runtime):
         # Windows read a long caption whole; only truncation cuts one.
         truncated = (np.array(clip_vendor.token_lengths(texts)) > plan.context_length) & (plan.long_text == "truncate")
         write_text_part(
-            text_part_path(plan.out, split, chunk_index),
-            pooled.to(torch.float16).cpu().numpy(),
-            torch.cat(token_feats).to(torch.float16).cpu().numpy(),
-            np.array([len(tokens) for tokens in token_feats]),
-            truncated,
+            text_part_path(plan.out, split, chunk_index), pooled_stored, tokens_stored, token_counts, truncated
         )
         progress.update(stop - start)
 

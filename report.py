@@ -306,7 +306,7 @@ def check_enough_queries(run, settings):
                 )
 
 
-def seen_test_videos(methods):
+def overlap_counts(methods):
     """{method: {"train": n, "valid": n}} of the methods evaluated with --allow-overlap on videos they
     were trained or selected on (evaluate.py refuses that by default)."""
     seen = {}
@@ -363,7 +363,7 @@ def dataset_section(label, methods, args, folder, stem):
         "tables": {},
         "binary": {},
         "sources": source_files(raw, args.out),
-        "seen_test_videos": seen_test_videos(methods),
+        "seen_test_videos": overlap_counts(methods),
     }
     lines += overlap_warning(numbers["seen_test_videos"], provenance["split"])
     if raw:

@@ -104,7 +104,6 @@ HEADS="${HEADS:-$DEFAULT_HEADS}"
 
 if [ -z "$ANNOTATIONS$VIDEOS$CLIP" ]; then
   # Demo: small data and a tiny random CLIP, so heads train for many short epochs on the CPU.
-  WORK="${WORK:-work_demo}"
   STAGE="demo data"
   if [ ! -f "$WORK/demo/clip_tiny.pt" ] && ! $PRINT_RUNS; then
     $PY make_demo_data.py --out "$WORK/demo"
@@ -120,13 +119,12 @@ else
   if [ -z "$ANNOTATIONS" ] || [ -z "$VIDEOS" ] || [ -z "$CLIP" ]; then
     echo "run_all.sh: a real run needs all of --annotations, --videos and --clip" >&2; exit 2
   fi
-  WORK="${WORK:-work}"
   EXTRACT_ARGS=()
   VERIFY_ARGS=()
   declare -A TRAIN_ARGS=()
   HAND_SET_ARGS=""
 fi
-WORK="$(realpath -m "$WORK")" CLIP="$(realpath -m "$CLIP")"  # the printed runs work from any folder
+CLIP="$(realpath -m "$CLIP")"  # the printed runs work from any folder (WORK is made absolute above)
 CACHE="$WORK/cache"
 
 # The matrix: one self-contained command per (head, seed), training then evaluation. Each is

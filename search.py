@@ -63,7 +63,6 @@ def main(argv=None):
     queries = list(args.queries) + (read_queries(args.queries_file) if args.queries_file else [])
     if not queries:
         raise StageError(f"--queries {args.queries_file}: the file holds no query")
-    check_queries(queries, read_meta(args.cache)["contract"]["tokenizer"])
     device = resolve_device(args.device)
     fix_cpu_threads(device)
     for query, hits in zip(queries, search(args, queries, device), strict=True):
@@ -103,6 +102,7 @@ def read_queries(path):
 def search(args, queries, device):
     """For each query, the top-k candidates as (video id, reversed, score), best first."""
     meta = read_meta(args.cache)
+    check_queries(queries, meta["contract"]["tokenizer"])
     checkpoint = load_checkpoint(args.ckpt) if args.ckpt else None
     frames = None
     if checkpoint is None:

@@ -272,7 +272,7 @@ def open_cache(cache_dir, runtime):
         problem = next((f"{path} not found" for path in needed if not path.exists()), None)
     except CacheError as err:
         meta, problem = None, str(err)
-    runtime.agree({f"the content of --cache {cache_dir}": content_digest(meta) if meta else "unreadable"})
+    runtime.agree({"the content of --cache": content_digest(meta) if meta else "unreadable"})  # a path may differ
     if problem:
         raise CacheError(f"{problem}; {advice}")
     return meta, selection

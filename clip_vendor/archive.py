@@ -156,8 +156,9 @@ def check_zip_entries(archive: zipfile.ZipFile, path) -> None:
     """Refuse a zip torch would not write, from its directory alone (nothing is inflated): an entry
     twice, or entries declaring more bytes than the file holds (stored) or than code needs (deflated)."""
     entries = archive.infolist()
-    names = [entry.filename for entry in entries]
-    twice = next((name for name in names if names.count(name) > 1), None) if len(set(names)) < len(names) else None
+    twice = next(
+        (name for name, count in collections.Counter(entry.filename for entry in entries).items() if count > 1), None
+    )
     if twice:
         raise ArchiveError(f"{path}: holds the entry {twice} twice (torch would read one copy, zipfile the other)")
     stored = sum(entry.file_size for entry in entries if entry.compress_type == zipfile.ZIP_STORED)

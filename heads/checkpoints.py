@@ -128,10 +128,9 @@ def seen_videos(checkpoint: dict, ckpt: Path) -> dict[str, list[str]]:
 def seen_test_videos(checkpoint: dict, ckpt: Path, test_keys: dict[str, str]) -> dict[str, list[str]]:
     """{"train": [...], "valid": [...]}: the ids of the evaluated videos whose content the head was
     trained on or selected on (by content key: a renamed or re-extracted file is the same video)."""
-    seen = seen_videos(checkpoint, ckpt)
+    seen = {split: set(keys) for split, keys in seen_videos(checkpoint, ckpt).items()}
     return {
-        split: sorted(video_id for video_id, key in test_keys.items() if key in set(keys))
-        for split, keys in seen.items()
+        split: sorted(video_id for video_id, key in test_keys.items() if key in keys) for split, keys in seen.items()
     }
 
 
