@@ -43,7 +43,7 @@ from corpus.feature_cache import (
 )
 from evaluation.conventions import CONVENTIONS, convention_numbers
 from evaluation.order_sensitivity import order_margins
-from evaluation.postprocess import METHOD_SUFFIX, POSTPROCESS, dual_softmax, querybank_normalise
+from evaluation.postprocess import METHOD_SUFFIX, POSTPROCESS, QB_BETA, dual_softmax, querybank_normalise
 from evaluation.results import (
     PER_QUERY_COLUMNS,
     PERMUTATIONS,
@@ -60,6 +60,7 @@ from evaluation.scoring import (
     candidate_index,
     described,
     directions,
+    other_side_queries,
     read_setting,
     score_matrix,
 )
@@ -233,7 +234,7 @@ def evaluate_one(args, checkpoint, target, overlap, device):
 
     # ---- every setting of the format scored, then the order check on the one it selects on
     settings = requested_settings(args, annotation, cache_dir, split)
-    post = postprocessor(args.postprocess, head, checkpoint, data, cache_dir, meta, device)
+    post, post_settings = postprocessor(args.postprocess, head, checkpoint, data, cache_dir, meta, device)
     where = f"{args.ckpt or args.head} on {cache_dir} ({split})"
     results, arrays = score_settings(head, data, settings, annotation, post, args.postprocess, where, device)
     if not args.postprocess:
@@ -247,6 +248,7 @@ def evaluate_one(args, checkpoint, target, overlap, device):
     training = training_record(args.ckpt, checkpoint)
     results["provenance"] = provenance(args, config, training, (cache_dir, split, label), meta, cached_frames, device)
     results["provenance"]["overlap"] = overlap
+    results["provenance"]["postprocess_settings"] = post_settings
     results["provenance"]["cost"]["evaluate"] = {
         "seconds": round(time.time() - started, 3),
         "device": device_name(device),
@@ -292,7 +294,7 @@ def frames_to_use_here(requested, cached_frames, meta, where):
 def score_settings(head, data, settings, annotation, post, post_name, where, device):
     """({setting: {direction: metrics}, "binary": ...}, {array name: array}) of every setting, with
     Binary on a setting whose candidates hold originals and reversals. With a post-processing
-    (`post`: raw scores, setting -> text->video scores), text->video only."""
+    (`post`: raw scores, setting -> (text->video scores, the scores Binary reads)), text->video only."""
     results, arrays = {}, {}
     for name, setting in settings.items():
         with autocast_for(device):
@@ -307,8 +309,9 @@ def score_settings(head, data, settings, annotation, post, post_name, where, dev
         arrays[f"{name}_ids"] = {"rows": setting.caption_ids, "columns": setting.candidate_ids}
         arrays[f"{name}_gold"] = setting.gold
         results[name] = {"n_candidates": int(scores.shape[1])}
+        binary_scores = scores
         if post:
-            scores = post(scores, setting)
+            scores, binary_scores = post(scores, setting)
             arrays[f"{name}_scores_{post_name}"] = scores
             ranked = {"t2v": (scores, setting.gold)}
         else:
@@ -322,7 +325,7 @@ def score_settings(head, data, settings, annotation, post, post_name, where, dev
             arrays[f"{name}_{direction}_per_query"] = table
         if annotation.settings[name].binary:
             results["binary"] = {}
-            for direction, (margins, sides) in binary_margins(scores, setting).items():
+            for direction, (margins, sides) in binary_margins(binary_scores, setting).items():
                 if direction in ranked:
                     results["binary"][direction] = binary_accuracy(margins)
                     arrays[f"binary_{direction}_margins"], arrays[f"binary_{direction}_sides"] = margins, sides
@@ -348,8 +351,9 @@ def order_sensitivity(head, data, setting, device):
     )
 
 
-def postprocessor(name, head, checkpoint, data, cache_dir, meta, device) -> Callable | None:
-    """raw scores, setting -> post-processed text->video scores, or None (--postprocess)."""
+def postprocessor(name, head, checkpoint, data, cache_dir, meta, device) -> tuple[Callable | None, dict | None]:
+    """(raw scores, setting -> (post-processed text->video scores, the scores Binary reads), what it
+    runs with, recorded in the result), or (None, None) without --postprocess."""
     if name == "dsl":
         # the scale the head was trained at: its temperature for cosines, 1 for a head whose scores are logits
         temperature = CLIP_TEMPERATURE
@@ -357,7 +361,12 @@ def postprocessor(name, head, checkpoint, data, cache_dir, meta, device) -> Call
             temperature = 1.0
         elif checkpoint is not None:
             temperature = float(checkpoint["log_scale"].exp())
-        return lambda scores, setting: dual_softmax(scores, temperature)
+
+        def dsl(scores, setting):
+            left_out = other_side_queries(setting)  # Binary's alternative caption must not rescale its pair
+            return dual_softmax(scores, temperature), dual_softmax(scores, temperature, left_out)
+
+        return dsl, {"temperature": temperature}
     if name == "qbnorm":
         if not head.indexable:
             raise StageError(
@@ -367,8 +376,13 @@ def postprocessor(name, head, checkpoint, data, cache_dir, meta, device) -> Call
         if "train" not in meta["counts"]:
             raise StageError(f"--postprocess qbnorm: {cache_dir} has no train split, whose captions are the querybank")
         bank = open_split(cache_dir, "train").text_feats
-        return lambda scores, setting: querybank_normalise(scores, bank_scores(head, data, setting, bank, device))
-    return None
+
+        def qbnorm(scores, setting):  # the bank is training captions: no test query rescales another
+            normalised = querybank_normalise(scores, bank_scores(head, data, setting, bank, device))
+            return normalised, normalised
+
+        return qbnorm, {"beta": QB_BETA, "querybank": "train split captions", "bank_size": len(bank)}
+    return None, None
 
 
 def bank_scores(head, data, setting, bank, device, block=4096):

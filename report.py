@@ -8,10 +8,12 @@ method are its seeds, and must agree on every other setting (a zero-shot and a t
 frame counts, are two methods). Every number comes from a result's own arrays: each array must
 match the sha256 its result recorded, and every metric in the JSON must recompute from them
 (evaluation/results.py); a file that fails is refused, by name. Table cells are the tie-aware
-expected metrics: mean ± std over seeds, then a 95% query-level bootstrap CI of the seed-averaged
-per-query values. A methods table states how each method was trained (what all share goes in one
-note), and a cost table what each stage took, on which device. Writes OUT/report.md, the PNG
-plots, and OUT/report_numbers.json with every number in the tables.
+expected metrics: mean ± std over seeds, then a 95% CI that draws the clusters (a query's video:
+a record's captions together) and the seeds. Every test a dataset's section prints is one
+Holm-Bonferroni family, stated with its size (reporting/stats.py). A methods table states how
+each method was trained (what all share goes in one note), and a cost table what each stage took,
+on which device. Writes OUT/report.md, the PNG plots, and OUT/report_numbers.json with every
+number in the tables.
 """
 
 import argparse
@@ -23,6 +25,7 @@ from pathlib import Path
 from corpus.annotations import FORMATS
 from corpus.feature_cache import features_mismatch
 from evaluation.conventions import CONVENTIONS
+from evaluation.postprocess import METHOD_SUFFIX
 from evaluation.results import ResultError, file_label, read_result, seed_averaged
 from infra import cli
 from infra.cli import HelpFormatter, whole_number
@@ -39,12 +42,11 @@ from infra.records import first_difference
 from reporting import plots
 from reporting.published import PUBLISHED
 from reporting.rtime_analyses import direction_split, order_sensitivity, paraphrase_drop
-from reporting.seeds import binary_row, convention_row, method_row, pairwise
-from reporting.stats import CONFIDENCE, METRICS, MIN_RESAMPLES, N_RESAMPLES
+from reporting.seeds import CLUSTER_UNITS, binary_row, convention_row, method_row, pairwise
+from reporting.stats import CONFIDENCE, METRICS, MIN_RESAMPLES, N_RESAMPLES, design_difference, run_family
 from reporting.tables import (
     CSV_HEADER,
     DIRECTION_TITLES,
-    POSTPROCESS_NOTES,
     POSTPROCESS_TITLES,
     binary_table,
     code,
@@ -52,6 +54,7 @@ from reporting.tables import (
     cost_table,
     csv_rows,
     direction_table,
+    family_note,
     latex_table,
     md,
     methods_table,
@@ -60,6 +63,7 @@ from reporting.tables import (
     order_table,
     pairwise_table,
     paraphrase_table,
+    postprocess_note,
     published_table,
 )
 
@@ -97,9 +101,16 @@ parser.add_argument(
     "--n-resamples",
     type=whole_number(MIN_RESAMPLES),
     default=N_RESAMPLES,
-    help=f"bootstrap and permutation resamples (at least {MIN_RESAMPLES}: fewer leave a 95%% CI's tails to chance)",
+    help=f"bootstrap draws of each CI (at least {MIN_RESAMPLES}: fewer leave a 95%% CI's tails to chance); "
+    "the tests draw more where their family needs it (docs/report.md)",
 )
 parser.add_argument("--seed", type=int, default=0, help="seed of the resampling")
+parser.add_argument(
+    "--cluster-by",
+    choices=CLUSTER_UNITS,
+    default="video",
+    help="what every CI and test resamples as one unit: " + "; ".join(f"{k}: {v}" for k, v in CLUSTER_UNITS.items()),
+)
 parser.add_argument(
     "--examples",
     type=whole_number(1),
@@ -248,11 +259,15 @@ def setting_title(methods, setting):
 def method_identity(provenance):
     """What makes a method: its head, zero-shot or trained, the frames it reads, and every training
     setting but the per-seed ones. Seeds of one method must share all of it."""
-    training, post = provenance["training"], provenance.get("postprocess")
+    training = provenance["training"]
+    post = {
+        "postprocess": provenance.get("postprocess"),
+        "postprocess_settings": provenance.get("postprocess_settings"),
+    }
     if training is None:
-        return {"head": provenance["head"], "trained": False, "frames": provenance["frames"], "postprocess": post}
+        return {"head": provenance["head"], "trained": False, "frames": provenance["frames"], **post}
     settings = {key: value for key, value in training["settings"].items() if key not in PER_SEED_SETTINGS}
-    return {"trained": True, "postprocess": post, **settings}
+    return {"trained": True, **post, **settings}
 
 
 def methods_section(datasets):
@@ -346,7 +361,8 @@ def method_settings(entry):
 
 def dataset_section(label, methods, args, folder, stem):
     """One dataset's tables, plots and notes; returns (markdown lines, numbers). Methods with a
-    post-processing (DSL, QB-Norm) get tables of their own, never mixed with raw numbers."""
+    post-processing (DSL, QB-Norm) get tables of their own, never mixed with raw numbers. Every test
+    the section prints (pairwise, direction, paraphrase, post-processed pairwise) is one family."""
     groups = {}
     for method, runs in methods.items():
         groups.setdefault(runs[0].provenance.get("postprocess"), {})[method] = runs
@@ -358,23 +374,39 @@ def dataset_section(label, methods, args, folder, stem):
     settings = [name for name, rule in annotation.settings.items() if name in first.data and not rule.on_request]
     binary = next((name for name in settings if annotation.settings[name].binary), None)
     check_enough_queries(first, settings)
-    lines = [f"## Dataset {md(label)}: {provenance['split']} split ({provenance['annotation_format']} annotations)", ""]
     numbers = {
         "tables": {},
         "binary": {},
         "sources": source_files(raw, args.out),
         "seen_test_videos": overlap_counts(methods),
     }
+    tests = []  # every test of this dataset, for one Holm family
+    if raw:
+        numbers["tables"], numbers["binary"] = result_tables(raw, settings, binary, ("t2v", "v2t"), args)
+        if len(raw) > 1:
+            numbers["pairwise"] = pairwise(raw, settings, args.cluster_by)
+            tests += numbers["pairwise"]
+        numbers.update(analyses(raw, annotation, binary, args))
+        tests += [row for name in ("direction_split", "paraphrase") for row in numbers.get(name, {}).values()]
+    for post, group in groups.items():
+        tables, binary_rows = result_tables(group, settings, binary, ("t2v",), args)
+        numbers.setdefault("postprocessed", {})[post] = {
+            "tables": tables,
+            "binary": binary_rows,
+            "pairwise": pairwise(group, settings, args.cluster_by) if len(group) > 1 else [],
+            "settings": postprocess_settings(group),
+            "sources": source_files(group, args.out),
+        }
+        tests += numbers["postprocessed"][post]["pairwise"]
+    numbers["family"] = test_family(tests, numbers, settings, args)
+    lines = [f"## Dataset {md(label)}: {provenance['split']} split ({provenance['annotation_format']} annotations)", ""]
     lines += overlap_warning(numbers["seen_test_videos"], provenance["split"])
     if raw:
-        numbers["tables"], numbers["binary"], table_lines = result_tables(raw, settings, binary, ("t2v", "v2t"), args)
-        lines += table_lines
-        if len(raw) > 1:
-            numbers["pairwise"] = pairwise(raw, settings, args.seed, args.n_resamples)
-            lines += pairwise_table(numbers["pairwise"])
-        analyses, analysis_lines = analysis_sections(raw, annotation, binary, args)
-        numbers.update(analyses)
-        lines += analysis_lines
+        lines += table_lines(raw, numbers, settings, ("t2v", "v2t"))
+        lines += family_note(numbers["family"])
+        if "pairwise" in numbers:
+            lines += pairwise_table(numbers["pairwise"], numbers["family"])
+        lines += analysis_lines(numbers)
         peers, peer_lines = peer_sections(raw, numbers, settings, binary, annotation, args)
         numbers.update(peers)
         lines += peer_lines
@@ -387,18 +419,42 @@ def dataset_section(label, methods, args, folder, stem):
             page, picture = write_examples(label, raw, binary, args.videos, folder, args.examples, stem)
             lines += [f"Where the heads part ways: [{page}]({page})", "", f"![examples]({picture})", ""]
     for post, group in groups.items():
-        title = POSTPROCESS_TITLES[post]
-        tables, binary_rows, table_lines = result_tables(group, settings, binary, ("t2v",), args, title)
-        numbers.setdefault("postprocessed", {})[post] = {
-            "tables": tables,
-            "binary": binary_rows,
-            "pairwise": pairwise(group, settings, args.seed, args.n_resamples) if len(group) > 1 else [],
-            "sources": source_files(group, args.out),
-        }
-        lines += [f"### {POSTPROCESS_TITLES[post]}", "", POSTPROCESS_NOTES[post], ""] + table_lines
-        if len(group) > 1:
-            lines += pairwise_table(numbers["postprocessed"][post]["pairwise"])
+        post_numbers = numbers["postprocessed"][post]
+        lines += [f"### {POSTPROCESS_TITLES[post]}", "", postprocess_note(post, post_numbers["settings"]), ""]
+        lines += table_lines(group, post_numbers, settings, ("t2v",), POSTPROCESS_TITLES[post])
+        if post_numbers["pairwise"]:
+            lines += pairwise_table(post_numbers["pairwise"], numbers["family"])
     return lines + dataset_notes(methods, args), numbers
+
+
+def test_family(tests, numbers, settings, args):
+    """Runs every test of a dataset as one family (reporting/stats.py `run_family`) and describes it:
+    its size by kind, draws, level, resampling unit, and the design's detectable difference per
+    setting from the raw pairwise comparisons."""
+    family = run_family(tests, args.seed, args.n_resamples)
+    family["kinds"] = {
+        "pairwise": len(numbers.get("pairwise", [])),
+        "direction": len(numbers.get("direction_split", {})),
+        "paraphrase": len(numbers.get("paraphrase", {})),
+        **{
+            f"pairwise{METHOD_SUFFIX[post]}": len(group["pairwise"])
+            for post, group in numbers.get("postprocessed", {}).items()
+        },
+    }
+    family["unit"] = args.cluster_by
+    family["design"] = {}
+    for setting in settings:
+        compared = [c for c in numbers.get("pairwise", []) if c["setting"] == setting]
+        if compared:
+            difference = design_difference(compared, len(tests))
+            family["design"][setting] = {"difference": difference, "n_clusters": compared[0]["n_clusters"]}
+    return family
+
+
+def postprocess_settings(group):
+    """What a post-processing was run with (the DSL temperature; QB-Norm's beta and bank), as the
+    results record it, per method: {method: settings or None for a result from before they were recorded}."""
+    return {method: runs[0].provenance.get("postprocess_settings") for method, runs in group.items()}
 
 
 def source_files(methods, out_dir):
@@ -406,49 +462,63 @@ def source_files(methods, out_dir):
     return {method: [os.path.relpath(run.path, out_dir) for run in runs] for method, runs in methods.items()}
 
 
-def result_tables(methods, settings, binary, directions, args, prefix=""):
-    """(tables, Binary rows, markdown lines) of a group of methods: each setting and direction, and
-    Binary where a setting (`binary`) has originals and reversals as candidates."""
-    tables, lines = {}, []
+def result_tables(methods, settings, binary, directions, args):
+    """(tables, Binary rows) of a group of methods: each setting and direction, and Binary where a
+    setting (`binary`) has originals and reversals as candidates."""
+    tables = {
+        f"{setting}/{direction}": {
+            method: method_row(runs, setting, direction, args.cluster_by, args.seed, args.n_resamples)
+            for method, runs in methods.items()
+        }
+        for setting in settings
+        for direction in directions
+    }
+    rows = {method: binary_row(runs, directions) for method, runs in methods.items()} if binary else {}
+    return tables, rows
+
+
+def table_lines(methods, numbers, settings, directions, prefix=""):
+    """The markdown of result_tables' numbers."""
+    lines = []
+    first = next(iter(methods.values()))[0]
     for setting in settings:
         for direction in directions:
-            rows = {
-                method: method_row(runs, setting, direction, args.seed, args.n_resamples)
-                for method, runs in methods.items()
-            }
-            tables[f"{setting}/{direction}"] = rows
-            first = next(iter(methods.values()))[0]
             title = f"{setting_title(methods, setting)}, {DIRECTION_TITLES[direction]}"
             title = f"{prefix}: {title}" if prefix else title
+            rows = numbers["tables"][f"{setting}/{direction}"]
             lines += metric_table(title, rows, trivial_recall_note(first.data[setting]))
-    rows = {}
-    if binary:
-        rows = {method: binary_row(runs, directions) for method, runs in methods.items()}
-        lines += binary_table(rows, directions)
-    return tables, rows, lines
+    if numbers["binary"]:
+        lines += binary_table(numbers["binary"], directions)
+    return lines
 
 
-def analysis_sections(methods, annotation, binary, args):
+def analyses(methods, annotation, binary, args):
     """The direction split and bias (on the Binary setting), paraphrase robustness (a setting whose
-    queries paraphrase another's) and order sensitivity, where the results hold them."""
-    numbers, lines = {}, []
+    queries paraphrase another's) and order sensitivity, where the results hold them; their tests
+    are left for the family to run."""
+    numbers = {}
     runs_of = methods.values()
     if binary and all(binary in runs[0].data and runs[0].sides for runs in runs_of):
-        numbers["direction_split"] = {
-            m: direction_split(runs, binary, args.seed, args.n_resamples) for m, runs in methods.items()
-        }
-        lines += direction_table(numbers["direction_split"])
+        numbers["direction_split"] = {m: direction_split(runs, binary) for m, runs in methods.items()}
     for setting, rule in annotation.settings.items():
         if rule.paraphrases_of and all(setting in runs[0].data for runs in runs_of):
             numbers["paraphrase"] = {
-                m: paraphrase_drop(runs, rule.paraphrases_of, setting, args.seed, args.n_resamples)
-                for m, runs in methods.items()
+                m: paraphrase_drop(runs, rule.paraphrases_of, setting, args.cluster_by) for m, runs in methods.items()
             }
-            lines += paraphrase_table(numbers["paraphrase"])
     if all("order" in runs[0].data for runs in runs_of):
         numbers["order_sensitivity"] = {m: order_sensitivity(runs) for m, runs in methods.items()}
+    return numbers
+
+
+def analysis_lines(numbers):
+    lines = []
+    if "direction_split" in numbers:
+        lines += direction_table(numbers["direction_split"])
+    if "paraphrase" in numbers:
+        lines += paraphrase_table(numbers["paraphrase"])
+    if "order_sensitivity" in numbers:
         lines += order_table(numbers["order_sensitivity"])
-    return numbers, lines
+    return lines
 
 
 def peer_sections(methods, numbers, settings, binary, annotation, args):
@@ -608,14 +678,10 @@ def general_notes(args):
         "3. Video→text follows CLIP4Clip: each candidate's caption set is scored by its best caption, and a video's "
         "query is right when its own set ranks first (the result files also hold `v2t_per_caption`, which ranks "
         "single captions).",
-        f"4. CIs ({CONFIDENCE:.0%}, percentile, {args.n_resamples} resamples, seed {args.seed}): for a method with "
-        "two seeds or more, a two-level bootstrap that resamples the seeds, then the queries, so the spread between "
-        "seeds counts too; for one seed, the bootstrap over queries (scipy.stats.bootstrap). `report_numbers.json` "
-        "keeps both: `ci` over the queries of the seed-averaged values, `ci_seeds_and_queries` over both. "
-        "Pairwise: paired bootstrap CI of the difference; two-sided p from a paired sign-flip permutation test "
-        f"(scipy.stats.permutation_test, {args.n_resamples} resamples); Holm–Bonferroni over the comparisons of each "
-        "dataset; the smallest difference detectable at 80% power is (z(1 − 0.05 / 2m) + z(0.8)) standard errors "
-        "of the per-query paired differences, m the number of comparisons (Holm's strictest level).",
+        f"4. CIs ({CONFIDENCE:.0%}, percentile, {args.n_resamples} draws, seed {args.seed}): a two-level bootstrap "
+        f"that draws the clusters (unit: {CLUSTER_UNITS[args.cluster_by]}) and, for a method with two seeds or "
+        "more, its seeds, then takes the cell's statistic (MdR: the mean of the drawn seeds' medians); for one seed "
+        "the checkpoint is held fixed. The tests of each dataset form one family, stated above its pairwise table.",
         "5. Every number was recomputed from the per-query arrays each result names by sha256. All numbers: "
         "`report_numbers.json`; the tables to paste: `tables.tex` (booktabs) and `results.csv`.",
         "",

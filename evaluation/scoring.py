@@ -121,6 +121,20 @@ def autocast_for(device: str):
     return contextlib.nullcontext()
 
 
+def other_side_queries(setting: Setting) -> list[np.ndarray]:
+    """Per query, the queries whose own candidate is its video in the other direction (a forward
+    caption's reverse captions, and back): what Binary weighs the query's pair against."""
+    gold_column = setting.gold.argmax(axis=1)
+    queries_of = {}
+    for query, column in enumerate(gold_column):
+        queries_of.setdefault(setting.candidates[column], []).append(query)
+    empty = np.array([], dtype=np.int64)
+    return [
+        np.array(queries_of.get((video_row, 1 - flag), empty), dtype=np.int64)
+        for video_row, flag in (setting.candidates[column] for column in gold_column)
+    ]
+
+
 def binary_margins(scores: np.ndarray, setting: Setting) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per record with both an original and a reversed candidate: t2v margins (each caption, its
     video minus the other direction's) and v2t margins (each video, its caption minus the other),

@@ -16,7 +16,6 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from infra.file_io import atomic_write_bytes
-from reporting.seeds import shown_ci
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -54,7 +53,7 @@ def recall_figure(tables: dict, methods: list[str], settings: list[str], titles:
         rows = tables[f"{setting}/t2v"]
         for index, metric in enumerate(RECALL_KS):
             means = np.array([rows[m][metric]["mean"] for m in methods])
-            low, high = np.array([shown_ci(rows[m][metric]) for m in methods]).T
+            low, high = np.array([rows[m][metric]["ci"] for m in methods]).T
             positions = np.arange(len(methods)) + width * (index - (len(RECALL_KS) - 1) / 2)
             ax.bar(
                 positions,
@@ -115,7 +114,7 @@ def contrast_figure(tables: dict, methods: list[str], settings: tuple[str, str],
     for index, method in enumerate(methods):
         cells = [tables[f"{setting}/t2v"][method]["R@1"] for setting in settings]
         means = np.array([cell["mean"] for cell in cells])
-        lows, highs = np.array([shown_ci(cell) for cell in cells]).T
+        lows, highs = np.array([cell["ci"] for cell in cells]).T
         errors = np.clip([means - lows, highs - means], 0, None)
         ax.errorbar(
             np.arange(2) + offsets[index],

@@ -12,15 +12,14 @@ analysis is told which settings to read (the report asks the annotation format w
 - Order sensitivity: the share of queries whose score against their own video drops when its
   frames are changed, and the mean margin (evaluation/order_sensitivity.py).
 
-Per-query values are averaged over a method's seeds (their queries are the same, in the same order).
+Each seed's values are kept apart, so the tests draw seeds as the tables do (reporting/stats.py).
 """
 
 import numpy as np
 
-from evaluation.results import seed_averaged
 from evaluation.retrieval_metrics import binary_credit
-from reporting.seeds import mean_std
-from reporting.stats import METRICS, paired_difference, percent_mean
+from reporting.seeds import mean_std, per_seed
+from reporting.stats import METRICS, cell_value, cluster_index
 
 R1 = "expected_recall@1"
 
@@ -40,28 +39,32 @@ def per_group(values: np.ndarray, groups: list) -> dict:
     return {group: sums[group] / counts[group] for group in sums}
 
 
-def direction_split(runs, setting: str, seed: int, n_resamples: int) -> dict:
+def group_values(values: np.ndarray, groups: list, keys: list) -> np.ndarray:
+    """[n_seeds, len(keys)]: each seed's mean over the queries of each group in `keys`."""
+    means = [per_group(row, groups) for row in values]
+    return np.array([[seed_means[key] for key in keys] for seed_means in means])
+
+
+def direction_split(runs, setting: str) -> dict:
     """`setting`'s t2v metrics (its candidates hold originals and reversals) by the query's side,
-    the paired difference of expected R@1 (%) over records (CI, p), Binary t2v accuracy by side,
-    and the direction bias."""
+    the test of forward - reverse expected R@1 (%) paired by record (one cluster each; "paired": for
+    reporting/stats.py `run_family`), Binary t2v accuracy by side, and the direction bias."""
     key = f"{setting}/t2v"
-    recall = seed_averaged(runs, key, R1)
     items = gold_items(runs[0], setting)
     side_of = np.array([reversed_flag for _, reversed_flag in items])
     by_side = {
         name: {
-            metric: float(statistic(seed_averaged(runs, key, column)[side_of == side]))
+            metric: cell_value(per_seed(runs, key, column)[:, side_of == side], statistic)
             for metric, (column, statistic) in METRICS.items()
         }
         for side, name in ((0, "forward"), (1, "reverse"))
     }
-    sides = {
-        side: per_group(recall[[i for i, (_, r) in enumerate(items) if r == side]], [v for v, r in items if r == side])
-        for side in (0, 1)
-    }
-    records = [video for video in sides[0] if video in sides[1]]
-    forward, reverse = (np.array([sides[side][video] for video in records]) for side in (0, 1))
-    diff, low, high, p = paired_difference(forward, reverse, percent_mean, seed, n_resamples)
+    recall = per_seed(runs, key, R1)
+    videos = [video for video, _ in items]
+    records = [video for video in dict.fromkeys(videos) if {(video, 0), (video, 1)} <= set(items)]
+    forward, reverse = (
+        group_values(recall[:, side_of == side], [v for v, r in items if r == side], records) for side in (0, 1)
+    )
     # Binary per pair, averaged over the seeds (each seed's pairs are the same)
     credit = np.mean([binary_credit(run.margins["t2v"]) for run in runs], axis=0)
     margin_sides = runs[0].sides["t2v"]
@@ -69,9 +72,7 @@ def direction_split(runs, setting: str, seed: int, n_resamples: int) -> dict:
     original_first = np.where(margin_sides == 0, credit, 1.0 - credit)
     return {
         **by_side,
-        "difference": diff,
-        "ci": [low, high],
-        "p": p,
+        "paired": (forward, reverse, np.arange(len(records)), True),
         "n_records": len(records),
         "binary_forward": float(100.0 * credit[margin_sides == 0].mean()),
         "binary_reverse": float(100.0 * credit[margin_sides == 1].mean()),
@@ -80,20 +81,19 @@ def direction_split(runs, setting: str, seed: int, n_resamples: int) -> dict:
     }
 
 
-def paraphrase_drop(runs, human_setting: str, rewrite_setting: str, seed: int, n_resamples: int) -> dict:
+def paraphrase_drop(runs, human_setting: str, rewrite_setting: str, unit: str) -> dict:
     """t2v expected R@1 (%) with the human captions of `human_setting` and with the rewrites of
-    `rewrite_setting` as queries, and the drop (human - rewrites) paired by candidate, with its CI and p."""
-    human = per_group(seed_averaged(runs, f"{human_setting}/t2v", R1), gold_items(runs[0], human_setting))
-    rewrites = per_group(seed_averaged(runs, f"{rewrite_setting}/t2v", R1), gold_items(runs[0], rewrite_setting))
-    items = [item for item in human if item in rewrites]
-    a, b = np.array([human[item] for item in items]), np.array([rewrites[item] for item in items])
-    drop, low, high, p = paired_difference(a, b, percent_mean, seed, n_resamples)
+    `rewrite_setting` as queries, and the test of the drop (human - rewrites) paired by candidate,
+    candidates clustered by the --cluster-by unit ("paired": for reporting/stats.py `run_family`)."""
+    human_items, rewrite_items = gold_items(runs[0], human_setting), gold_items(runs[0], rewrite_setting)
+    items = [item for item in dict.fromkeys(human_items) if item in set(rewrite_items)]
+    human = group_values(per_seed(runs, f"{human_setting}/t2v", R1), human_items, items)
+    rewrites = group_values(per_seed(runs, f"{rewrite_setting}/t2v", R1), rewrite_items, items)
+    clusters = cluster_index(video for video, _ in items) if unit == "video" else np.arange(len(items))
     return {
-        "human_R@1": float(100.0 * a.mean()),
-        "rewrites_R@1": float(100.0 * b.mean()),
-        "drop": drop,
-        "ci": [low, high],
-        "p": p,
+        "human_R@1": float(100.0 * human.mean()),
+        "rewrites_R@1": float(100.0 * rewrites.mean()),
+        "paired": (human, rewrites, clusters, True),
         "n_candidates": len(items),
     }
 

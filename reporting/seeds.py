@@ -7,15 +7,12 @@ import itertools
 import numpy as np
 
 from evaluation.conventions import convention_numbers
-from evaluation.results import seed_averaged
-from reporting.stats import (
-    METRICS,
-    bootstrap_ci,
-    holm_adjust,
-    minimum_detectable_difference,
-    paired_difference,
-    two_level_bootstrap_ci,
-)
+from reporting.stats import METRICS, bootstrap_cis, cluster_index
+
+CLUSTER_UNITS = {  # --cluster-by: what a report resamples as one unit, and how it names it
+    "video": "the query's video (a record's original and reversal together, with all their captions and rewrites)",
+    "query": "the query (each caption or video alone: clustered queries then look more certain than they are)",
+}
 
 
 def mean_std(per_seed):
@@ -23,28 +20,39 @@ def mean_std(per_seed):
     return {"mean": float(np.mean(per_seed)), "std": float(np.std(per_seed, ddof=1)) if len(per_seed) > 1 else 0.0}
 
 
-def shown_ci(cell: dict) -> tuple[float, float]:
-    """The 95% CI the report shows for a metric cell, in tables and figures alike: over seeds and
-    queries where a method has several seeds, else over queries."""
-    low, high = cell.get("ci_seeds_and_queries", cell["ci"])
-    return low, high
+def query_clusters(run, key: str, unit: str) -> np.ndarray:
+    """[n_queries] cluster of each query of `key` ("hard/t2v") under the --cluster-by unit: the video
+    of a caption's own candidate (t2v) or of the candidate itself (v2t: the described candidates,
+    in order), whatever its direction; or each query alone."""
+    setting, direction = key.split("/")
+    gold = run.load_array(f"{setting}_gold")
+    if unit == "query":
+        return np.arange(gold.shape[0] if direction == "t2v" else int(gold.any(axis=0).sum()))
+    columns = run.load_array(f"{setting}_ids")["columns"]
+    own = gold.argmax(axis=1) if direction == "t2v" else np.flatnonzero(gold.any(axis=0))
+    return cluster_index(columns[column]["video_id"] for column in own)
 
 
-def method_row(runs, setting, direction, seed, n_resamples):
-    """{metric: {mean, std, ci[, ci_seeds_and_queries]}} over the seeds of one method, plus
-    tied-query counts. `ci` resamples the queries of the seed-averaged values; with two seeds or
-    more, `ci_seeds_and_queries` resamples the seeds too (the table shows it)."""
+def per_seed(runs, key: str, column: str) -> np.ndarray:
+    """[n_seeds, n_queries] a per-query column of `key` for each seed of a method (their queries are
+    the same, in the same order)."""
+    return np.stack([run.per_query[key][column] for run in runs])
+
+
+def method_row(runs, setting, direction, unit, seed, n_resamples):
+    """{metric: {mean, std, ci}} over the seeds of one method, plus tied-query counts. `ci`: the
+    two-level bootstrap over the seeds and the clusters (with one seed, the clusters alone)."""
     key = f"{setting}/{direction}"
+    clusters = query_clusters(runs[0], key, unit)
+    cells = [(per_seed(runs, key, column), statistic) for column, statistic in METRICS.values()]
+    cis = bootstrap_cis(cells, clusters, seed, n_resamples)  # one draw of clusters and seeds for all metrics
     row = {}
-    for metric, (column, statistic) in METRICS.items():
-        per_seed = [run.data[setting][direction]["expected"][metric] for run in runs]
-        low, high = bootstrap_ci(seed_averaged(runs, key, column), statistic, seed, n_resamples)
-        row[metric] = {**mean_std(per_seed), "ci": [low, high]}
-        if len(runs) > 1:
-            values = np.stack([run.per_query[key][column] for run in runs])
-            row[metric]["ci_seeds_and_queries"] = list(two_level_bootstrap_ci(values, statistic, seed, n_resamples))
+    for metric, ci in zip(METRICS, cis, strict=True):
+        values = [run.data[setting][direction]["expected"][metric] for run in runs]
+        row[metric] = {**mean_std(values), "ci": ci}
     row["n_tied"] = float(np.mean([run.data[setting][direction]["n_tied"] for run in runs]))
     row["n_queries"] = runs[0].data[setting][direction]["n_queries"]
+    row["n_clusters"] = int(clusters.max()) + 1
     row["n_seeds"] = len(runs)
     return row
 
@@ -86,35 +94,24 @@ def over_seeds(records):
     }
 
 
-def pairwise(methods, settings, seed, n_resamples):
-    """Every pair of methods, R@1 text->video per setting, on the seed-averaged per-query values."""
-    column, statistic = METRICS["R@1"]
-    comparisons = []
+def pairwise(methods, settings, unit):
+    """Every pair of methods, R@1 text->video per setting: each a test of the family, to run
+    (reporting/stats.py `run_family`) with its per-seed values and clusters."""
+    column = METRICS["R@1"][0]
+    tests = []
     for setting in settings:
         key = f"{setting}/t2v"
+        clusters = query_clusters(next(iter(methods.values()))[0], key, unit)
         for method_a, method_b in itertools.combinations(methods, 2):
-            diff, low, high, p = paired_difference(
-                seed_averaged(methods[method_a], key, column),
-                seed_averaged(methods[method_b], key, column),
-                statistic,
-                seed,
-                n_resamples,
-            )
-            comparisons.append(
+            runs_a, runs_b = methods[method_a], methods[method_b]
+            tests.append(
                 {
                     "setting": setting,
                     "a": method_a,
                     "b": method_b,
                     "metric": "R@1 t2v",
-                    "difference": diff,
-                    "ci": [low, high],
-                    "p": p,
-                    "differences": 100.0
-                    * (seed_averaged(methods[method_a], key, column) - seed_averaged(methods[method_b], key, column)),
+                    "seeds": [len(runs_a), len(runs_b)],
+                    "paired": (per_seed(runs_a, key, column), per_seed(runs_b, key, column), clusters, False),
                 }
             )
-    for comparison, adjusted in zip(comparisons, holm_adjust([c["p"] for c in comparisons]), strict=True):
-        comparison["p_holm"] = float(adjusted)
-        # the smallest difference these queries could show at 80% power, at Holm's strictest level
-        comparison["min_detectable"] = minimum_detectable_difference(comparison.pop("differences"), len(comparisons))
-    return comparisons
+    return tests

@@ -10,17 +10,26 @@ import re
 
 from evaluation.results import PERTURBATIONS
 from reporting.published import PUBLISHED_COLUMNS
-from reporting.seeds import shown_ci
+from reporting.seeds import CLUSTER_UNITS
+from reporting.stats import p_text
 
 METRIC_NAMES = ("R@1", "R@5", "R@10", "MdR", "MnR")
 DIRECTION_TITLES = {"t2v": "text→video", "v2t": "video→text"}
 POSTPROCESS_TITLES = {"dsl": "With dual softmax (DSL)", "qbnorm": "With querybank normalisation (QB-Norm)"}
 POSTPROCESS_NOTES = {
-    "dsl": "DSL reads every test query at once to rescale each score (transductive): compare these numbers "
-    "with each other, and report the raw ones beside them.",
-    "qbnorm": "QB-Norm rescales the scores of a query whose best candidate is a hub of the training captions "
-    "(the querybank: the train split's captions); text→video only.",
+    "dsl": "**Transductive**: DSL reads every test query at once to rescale each score. Compare these numbers "
+    "with each other, and report the raw ones beside them. Binary leaves each record's other captions out of "
+    "the normaliser of its pair (they are the alternative Binary weighs the caption against).",
+    "qbnorm": "**Post-processed**: QB-Norm rescales the scores of a query whose best candidate is a hub of the "
+    "training captions (the querybank: the train split's captions); it reads the whole test gallery, never "
+    "another test query. Text→video only.",
 }
+POSTPROCESS_SETTING_NAMES = {"temperature": "temperature", "beta": "β", "querybank": "querybank", "bank_size": "bank"}
+# Decimals of a CI end that stay put between resampling seeds at N_RESAMPLES draws (measured with
+# bench/report_stats.py, docs/report.md): a rank's median moves in steps of one half, the others by
+# a few hundredths on RTime's test split, which would change a first decimal half the time.
+CI_DIGITS = {"R@1": 0, "R@5": 0, "R@10": 0, "MdR": 1, "MnR": 0}
+DIFFERENCE_CI_DIGITS = CI_DIGITS["R@1"]  # the tests compare R@1
 
 
 MARKDOWN_SPECIALS = "\\|<[]*_`&"  # what can start markup in a name: HTML, entities, links, emphasis, code
@@ -68,10 +77,15 @@ def count(value: float, total: int) -> str:
     return f"{value:g}/{total}"
 
 
-def cell(value: dict) -> str:
-    """mean ± std [95% CI]: the CI over seeds and queries where there are seeds, else over queries."""
-    low, high = shown_ci(value)
-    return f"{value['mean']:.2f} ± {value['std']:.2f} [{low:.2f}, {high:.2f}]"
+def interval(low_high, digits: int) -> str:
+    """A CI with the decimals its resampling supports."""
+    low, high = low_high
+    return f"[{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def cell(value: dict, metric: str) -> str:
+    """mean ± std [95% CI over seeds and clusters]."""
+    return f"{value['mean']:.2f} ± {value['std']:.2f} {interval(value['ci'], CI_DIGITS[metric])}"
 
 
 def table(header: list[str], rows: list[list]) -> list[str]:
@@ -84,7 +98,7 @@ def metric_table(title: str, rows: dict, footnote: str = "") -> list[str]:
     body = [
         [
             md(method),
-            *(cell(row[metric]) for metric in METRIC_NAMES),
+            *(cell(row[metric], metric) for metric in METRIC_NAMES),
             count(row["n_tied"], row["n_queries"]),
             row["n_seeds"],
         ]
@@ -190,30 +204,83 @@ def published_table(entries: tuple, ours: dict, videos: int) -> list[str]:
     ]
 
 
-def pairwise_table(comparisons: list[dict]) -> list[str]:
-    header = ["Setting", "A", "B", "A − B", "95% CI", "p", "p (Holm)", "detectable at 80% power"]
-    body = [
-        [
-            c["setting"],
-            md(c["a"]),
-            md(c["b"]),
-            f"{c['difference']:.2f}",
-            f"[{c['ci'][0]:.2f}, {c['ci'][1]:.2f}]",
-            f"{c['p']:.4f}",
-            f"{c['p_holm']:.4f}",
-            f"±{c['min_detectable']:.2f}",
-        ]
-        for c in comparisons
+def postprocess_note(post: str, settings: dict) -> str:
+    """The section note of a post-processing: what it reads, and what each method ran it with."""
+    ran = "; ".join(
+        f"{md(method)}: "
+        + (
+            ", ".join(f"{POSTPROCESS_SETTING_NAMES.get(k, k)} {md(number(v))}" for k, v in values.items())
+            if values
+            else "not recorded (a result from before they were)"
+        )
+        for method, values in settings.items()
+    )
+    return f"{POSTPROCESS_NOTES[post]} Run with: {ran}."
+
+
+def family_note(family: dict) -> list[str]:
+    """What every test of a dataset shares: its family, the level, the draws and the unit."""
+    kinds = ", ".join(f"{kind} {n}" for kind, n in family["kinds"].items() if n)
+    if not family["n_tests"]:
+        return []
+    return [
+        f"**Tests.** One family of m = {family['n_tests']} tests ({kinds}), Holm–Bonferroni at 5%: a test is "
+        f"significant where p (Holm) < 0.05. Each CI beside a Holm p is simultaneous: the "
+        f"{100 * (1 - family['level']):.2f}% percentile interval (Bonferroni, 5% / m), so all m cover together. "
+        f"Resampling unit: {CLUSTER_UNITS[family['unit']]}. Where a method has seeds, its seeds are drawn too "
+        f"(two-level bootstrap, {family['resamples']} draws, p = twice the share of draws beyond 0); where both sides "
+        "hold one checkpoint each (one seed), the test holds the checkpoints fixed: an exact paired sign-flip test "
+        "over the clusters (or drawn sign patterns, past 2^20). '< x': no draw beyond 0, p below the floor x.",
+        "",
     ]
+
+
+def held_fixed(seeds: list[int]) -> str:
+    """Which side's checkpoint a pairwise test holds fixed (one seed), or "—" where both draw seeds."""
+    fixed = [side for side, n in zip(("A", "B"), seeds, strict=True) if n == 1]
+    if len(fixed) == 2:
+        return "both (one seed each)"
+    return f"{fixed[0]} (one seed)" if fixed else "—"
+
+
+def test_cells(c: dict) -> list[str]:
+    return [f"{c['difference']:.2f}", interval(c["ci_family"], DIFFERENCE_CI_DIGITS), p_text(c), p_text(c, "p_holm")]
+
+
+def pairwise_table(comparisons: list[dict], family: dict) -> list[str]:
+    header = ["Setting", "A", "B", "A − B", "simultaneous CI", "p", "p (Holm)", "checkpoint held fixed"]
+    body = [[c["setting"], md(c["a"]), md(c["b"]), *test_cells(c), held_fixed(c["seeds"])] for c in comparisons]
     return [
         "### Pairwise comparisons (text→video R@1, expected)",
         "",
         *table(header, body),
-        "The last column is the smallest difference in R@1 these queries could show with 80% power at Holm's "
-        'strictest level (5% / the number of comparisons): below it, "no significant difference" means too '
-        "few queries to tell, not no difference.",
-        "",
+        *design_lines(family),
     ]
+
+
+def design_lines(family: dict) -> list[str]:
+    """The design statement under the pairwise table: per setting, the smallest difference these
+    clusters and seeds detect with 80% power at the family's level, or why there is none."""
+    lines = []
+    for setting, design in family["design"].items():
+        if design["difference"] is None:
+            lines.append(
+                f"- {setting}: no detectable difference to state: the comparisons do not vary, or "
+                f"{design['n_clusters']} clusters cannot reach p < 5% / {family['n_tests']}."
+            )
+        else:
+            lines.append(
+                f"- {setting}: with these {design['n_clusters']} clusters and these seeds, a difference of "
+                f"{design['difference']:.1f} points is detected with 80% power at 5% / {family['n_tests']}."
+            )
+    if not lines:
+        return []
+    note = (
+        "Design: from the pooled (root mean square) bootstrap SD of the setting's pairwise differences, "
+        "(z(1 − 0.05 / 2m) + z(0.8)) SDs. It describes the design, not one pair: a smaller difference can still "
+        "be significant, and a larger one missed."
+    )
+    return [note, "", *lines, ""]
 
 
 def methods_table(info: dict, columns: list[str]) -> list[str]:
@@ -240,16 +307,14 @@ def cost_table(rows: list[tuple[str, str, str, float | None]]) -> list[str]:
 
 
 def direction_table(rows: dict) -> list[str]:
-    header = ["Method", "forward captions R@1", "reverse captions R@1", "forward − reverse", "95% CI", "p"]
-    header += ["Binary forward", "Binary reverse", "original ranked first"]
+    header = ["Method", "forward captions R@1", "reverse captions R@1", "forward − reverse", "simultaneous CI", "p"]
+    header += ["p (Holm)", "Binary forward", "Binary reverse", "original ranked first"]
     body = [
         [
             md(method),
             f"{row['forward']['R@1']:.2f}",
             f"{row['reverse']['R@1']:.2f}",
-            f"{row['difference']:.2f}",
-            f"[{row['ci'][0]:.2f}, {row['ci'][1]:.2f}]",
-            f"{row['p']:.4f}",
+            *test_cells(row),
             f"{row['binary_forward']:.2f}",
             f"{row['binary_reverse']:.2f}",
             f"{row['bias_original_first']:.2f}",
@@ -261,23 +326,22 @@ def direction_table(rows: dict) -> list[str]:
         "",
         *table(header, body),
         "Text→video, expected R@1 over seeds. A forward caption's video is the original, a reverse caption's the "
-        "reversal; the difference is paired by record (sign-flip permutation p). 'original ranked first': the share "
-        "of Binary pairs where the head scores the original above the reversal whatever the caption (a tie counts "
-        "½): 50 is unbiased, 100 always prefers the natural direction.",
+        "reversal; the difference is paired by record, each record a cluster (its test is one of the family's). "
+        "'original ranked first': the share of Binary pairs where the head scores the original above the reversal "
+        "whatever the caption (a tie counts ½): 50 is unbiased, 100 always prefers the natural direction.",
         "",
     ]
 
 
 def paraphrase_table(rows: dict) -> list[str]:
-    header = ["Method", "human captions R@1", "rewrites R@1", "drop", "95% CI", "p", "candidates"]
+    header = ["Method", "human captions R@1", "rewrites R@1", "drop", "simultaneous CI", "p", "p (Holm)"]
+    header += ["candidates"]
     body = [
         [
             md(method),
             f"{row['human_R@1']:.2f}",
             f"{row['rewrites_R@1']:.2f}",
-            f"{row['drop']:.2f}",
-            f"[{row['ci'][0]:.2f}, {row['ci'][1]:.2f}]",
-            f"{row['p']:.4f}",
+            *test_cells(row),
             row["n_candidates"],
         ]
         for method, row in rows.items()
@@ -288,7 +352,8 @@ def paraphrase_table(rows: dict) -> list[str]:
         *table(header, body),
         "Hard, text→video expected R@1 with the human captions and with their rewrites as queries; the drop is "
         "paired by candidate (each original and reversal: the mean over its human queries minus the mean over its "
-        "rewrites). A head that learned word cues rather than the video's direction drops here.",
+        "rewrites), the candidates clustered as the family says. A head that learned word cues rather than the "
+        "video's direction drops here.",
         "",
     ]
 
@@ -390,8 +455,8 @@ def csv_rows(dataset: str, postprocess: str, tables: dict, seeds: dict) -> list[
         for method, row in methods.items():
             for metric in METRIC_NAMES:
                 value = row[metric]
-                over = "seeds and queries" if "ci_seeds_and_queries" in value else "queries"
-                low, high = shown_ci(value)
+                over = "seeds and clusters" if row["n_seeds"] > 1 else "clusters (one seed)"
+                low, high = value["ci"]
                 names = [spreadsheet_text(dataset), spreadsheet_text(method)]
                 rows.append(
                     [*names, postprocess, setting, direction, metric, value["mean"], value["std"], low, high]

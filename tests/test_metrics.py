@@ -5,7 +5,6 @@ import pytest
 
 from evaluation.retrieval_metrics import binary_accuracy, retrieval_metrics
 from evaluation.scoring import directions
-from reporting.stats import METRICS, bootstrap_ci, holm_adjust, paired_difference
 
 
 def brute_force(scores, gold, ks=(1, 5, 10)):
@@ -136,48 +135,6 @@ def test_query_without_a_correct_candidate_is_an_error():
 def test_binary_accuracy_counts_ties_as_half():
     result = binary_accuracy([0.3, -0.1, 0.0, 0.0, 2.0])
     assert result == {"accuracy": pytest.approx(100 * (1 + 0 + 0.5 + 0.5 + 1) / 5), "n_pairs": 5, "n_tied": 2}
-
-
-def test_bootstrap_ci_covers_the_true_mean_about_95_percent_of_the_time():
-    _, statistic = METRICS["R@1"]
-    covered = 0
-    for seed in range(100):
-        hits = np.random.default_rng(seed).random(400) < 0.3  # true R@1 = 30%
-        low, high = bootstrap_ci(hits.astype(float), statistic, seed=seed)
-        assert low <= 100 * hits.mean() <= high
-        covered += low <= 30.0 <= high
-    assert 88 <= covered <= 100
-
-
-def test_paired_difference_finds_a_real_gap_and_no_gap():
-    _, statistic = METRICS["R@1"]
-    rng = np.random.default_rng(0)
-    weak = (rng.random(300) < 0.2).astype(float)
-    strong = np.maximum(weak, (rng.random(300) < 0.3).astype(float))  # the same queries, more hits
-    diff, low, high, p = paired_difference(strong, weak, statistic)
-    assert diff == pytest.approx(100 * (strong.mean() - weak.mean()))
-    assert 0 < low < diff < high and p < 0.01
-    diff, low, high, p = paired_difference(weak, weak.copy(), statistic)
-    assert diff == 0 and low == 0 and high == 0 and p == 1.0
-
-
-def holm_reference(p_values):
-    """Holm's step-down rule as usually stated, one p-value at a time."""
-    m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
-    adjusted = [0.0] * m
-    running = 0.0
-    for step, index in enumerate(order):
-        running = max(running, min(1.0, (m - step) * p_values[index]))
-        adjusted[index] = running
-    return adjusted
-
-
-@pytest.mark.parametrize(
-    "p_values", [[0.01, 0.04, 0.03, 0.005], [0.5, 0.2, 0.9], [0.001], [0.02, 0.02, 0.5, 0.01, 0.3]]
-)
-def test_holm_bonferroni_matches_the_step_down_rule(p_values):
-    np.testing.assert_allclose(holm_adjust(p_values), holm_reference(p_values))
 
 
 def clip4clip_video_to_text(scores, caption_video):

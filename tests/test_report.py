@@ -12,9 +12,11 @@ import evaluate
 import extract
 import report
 import train_head
-from evaluation.results import ResultError
+from evaluation.results import ResultError, read_result
 from infra.file_io import ForeignFiles, OutOfSpace
-from reporting.stats import METRICS, bootstrap_ci, two_level_bootstrap_ci
+from reporting.seeds import query_clusters
+from reporting.stats import METRICS, bootstrap_cis
+from reporting.tables import CI_DIGITS
 from tests.helpers import copied, extract_args, order_only_cache, result_json, train_args, usage_error
 
 
@@ -37,17 +39,25 @@ def test_report_numbers_equal_the_result_files(evaluated, tmp_path):
         cells = table_cells(markdown, title)
         for method, names in files.items():
             runs = [result_json(results, name) for name in names]
-            for column, metric in enumerate(METRICS):
+            per_query = [np.load(results / name / f"{setting}_t2v_per_query.npy") for name in names]
+            # every metric's CI from one draw of the clusters (a record's captions) and the seeds
+            clusters = query_clusters(read_result(results / f"{names[0]}.json"), f"{setting}/t2v", "video")
+            sources = [
+                1 if metric in ("MdR", "MnR") else 4 + ("R@1", "R@5", "R@10").index(metric) for metric in METRICS
+            ]
+            values = [
+                (np.stack([table[:, column] for table in per_query]), METRICS[m][1])
+                for column, m in zip(sources, METRICS, strict=True)
+            ]
+            cis = bootstrap_cis(values, clusters, seed=0)
+            for column, (metric, (low, high)) in enumerate(zip(METRICS, cis, strict=True)):
                 per_seed = [run[setting]["t2v"]["expected"][metric] for run in runs]
                 std = np.std(per_seed, ddof=1) if len(per_seed) > 1 else 0.0
-                per_query = [np.load(results / name / f"{setting}_t2v_per_query.npy") for name in names]
-                source_column = 1 if metric in ("MdR", "MnR") else 4 + ("R@1", "R@5", "R@10").index(metric)
-                values = np.stack([table[:, source_column] for table in per_query])
-                if len(names) > 1:  # seeds: the two-level bootstrap, over seeds and queries
-                    low, high = two_level_bootstrap_ci(values, METRICS[metric][1], seed=0)
-                else:
-                    low, high = bootstrap_ci(values[0], METRICS[metric][1], seed=0)
-                assert cells[method][column] == f"{np.mean(per_seed):.2f} ± {std:.2f} [{low:.2f}, {high:.2f}]"
+                digits = CI_DIGITS[metric]
+                assert (
+                    cells[method][column]
+                    == f"{np.mean(per_seed):.2f} ± {std:.2f} [{low:.{digits}f}, {high:.{digits}f}]"
+                )
             assert cells[method][5] == f"{runs[0][setting]['t2v']['n_tied']}/{runs[0][setting]['t2v']['n_queries']}"
     binary = table_cells(markdown, "Binary: original vs its reversal")
     assert binary["meanP zero-shot"][0] == f"{result_json(results, 'meanP')['binary']['t2v']['accuracy']:.2f} ± 0.00"

@@ -85,22 +85,17 @@ def error_bar_ends(container):
 
 def test_figures_draw_the_interval_the_table_prints():
     """The statistics review (finding 8): the plots drew the query-only CI ([33.3, 66.7]) where the
-    table printed the one over seeds and queries ([16.7, 83.3]) for the same cell. Both now ask
-    `seeds.shown_ci`."""
-    seeded = tables()
-    for rows in seeded.values():
-        rows["seqTransf"] = {
-            metric: {**value, "ci_seeds_and_queries": [value["ci"][0] - 10, value["ci"][1] + 5]}
-            for metric, value in rows["seqTransf"].items()
-        }
-    figure = drawn(plots.recall_figure(seeded, ["meanP zero-shot", "seqTransf"], SETTINGS, TITLES))
+    table printed the one over seeds and queries ([16.7, 83.3]) for the same cell. A cell now holds
+    one CI, which both draw."""
+    rows = tables()
+    figure = drawn(plots.recall_figure(rows, ["meanP zero-shot", "seqTransf"], SETTINGS, TITLES))
     bars = [c for c in figure.axes[1].containers if isinstance(c, ErrorbarContainer)]  # R@1, R@5, R@10
-    assert [error_bar_ends(bar)[1] for bar in bars] == [(20.0, 55.0), (60.0, 95.0), (80.0, 105.0)]
-    assert [error_bar_ends(bar)[0] for bar in bars] == [(0.0, 0.0), (2.0, 20.0), (20.0, 40.0)]  # one seed: queries
-    figure = drawn(plots.contrast_figure(seeded, ["seqTransf"], ("origin", "hard"), TITLES))
+    assert [error_bar_ends(bar)[1] for bar in bars] == [(30.0, 50.0), (70.0, 90.0), (90.0, 100.0)]
+    assert [error_bar_ends(bar)[0] for bar in bars] == [(0.0, 0.0), (2.0, 20.0), (20.0, 40.0)]
+    figure = drawn(plots.contrast_figure(rows, ["seqTransf"], ("origin", "hard"), TITLES))
     (bar,) = [c for c in figure.axes[0].containers if isinstance(c, ErrorbarContainer)]
-    assert error_bar_ends(bar) == [(20.0, 55.0), (20.0, 55.0)]
-    assert table_cell(seeded["hard/t2v"]["seqTransf"]["R@1"]) == "40.00 ± 0.00 [20.00, 55.00]"  # the table's
+    assert error_bar_ends(bar) == [(30.0, 50.0), (30.0, 50.0)]
+    assert table_cell(rows["hard/t2v"]["seqTransf"]["R@1"], "R@1") == "40.00 ± 0.00 [30, 50]"  # the table's
 
 
 def test_rank_cdf_has_plain_ticks_and_keeps_identical_curves_apart():

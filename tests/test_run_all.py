@@ -14,6 +14,7 @@ import subprocess
 import pytest
 
 from evaluation.results import read_result
+from tests.demo_numbers import RECORD, run_numbers
 from tests.helpers import PROJECT, finished, start_in_background
 from tests.peers_restated import binary_similarities, carebench_binary
 
@@ -112,6 +113,19 @@ def test_demo_report_sets_carebench_binary_beside_ours_as_the_peer_computes_it(d
             reported = numbers["conventions"]["carebench"][method][f"binary/{direction}"]
             assert reported["accuracy"]["mean"] == pytest.approx(100.0 * peer[f"{direction}_acc"], abs=1e-9)
             assert reported["n_pairs"]["mean"] == 24  # the demo's 24 test videos, the forward side only
+
+
+def test_the_runs_the_suite_repeats_give_the_readmes_recorded_demo_numbers(demo_work):
+    """The runs the chain trains with the demo's settings (seed 0 of seqTransf and mlpScore) and
+    meanP zero-shot give exactly the numbers docs/demo_numbers.json recorded from `bash run_all.sh`,
+    whose texts the README quotes (tests/test_readme.py)."""
+    work, _ = demo_work
+    recorded = json.loads(RECORD.read_text())["runs"]
+    for name in ("meanP", "seqTransf_seed0", "mlpScore_seed0"):
+        numbers = run_numbers(read_result(work / "results" / f"{name}.json"))
+        assert numbers.keys() == recorded[name].keys()
+        for key, value in recorded[name].items():
+            assert numbers[key] == pytest.approx(value, abs=1e-9), (name, key)
 
 
 def test_a_failed_run_stops_the_others(chain):
