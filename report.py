@@ -398,7 +398,7 @@ def dataset_section(label, methods, args, folder, stem):
             "sources": source_files(group, args.out),
         }
         tests += numbers["postprocessed"][post]["pairwise"]
-    numbers["family"] = test_family(tests, numbers, settings, args)
+    numbers["family"] = family_of_tests(tests, numbers, settings, args)
     lines = [f"## Dataset {md(label)}: {provenance['split']} split ({provenance['annotation_format']} annotations)", ""]
     lines += overlap_warning(numbers["seen_test_videos"], provenance["split"])
     if raw:
@@ -427,7 +427,7 @@ def dataset_section(label, methods, args, folder, stem):
     return lines + dataset_notes(methods, args), numbers
 
 
-def test_family(tests, numbers, settings, args):
+def family_of_tests(tests, numbers, settings, args):
     """Runs every test of a dataset as one family (reporting/stats.py `run_family`) and describes it:
     its size by kind, draws, level, resampling unit, and the design's detectable difference per
     setting from the raw pairwise comparisons."""

@@ -37,11 +37,22 @@ class StageError(Exception):
 
 def run(main: Callable[[], None], on_interrupt: str = "interrupted; rerun the same command to resume") -> None:
     """Every stage script's entry point: a StageError is one line on stderr and exit 1, Ctrl-C one
-    line and exit 130, never a traceback."""
+    line and exit 130, never a traceback. A Ctrl-C is remembered as well as raised: one that lands
+    in a destructor (numpy's NpzFile.__del__ in CI) is printed as "ignored" and lost as an
+    exception, and the stage would otherwise end 0 as if nobody had pressed it."""
     if os.environ.get(DRIVER_ENV):
         watch_driver(int(os.environ[DRIVER_ENV]))
+    pressed = threading.Event()
+
+    def interrupt(signum, frame):
+        pressed.set()
+        signal.default_int_handler(signum, frame)
+
+    previous = signal.signal(signal.SIGINT, interrupt)
     try:
         main()
+        if pressed.is_set():
+            raise KeyboardInterrupt
     except StageError as err:
         print(f"{Path(sys.argv[0]).name}: {err}", file=sys.stderr)
         sys.exit(EXIT_ERROR)
@@ -49,6 +60,7 @@ def run(main: Callable[[], None], on_interrupt: str = "interrupted; rerun the sa
         print(on_interrupt, file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     finally:
+        signal.signal(signal.SIGINT, previous)
         release_process_group()
 
 
