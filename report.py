@@ -40,6 +40,7 @@ from infra.file_io import (
 )
 from infra.records import first_difference
 from reporting import plots
+from reporting.latex import dataset_tables
 from reporting.published import PUBLISHED
 from reporting.rtime_analyses import direction_split, order_sensitivity, paraphrase_drop
 from reporting.seeds import CLUSTER_UNITS, binary_row, convention_row, method_row, pairwise
@@ -55,7 +56,6 @@ from reporting.tables import (
     csv_rows,
     direction_table,
     family_note,
-    latex_table,
     md,
     methods_table,
     metric_table,
@@ -178,20 +178,21 @@ def write_report(datasets, args, folder):
 
 
 def write_paste_tables(datasets, numbers, out_dir):
-    """tables.tex (booktabs, one table per dataset, setting and direction) and results.csv (one row
-    per method x setting x direction x metric), each group of post-processed methods apart."""
+    """tables.tex (reporting/latex.py: every table of each dataset, for a two-column paper) and
+    results.csv (one row per method x setting x direction x metric), post-processed methods apart."""
     latex_lines, csv_lines = [], []
     for label, dataset in numbers["datasets"].items():
-        seeds = {m: [run.provenance["seed"] for run in runs] for m, runs in datasets[label].items()}
-        groups = [("", "", dataset["tables"])] + [
-            (post, POSTPROCESS_TITLES[post] + ", ", group["tables"])
-            for post, group in dataset.get("postprocessed", {}).items()
+        methods = datasets[label]
+        first = next(iter(methods.values()))[0]
+        groups = [("", dataset["tables"])] + [
+            (post, group["tables"]) for post, group in dataset.get("postprocessed", {}).items()
         ]
-        for post, title, tables in groups:
-            for key, rows in tables.items():
-                setting, direction = key.split("/")
-                caption = f"{label}, {title}{setting_title(datasets[label], setting)}, {DIRECTION_TITLES[direction]}"
-                latex_lines += latex_table(caption, rows)
+        settings = list(dict.fromkeys(key.split("/")[0] for _, tables in groups for key in tables))
+        titles = {setting: setting_title(methods, setting).split(": ")[-1] for setting in settings}
+        candidates = {setting: first.data[setting]["n_candidates"] for setting in settings}
+        latex_lines += dataset_tables(label, dataset, titles, candidates, POSTPROCESS_TITLES)
+        seeds = {m: [run.provenance["seed"] for run in runs] for m, runs in methods.items()}
+        for post, tables in groups:
             csv_lines += csv_rows(label, post, tables, seeds)
     atomic_write_bytes(out_dir / "tables.tex", "\n".join(latex_lines).encode("utf-8"))
     atomic_write_csv(out_dir / "results.csv", CSV_HEADER, csv_lines)

@@ -58,7 +58,7 @@ def method_row(runs, setting, direction, unit, seed, n_resamples):
 
 
 def binary_row(runs, directions=("t2v", "v2t")):
-    row = {}
+    row = {"n_seeds": len(runs)}
     for direction in directions:
         accuracy = [run.data["binary"][direction]["accuracy"] for run in runs]
         row[direction] = {

@@ -73,8 +73,9 @@ def number(value) -> str:
 
 
 def count(value: float, total: int) -> str:
-    """A count over seeds of a total, e.g. tied queries: "8/8", or "7.5/8" when seeds differ."""
-    return f"{value:g}/{total}"
+    """A count over seeds of a total, e.g. tied queries: "8/8", or the mean to one decimal where
+    seeds differ ("1.3/4", not "1.33333/4")."""
+    return f"{value:.0f}/{total}" if float(value).is_integer() else f"{value:.1f}/{total}"
 
 
 def interval(low_high, digits: int) -> str:
@@ -381,52 +382,6 @@ def order_table(rows: dict) -> list[str]:
         "changes what is shown.",
         "",
     ]
-
-
-LATEX_SPECIALS = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-}
-LOWER_IS_BETTER = ("MdR", "MnR")
-
-
-def latex(text) -> str:
-    """A text safe in LaTeX: its special characters escaped, line breaks made spaces, arrows in math."""
-    escaped = "".join(LATEX_SPECIALS.get(ch, ch) for ch in " ".join(str(text).splitlines()))
-    return escaped.replace("→", r"$\rightarrow$")
-
-
-def latex_table(caption: str, rows: dict) -> list[str]:
-    """A booktabs table: mean ± std over seeds per metric, the best of each column in bold."""
-    best = {
-        metric: (min if metric in LOWER_IS_BETTER else max)(row[metric]["mean"] for row in rows.values())
-        for metric in METRIC_NAMES
-    }
-    arrows = {metric: r"$\downarrow$" if metric in LOWER_IS_BETTER else r"$\uparrow$" for metric in METRIC_NAMES}
-    lines = [
-        r"\begin{table}[t]",
-        r"\centering",
-        rf"\caption{{{latex(caption)} (mean $\pm$ std over seeds; best in bold)}}",
-        r"\begin{tabular}{l" + "c" * len(METRIC_NAMES) + "}",
-        r"\toprule",
-        "Method & " + " & ".join(f"{metric} {arrows[metric]}" for metric in METRIC_NAMES) + r" \\",
-        r"\midrule",
-    ]
-    for method, row in rows.items():
-        cells = []
-        for metric in METRIC_NAMES:
-            text = f"{row[metric]['mean']:.2f} $\\pm$ {row[metric]['std']:.2f}"
-            cells.append(rf"\textbf{{{text}}}" if row[metric]["mean"] == best[metric] else text)
-        lines.append(f"{latex(method)} & " + " & ".join(cells) + r" \\")
-    return lines + [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
 
 
 CSV_HEADER = (
