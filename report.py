@@ -12,8 +12,8 @@ expected metrics: mean ± std over seeds, then a 95% CI that draws the clusters 
 a record's captions together) and the seeds. Every test a dataset's section prints is one
 Holm-Bonferroni family, stated with its size (reporting/stats.py). A methods table states how
 each method was trained (what all share goes in one note), and a cost table what each stage took,
-on which device. Writes OUT/report.md, the PNG plots, and OUT/report_numbers.json with every
-number in the tables.
+on which device. Writes OUT/report.md, the plots (PNG, each with a PDF twin), OUT/tables.tex for a
+paper, OUT/results.csv, and OUT/report_numbers.json with every number in the tables.
 """
 
 import argparse
@@ -159,13 +159,14 @@ def write_report(datasets, args, folder):
     numbers = {"methods": method_numbers, "datasets": {}}
     lines = ["# Retrieval report", "", *methods_lines]
     stems = file_stems(datasets)
+    colour_of = plots.method_colours(method_numbers)  # one colour per method in every figure
     for label, methods in datasets.items():
-        section, numbers["datasets"][label] = dataset_section(label, methods, args, folder, stems[label])
+        section, numbers["datasets"][label] = dataset_section(label, methods, args, folder, stems[label], colour_of)
         lines += section
     trained = {method: info["trainings"] for method, info in method_numbers.items() if info["trainings"]}
     if trained:
         metrics = sorted({training["selection_metric"] for trainings in trained.values() for training in trainings})
-        figure = plots.training_figure(trained, " / ".join(metrics))
+        figure = plots.training_figure(trained, " / ".join(metrics), colour_of)
         name = plots.save_figure(figure, folder / "training_valid_r1_and_loss_by_epoch.png")
         lines += ["## Training", "", f"![validation R@1 and training loss by epoch]({name})", ""]
     lines += cost_table(cost_rows(datasets, method_numbers))
@@ -360,7 +361,7 @@ def method_settings(entry):
     return settings
 
 
-def dataset_section(label, methods, args, folder, stem):
+def dataset_section(label, methods, args, folder, stem, colour_of):
     """One dataset's tables, plots and notes; returns (markdown lines, numbers). Methods with a
     post-processing (DSL, QB-Norm) get tables of their own, never mixed with raw numbers. Every test
     the section prints (pairwise, direction, paraphrase, post-processed pairwise) is one family."""
@@ -411,7 +412,7 @@ def dataset_section(label, methods, args, folder, stem):
         peers, peer_lines = peer_sections(raw, numbers, settings, binary, annotation, args)
         numbers.update(peers)
         lines += peer_lines
-        lines += dataset_plots(stem, raw, numbers["tables"], settings, annotation, folder)
+        lines += dataset_plots(label, stem, raw, numbers["tables"], settings, annotation, folder, colour_of)
         if args.examples and binary:
             # imported here: the page decodes frames again with extraction's decoder, which preprocesses
             # with torch; a report without --examples loads no torch at all
@@ -569,13 +570,17 @@ def file_stems(datasets):
     return stems
 
 
-def dataset_plots(prefix, methods, tables, settings, annotation, out_dir):
+def dataset_plots(label, prefix, methods, tables, settings, annotation, out_dir, colour_of):
     titles = {setting: annotation.settings[setting].title.split(": ")[-1] for setting in settings}
     names = list(methods)
     ranks = {s: {m: seed_averaged(methods[m], f"{s}/t2v", METRICS["MnR"][0]) for m in names} for s in settings}
     figures = [
-        ("text→video recall at 1, 5, 10", "t2v_recall_at_1_5_10", plots.recall_figure(tables, names, settings, titles)),
-        ("text→video rank CDF", "t2v_rank_cdf", plots.rank_cdf_figure(ranks, settings, titles)),
+        (
+            "text→video recall at 1, 5, 10",
+            "t2v_recall_at_1_5_10",
+            plots.recall_figure(tables, names, settings, titles, label),
+        ),
+        ("text→video rank CDF", "t2v_rank_cdf", plots.rank_cdf_figure(ranks, settings, titles, colour_of, label)),
     ]
     contrast = annotation.reversal_contrast
     if contrast and set(contrast) <= set(settings):
@@ -583,7 +588,7 @@ def dataset_plots(prefix, methods, tables, settings, annotation, out_dir):
             (
                 f"text→video R@1, {titles[contrast[0]]} to {titles[contrast[1]]}",
                 f"t2v_r1_{contrast[0]}_to_{contrast[1]}",
-                plots.contrast_figure(tables, names, contrast, titles),
+                plots.contrast_figure(tables, names, contrast, titles, colour_of, label),
             )
         )
     lines = []

@@ -1,10 +1,13 @@
-"""The report's figures, drawn from the numbers report.py computed, each saved as a PNG named for what it shows.
+"""The report's figures, drawn from the numbers report.py computed, each saved as a PNG named for
+what it shows and a PDF twin (vector, for a paper).
 
 Matplotlib's object API (Figure, no pyplot): nothing needs a display, and no global state leaks
 between figures. Every figure has labelled axes with units, a legend outside the axes (it covers
 no data), and series that stay distinguishable where they overlap (markers and line styles, and
-small offsets for points with error bars). Each `*_figure` function returns the Figure, so tests
-read its labels, legends and ticks; `save_figure` writes it.
+small offsets for points with error bars). A method keeps one colour in every figure of a report
+(`method_colours`, given to each); R@1/5/10 bars are greys, so no metric wears a method's colour.
+Each `*_figure` function returns the Figure, so tests read its labels, legends, colours and ticks;
+`save_figure` writes it.
 """
 
 import io
@@ -20,10 +23,17 @@ from infra.file_io import atomic_write_bytes
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINE_STYLES = ("-", "--", ":", "-.")
 RECALL_KS = ("R@1", "R@5", "R@10")
+RECALL_GREYS = ("0.3", "0.6", "0.85")  # the recall chart's bars: not a method's colour
 
 
 def colours() -> list[str]:
     return matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def method_colours(methods) -> dict:
+    """{method: colour}, one per method in order: a report makes it once for all its figures."""
+    palette = colours()
+    return {method: palette[index % len(palette)] for index, method in enumerate(methods)}
 
 
 def panels(n_columns: int, height: float = 3.6, width: float = 4.6) -> tuple[Figure, list]:
@@ -38,13 +48,23 @@ def outside_legend(figure: Figure, axes: list) -> None:
 
 
 def save_figure(figure: Figure, path: Path, dpi: int = 110) -> str:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    atomic_write_bytes(path, buffer.getvalue())
+    """The figure as `path` (PNG, for the markdown report) and its PDF twin beside it (vector, with
+    no creation date, so the same figure gives the same bytes). Returns the PNG's name."""
+    for suffix, options in ((".png", {"dpi": dpi}), (".pdf", {"metadata": {"CreationDate": None}})):
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format=suffix[1:], **options)
+        atomic_write_bytes(path.with_suffix(suffix), buffer.getvalue())
+        figure.set_layout_engine("none")  # laid out once: the twin keeps the PNG's layout (a fifth faster)
     return path.name
 
 
-def recall_figure(tables: dict, methods: list[str], settings: list[str], titles: dict) -> Figure:
+def dataset_title(figure: Figure, dataset: str | None) -> None:
+    """The dataset a figure shows, above its panels."""
+    if dataset:
+        figure.suptitle(dataset, fontsize=10)
+
+
+def recall_figure(tables: dict, methods: list[str], settings: list[str], titles: dict, dataset=None) -> Figure:
     """Text->video R@1, R@5 and R@10 per method, bars with 95% CIs; each bar's value written above
     its CI, so a bar of height 0 is seen."""
     figure, axes = panels(len(settings), width=max(4.6, 1.3 * len(methods) + 1.5))
@@ -61,6 +81,7 @@ def recall_figure(tables: dict, methods: list[str], settings: list[str], titles:
                 width,
                 yerr=np.clip([means - low, high - means], 0, None),
                 capsize=3,
+                color=RECALL_GREYS[index],
                 edgecolor="black",
                 linewidth=0.6,
                 label=metric,
@@ -73,13 +94,15 @@ def recall_figure(tables: dict, methods: list[str], settings: list[str], titles:
         ax.set_ylabel("text→video recall (%)")
         ax.set_title(f"{titles[setting]}: R@K with 95% CI")
     outside_legend(figure, axes)
+    dataset_title(figure, dataset)
     return figure
 
 
-def rank_cdf_figure(ranks: dict, settings: list[str], titles: dict) -> Figure:
+def rank_cdf_figure(ranks: dict, settings: list[str], titles: dict, colour_of=None, dataset=None) -> Figure:
     """Share of queries whose expected text->video rank is at most r, per method (`ranks`:
     {setting: {method: per-query expected ranks}}); log r axis with plain-number ticks."""
     figure, axes = panels(len(settings))
+    colour_of = colour_of or method_colours(ranks[settings[0]])
     for ax, setting in zip(axes, settings, strict=True):
         for index, (method, values) in enumerate(ranks[setting].items()):
             values = np.sort(values)
@@ -87,7 +110,7 @@ def rank_cdf_figure(ranks: dict, settings: list[str], titles: dict) -> Figure:
                 values,
                 100 * np.arange(1, len(values) + 1) / len(values),
                 where="post",
-                color=colours()[index % len(colours())],
+                color=colour_of[method],
                 linestyle=LINE_STYLES[index % len(LINE_STYLES)],
                 marker=MARKERS[index % len(MARKERS)],
                 markevery=max(1, len(values) // 8),
@@ -103,13 +126,17 @@ def rank_cdf_figure(ranks: dict, settings: list[str], titles: dict) -> Figure:
         ax.set_ylabel("queries with rank ≤ r (%)")
         ax.set_title(f"{titles[setting]}: rank CDF")
     outside_legend(figure, axes)
+    dataset_title(figure, dataset)
     return figure
 
 
-def contrast_figure(tables: dict, methods: list[str], settings: tuple[str, str], titles: dict) -> Figure:
+def contrast_figure(
+    tables: dict, methods: list[str], settings: tuple[str, str], titles: dict, colour_of=None, dataset=None
+) -> Figure:
     """Text->video R@1 on two settings per method (the same queries, without and with the reversals
     among the candidates: RTime's Origin and Hard), with 95% CIs; methods offset sideways."""
     figure, (ax,) = panels(1)
+    colour_of = colour_of or method_colours(methods)
     offsets = np.linspace(-0.12, 0.12, len(methods)) if len(methods) > 1 else [0.0]
     for index, method in enumerate(methods):
         cells = [tables[f"{setting}/t2v"][method]["R@1"] for setting in settings]
@@ -121,7 +148,7 @@ def contrast_figure(tables: dict, methods: list[str], settings: tuple[str, str],
             means,
             yerr=errors,
             capsize=3,
-            color=colours()[index % len(colours())],
+            color=colour_of[method],
             linestyle=LINE_STYLES[index % len(LINE_STYLES)],
             marker=MARKERS[index % len(MARKERS)],
             label=method,
@@ -133,28 +160,27 @@ def contrast_figure(tables: dict, methods: list[str], settings: tuple[str, str],
     ax.set_ylabel("text→video R@1 (%), 95% CI")
     ax.set_title(" → ".join(titles[setting] for setting in settings))
     outside_legend(figure, [ax])
+    dataset_title(figure, dataset)
     return figure
 
 
-def training_figure(trained: dict, selection_metric: str) -> Figure:
-    """Per epoch, the validation metric that selects the best epoch and the training loss: one
-    colour per method, one line style and marker per seed."""
+def training_figure(trained: dict, selection_metric: str, colour_of=None) -> Figure:
+    """Per epoch, the validation metric that selects the best epoch and the training loss: per
+    method, the mean over its seeds as a line in its colour, the seeds' range as a band."""
     figure, (valid_ax, loss_ax) = panels(2)
+    colour_of = colour_of or method_colours(trained)
     for index, (method, trainings) in enumerate(trained.items()):
-        colour = colours()[index % len(colours())]
-        for seed_index, training in enumerate(trainings):
-            history = training["history"]
-            style = {
-                "color": colour,
-                "linestyle": LINE_STYLES[seed_index % len(LINE_STYLES)],
-                "marker": MARKERS[seed_index % len(MARKERS)],
-                "markevery": max(1, len(history) // 6),
-                "markersize": 4,
-                "label": f"{method}, seed {training['settings'].get('seed')}",
-            }
-            valid_ax.plot([r["epoch"] for r in history], [r["selection"] for r in history], **style)
-            trained_epochs = [r for r in history if r.get("train_loss") is not None]
-            loss_ax.plot([r["epoch"] for r in trained_epochs], [r["train_loss"] for r in trained_epochs], **style)
+        style = {
+            "color": colour_of[method],
+            "linestyle": LINE_STYLES[index % len(LINE_STYLES)],
+            "marker": MARKERS[index % len(MARKERS)],
+            "markersize": 4,
+        }
+        label = f"{method} ({len(trainings)} seed{'s' if len(trainings) > 1 else ''}: mean, range)"
+        for ax, key in ((valid_ax, "selection"), (loss_ax, "train_loss")):
+            epochs, mean, low, high = over_seeds_by_epoch([training["history"] for training in trainings], key)
+            ax.plot(epochs, mean, markevery=max(1, len(epochs) // 6), label=label, **style)
+            ax.fill_between(epochs, low, high, color=colour_of[method], alpha=0.2, linewidth=0)
     for ax in (valid_ax, loss_ax):
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -164,3 +190,21 @@ def training_figure(trained: dict, selection_metric: str) -> Figure:
     loss_ax.set_title("Training loss", fontsize=9)
     outside_legend(figure, [valid_ax])
     return figure
+
+
+def over_seeds_by_epoch(histories: list[list[dict]], key: str):
+    """(epochs, mean, min, max) of `key` over the seeds that logged it at each epoch (seeds may run
+    different numbers of epochs; an epoch with no value, the loss before training, is left out)."""
+    values = {}
+    for history in histories:
+        for record in history:
+            if record.get(key) is not None:
+                values.setdefault(record["epoch"], []).append(record[key])
+    epochs = sorted(values)
+    per_epoch = [np.array(values[epoch], dtype=np.float64) for epoch in epochs]
+    return (
+        epochs,
+        [float(v.mean()) for v in per_epoch],
+        [float(v.min()) for v in per_epoch],
+        [float(v.max()) for v in per_epoch],
+    )

@@ -24,7 +24,8 @@ from heads import architectures
 from heads.checkpoints import head_from_checkpoint, load_checkpoint
 from heads.loaded_split import load_split_tensors
 from infra.cli import StageError
-from reporting.seeds import query_clusters
+from reporting.seeds import pairwise, query_clusters
+from reporting.stats import run_family
 from reporting.tables import number
 from tests.helpers import copied, copy_cache
 
@@ -191,7 +192,7 @@ def test_binary_under_dsl_reads_no_other_caption_of_the_record_and_states_its_te
     assert "**Transductive**" in markdown and f"temperature {number(temperature)}" in markdown
 
 
-def test_the_unit_of_resampling_is_the_record_and_a_flag_changes_it(demo, tmp_path):
+def test_the_unit_of_resampling_is_the_record_and_a_flag_changes_it(demo):
     run = read_result(demo / "results" / "meanP.json")
     clusters = query_clusters(run, "hard/t2v", "video")
     _, _, _, videos = gold_pairs(run, "hard")
@@ -205,12 +206,10 @@ def test_the_unit_of_resampling_is_the_record_and_a_flag_changes_it(demo, tmp_pa
     assert 2 / (family["resamples"] + 1) < 0.05 / 12 / 10
     markdown = (demo / "report" / "report.md").read_text()
     assert "One family of m = 12 tests (pairwise 6, direction 3, paraphrase 3)" in markdown
-    out = tmp_path / "by_query"
-    flags = ["--cluster-by", "query", "--n-resamples", "1000"]
-    report.main(["--results", str(demo / "results"), "--out", str(out), *flags])
-    by_query = json.loads((out / "report_numbers.json").read_text())["datasets"]["RTime test"]
-    assert by_query["family"]["unit"] == "query" and by_query["pairwise"][0]["n_clusters"] == 4  # Origin: 4 queries
-    assert next(c for c in by_query["pairwise"] if c["setting"] == "hard")["n_clusters"] == 8
+    methods = {"meanP zero-shot": [run], "seqTransf": runs_of(demo, "seqTransf")}
+    by_query = pairwise(methods, ["origin", "hard"], "query")  # --cluster-by query: each query alone
+    run_family(by_query, seed=0, n_resamples=1000)
+    assert [c["n_clusters"] for c in by_query] == [4, 8]  # Origin's 4 queries, Hard's 8
 
 
 def test_postprocessed_results_are_reported_apart_from_the_raw_ones(demo):

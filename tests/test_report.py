@@ -68,6 +68,7 @@ def test_report_numbers_equal_the_result_files(evaluated, tmp_path):
         "training_valid_r1_and_loss_by_epoch.png",
     ):
         assert (tmp_path / "report" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (tmp_path / "report" / plot).with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"  # its vector twin
     assert re.search(r"sha256 `[0-9a-f]{64}`", markdown)
     numbers = json.loads((tmp_path / "report" / "report_numbers.json").read_text())
     pairwise = numbers["datasets"]["synthetic test"]["pairwise"]

@@ -7,6 +7,7 @@ import json
 import re
 from dataclasses import asdict
 
+import matplotlib
 import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -125,12 +126,12 @@ def test_origin_to_hard_contrast_has_cis_and_offsets_overlapping_methods():
     assert len(x_positions) == len(METHODS)  # identical methods are set side by side, not on one another
 
 
-def test_training_curves_show_loss_integer_epochs_and_each_seed_apart():
+def test_training_curves_show_each_method_as_the_mean_of_its_seeds_with_their_range():
     def history(scale):
         return [{"epoch": e, "selection": scale * e, "train_loss": 5.0 / e} for e in range(1, 8)]
 
     trained = {
-        m: [{"history": history(k + 1), "settings": {"seed": s}} for s in (0, 1)] for k, m in enumerate(METHODS[1:])
+        m: [{"history": history(k + 1 + s), "settings": {"seed": s}} for s in (0, 1)] for k, m in enumerate(METHODS[1:])
     }
     figure = drawn(plots.training_figure(trained, "valid hard text->video R@1"))
     valid_ax, loss_ax = figure.axes
@@ -141,9 +142,36 @@ def test_training_curves_show_loss_integer_epochs_and_each_seed_apart():
         assert all(float(tick).is_integer() for tick in ax.get_xticks())
         assert ax.title.get_fontsize() >= 9
         styles = [(line.get_color(), line.get_linestyle(), line.get_marker()) for line in ax.get_lines()]
-        assert len(styles) == 4 and len(set(styles)) == 4  # 2 methods x 2 seeds, each its own look
+        assert len(styles) == 2 and len(set(styles)) == 2  # one line per method, each its own look
+        assert len(ax.collections) == 2  # and its seeds' range as a band
+    seq = valid_ax.get_lines()[0]
+    np.testing.assert_allclose(seq.get_ydata(), [1.5 * e for e in range(1, 8)])  # seeds 1x and 2x: mean 1.5x
     labels = [text.get_text() for text in figure.legends[0].get_texts()]
-    assert labels == ["seqTransf, seed 0", "seqTransf, seed 1", "seqTransf copy, seed 0", "seqTransf copy, seed 1"]
+    assert labels == ["seqTransf (2 seeds: mean, range)", "seqTransf copy (2 seeds: mean, range)"]
+
+
+def test_a_method_keeps_its_colour_in_every_figure_and_each_names_its_dataset():
+    """The issue: seqTransf was red in one figure and green in the next (colours went by position
+    among each figure's methods), and titles did not name the dataset."""
+    colour_of = plots.method_colours(["meanP zero-shot", "mlpScore", "seqTransf"])
+    ranks = {s: {m: np.array([1.0, 2.0, 4.0]) for m in ("meanP zero-shot", "seqTransf")} for s in SETTINGS}
+    trained = {"mlpScore": [{"history": [{"epoch": 1, "selection": 1.0, "train_loss": 2.0}]}], "seqTransf": []}
+    trained["seqTransf"] = trained["mlpScore"]
+    drawn_figures = [
+        plots.rank_cdf_figure(ranks, SETTINGS, TITLES, colour_of, "RTime test"),
+        plots.contrast_figure(tables(), ["seqTransf"], ("origin", "hard"), TITLES, colour_of, "RTime test"),
+        plots.training_figure(trained, "valid R@1", colour_of),
+    ]
+    for figure in drawn_figures:
+        for line in (line for ax in figure.axes for line in ax.get_lines()):
+            method = next((m for m in colour_of if line.get_label().startswith(m)), None)
+            if method:
+                assert line.get_color() == colour_of[method], (line.get_label(), line.get_color())
+    assert colour_of["seqTransf"] != colour_of["mlpScore"]
+    recall = plots.recall_figure(tables(), METHODS, SETTINGS, TITLES, "RTime test")
+    assert all(figure.get_suptitle() == "RTime test" for figure in (*drawn_figures[:2], recall))
+    bar_colours = {bar.get_facecolor()[:3] for ax in recall.axes for bar in ax.patches}
+    assert not bar_colours & {matplotlib.colors.to_rgb(c) for c in colour_of.values()}  # greys, not a method's
 
 
 def test_numbers_and_names_are_written_the_short_safe_way():
