@@ -44,7 +44,9 @@ INDEX_FILES = ("index.npy", "ids.json")
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
 parser.add_argument("queries", nargs="*", help="texts to search for")
-parser.add_argument("--queries", dest="queries_file", type=Path, help="a file of queries, one per line")
+parser.add_argument(
+    "--queries", dest="queries_file", type=Path, help="a file of queries, one per line (# starts a comment line)"
+)
 parser.add_argument("--cache", required=True, type=Path, help="feature cache written by extract.py")
 parser.add_argument("--split", default="test", help="the split whose videos are searched")
 source = parser.add_mutually_exclusive_group(required=True)
@@ -93,8 +95,10 @@ def check_queries(queries, tokenizer):
 
 
 def read_queries(path):
+    """A query per line; blank lines and lines starting with # (comments) are not queries."""
     try:
-        return [line.strip() for line in path.read_text(encoding="utf-8").split("\n") if line.strip()]
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").split("\n")]
+        return [line for line in lines if line and not line.startswith("#")]
     except (OSError, UnicodeDecodeError) as err:
         raise StageError(f"--queries {path}: cannot be read ({err})") from None
 

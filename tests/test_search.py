@@ -128,3 +128,10 @@ def test_non_finite_scores_are_refused_not_ranked(demo, demo_data, tmp_path):
     args = ["--cache", str(cache), "--head", "meanP", "--clip", str(demo_data / "clip_tiny.pt")]
     with pytest.raises(StageError, match=r"scores for query 1 \('a red circle'\) are not all finite"):
         search.main([*args, "--index", str(tmp_path / "index"), "a red circle"])
+
+
+def test_comment_lines_in_a_queries_file_are_not_queries(tmp_path):
+    """Issue 29: `--queries` searched for '# comment' lines as if they were captions."""
+    path = tmp_path / "queries.txt"
+    path.write_text("# what to look for\na man opens a door\n\n   # indented note\nsnow falls #1\n", encoding="utf-8")
+    assert search.read_queries(path) == ["a man opens a door", "snow falls #1"]
