@@ -434,8 +434,9 @@ class FilesById(dict):
 
 def index_video_files(videos_dir: Path) -> VideoFolder:
     """The video file of each id in `videos_dir` ("123.mp4" is id "123"). Of several files with one
-    id, the one video (by suffix) is taken and the rest are ignored sidecars; two videos for one id,
-    or none among several files, is VideoError naming them, as is a missing folder."""
+    id, the one video (by suffix) is taken and the rest are ignored sidecars, as is a file whose name
+    extends a video's ("X.info.json" beside "X.mp4"); two videos for one id, or none among several
+    files, is VideoError naming them, as is a missing folder."""
     videos_dir = Path(videos_dir)
     if not videos_dir.is_dir():
         raise VideoError(f"--videos {videos_dir}: no such folder")
@@ -453,7 +454,22 @@ def index_video_files(videos_dir: Path) -> VideoFolder:
             )
         files[video_id] = videos[0]
         ignored += [path for path in paths if path != videos[0]]
-    return VideoFolder(files, ignored)
+    for video_id in [video_id for video_id, path in files.items() if path.suffix.lower() not in VIDEO_SUFFIXES]:
+        if sidecar_of(video_id, files):  # X.info.json: its own id is "X.info", but it belongs to X.mp4
+            ignored.append(files.pop(video_id))
+    return VideoFolder(files, sorted(ignored))
+
+
+def sidecar_of(video_id: str, files: dict) -> str | None:
+    """The id of the video a file with a multi-part suffix sits beside ("X.info" -> "X", where X is
+    a video by its suffix), or None."""
+    stem = video_id
+    while "." in stem:
+        stem = stem.rsplit(".", 1)[0]
+        owner = files.get(stem)
+        if owner is not None and owner.suffix.lower() in VIDEO_SUFFIXES:
+            return stem
+    return None
 
 
 def fingerprint_videos(video_ids: list[str], video_files: dict[str, Path], videos_dir: Path) -> dict[str, dict]:

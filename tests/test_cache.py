@@ -744,7 +744,8 @@ def test_files_a_downloader_leaves_beside_a_video_are_ignored_and_listed(demo_da
     (videos / f"{video_id}.info.json").write_text("{}")
     extract.main(extract_args(demo_data, tmp_path / "cache", "--splits", "test", videos=videos))
     out = capsys.readouterr().out
-    assert f"ignored 1 file(s) beside their video that are not videos: {video_id}.description" in out
+    sidecars = f"{video_id}.description, {video_id}.info.json"  # the second was a video of id "X.info"
+    assert f"ignored 2 file(s) beside their video that are not videos: {sidecars}" in out
     assert read_meta(tmp_path / "cache")["counts"]["test"]["videos"] == 4
 
 
