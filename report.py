@@ -408,7 +408,7 @@ def dataset_section(label, methods, args, folder, stem, colour_of):
         lines += family_note(numbers["family"])
         if "pairwise" in numbers:
             lines += pairwise_table(numbers["pairwise"], numbers["family"])
-        lines += analysis_lines(numbers)
+        lines += analysis_lines(numbers, annotation)
         peers, peer_lines = peer_sections(raw, numbers, settings, binary, annotation, args)
         numbers.update(peers)
         lines += peer_lines
@@ -512,14 +512,14 @@ def analyses(methods, annotation, binary, args):
     return numbers
 
 
-def analysis_lines(numbers):
+def analysis_lines(numbers, annotation):
     lines = []
     if "direction_split" in numbers:
         lines += direction_table(numbers["direction_split"])
     if "paraphrase" in numbers:
         lines += paraphrase_table(numbers["paraphrase"])
     if "order_sensitivity" in numbers:
-        lines += order_table(numbers["order_sensitivity"])
+        lines += order_table(numbers["order_sensitivity"], annotation.settings[annotation.selection].title)
     return lines
 
 

@@ -359,7 +359,9 @@ def paraphrase_table(rows: dict) -> list[str]:
     ]
 
 
-def order_table(rows: dict) -> list[str]:
+def order_table(rows: dict, setting_title: str) -> list[str]:
+    """Order sensitivity on the setting evaluation checks it on (`setting_title`: the format's title
+    of its selection setting, RTime's Hard, a caption-set format's all captions)."""
     changes = [change for change in PERTURBATIONS if change in next(iter(rows.values()))]
     header = ["Method", *(f"{change.replace('_', ' ')}: dropped (%) / mean margin" for change in changes)]
     body = [
@@ -376,10 +378,10 @@ def order_table(rows: dict) -> list[str]:
         "### Order sensitivity: each query against its own video, its frames changed",
         "",
         *table(header, body),
-        "Hard queries; mean over seeds. 'dropped': the share of queries whose score falls; the margin is the score "
-        "as cached minus the score changed. Reversed, shuffled and halves swapped are permutations: an order-blind "
-        "head (meanP, mlpScore) scores exactly 0 there, which evaluation checks; the repeated middle frame also "
-        "changes what is shown.",
+        f"Queries of {md(setting_title)}; mean over seeds. 'dropped': the share of queries whose score falls; "
+        "the margin is the score as cached minus the score changed. Reversed, shuffled and halves swapped are "
+        "permutations: an order-blind head (meanP, mlpScore) scores exactly 0 there, which evaluation checks; the "
+        "repeated middle frame also changes what is shown.",
         "",
     ]
 

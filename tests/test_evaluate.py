@@ -174,6 +174,9 @@ def test_generic_dataset_has_one_setting_and_no_binary(evaluated, tmp_path):
     evaluate.main(["--cache", str(generic), "--head", "meanP", "--out", str(tmp_path / "generic_result.json")])
     result = json.loads((tmp_path / "generic_result.json").read_text())
     assert set(result) == {"all", "order", "provenance"} and result["all"]["t2v"]["n_queries"] == 12
+    report.main(["--results", str(tmp_path), "--out", str(tmp_path / "report")])
+    markdown = (tmp_path / "report" / "report.md").read_text()  # issue 29: its order note said "Hard queries"
+    assert "Queries of Retrieval, all captions; mean over seeds." in markdown and "Hard" not in markdown
 
 
 def test_evaluate_refuses_nan_scores_and_writes_no_result(small_clip, tmp_path):
