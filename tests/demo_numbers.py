@@ -1,13 +1,14 @@
 """The demo's numbers the README quotes, recorded from a `bash run_all.sh` work folder into
 docs/demo_numbers.json so that they cannot drift:
 
-- tests/test_readme.py: every quoted text, written from the record, stands in the README, and the
-  record's method numbers (from the demo's report_numbers.json) are the means of its runs';
+- tests/test_readme.py: every quoted text, written from the record, stands in the README (and
+  docs/run_all.md), and the record's method numbers (from the demo's report_numbers.json) are the
+  means of its runs';
 - tests/test_run_all.py: the runs the suite's run_all chain repeats (meanP zero-shot, seqTransf and
   mlpScore seed 0, trained with the demo's settings) give the record's numbers exactly.
 
 After a change that moves them: `bash run_all.sh && .venv/bin/python -m tests.demo_numbers work_demo`,
-then put the texts it prints in the README.
+then put the texts it prints in the README and docs/run_all.md.
 """
 
 import json
@@ -54,6 +55,18 @@ def method_numbers(report: dict, method: str) -> dict:
     }
 
 
+def report_numbers(report: dict) -> dict:
+    """What docs/run_all.md quotes of the demo's report: Hard t2v R@1 cells, one test, the design."""
+    hard = report["tables"]["hard/t2v"]
+    test = next(c for c in report["pairwise"] if (c["setting"], c["a"], c["b"]) == ("hard", "seqTransf", "tightTransf"))
+    return {
+        "hard t2v R@1": {method: {key: hard[method]["R@1"][key] for key in ("mean", "std", "ci")} for method in hard},
+        "hard seqTransf - tightTransf": {key: test[key] for key in ("difference", "p_holm")},
+        "family": {key: report["family"][key] for key in ("n_tests",)},
+        "hard design": report["family"]["design"]["hard"]["difference"],
+    }
+
+
 def record(work: Path) -> dict:
     report = json.loads((work / "report" / "report_numbers.json").read_text())["datasets"][DATASET]
     runs = {
@@ -64,6 +77,7 @@ def record(work: Path) -> dict:
     return {
         "made_by": "bash run_all.sh; .venv/bin/python -m tests.demo_numbers work_demo",
         "methods": {method: method_numbers(report, method) for method in RUNS_OF},
+        "report": report_numbers(report),
         "runs": runs,
     }
 
@@ -102,12 +116,32 @@ def quoted_texts(numbers: dict) -> list[str]:
     ]
 
 
+def run_all_texts(numbers: dict) -> list[str]:
+    """docs/run_all.md's texts, written from a record."""
+    report = numbers["report"]
+    cells = {
+        method: f"{cell['mean']:.1f} ± {cell['std']:.1f} [{cell['ci'][0]:.0f}, {cell['ci'][1]:.0f}]"
+        for method, cell in report["hard t2v R@1"].items()
+    }
+    test = report["hard seqTransf - tightTransf"]
+    return [
+        f"came out at {cells['seqTransf']} for seqTransf and {cells['tightTransf']} for tightTransf",
+        f"against {report['hard t2v R@1']['meanP zero-shot']['mean']:.1f} for meanP",
+        f"difference of {test['difference']:.1f} has Holm p {test['p_holm']:.2f}",
+        f"family of {report['family']['n_tests']} tests",
+        f"detect a difference of {report['hard design']:.1f} points",
+    ]
+
+
 def main(argv=None):
     (work,) = argv if argv is not None else sys.argv[1:]
     numbers = record(Path(work))
     atomic_write_json(RECORD, numbers)
     print(f"wrote {RECORD}; the README's texts:")
     for text in quoted_texts(numbers):
+        print(f"  {text}")
+    print("docs/run_all.md's:")
+    for text in run_all_texts(numbers):
         print(f"  {text}")
 
 

@@ -8,6 +8,7 @@ of its data and cache; these tests run last, so all of it runs beside the rest o
 
 import fcntl
 import json
+import re
 import shlex
 import subprocess
 
@@ -149,6 +150,16 @@ def test_the_printed_matrix_is_one_self_contained_resumable_command_per_run(demo
     assert "resuming" in completed.stdout  # the finished run is resumed, not redone
     after = json.loads((work / "results" / "seqTransf_seed0.json").read_text())
     assert after["hard"] == before["hard"] and after["origin"] == before["origin"]
+
+
+def test_the_default_work_folders_are_ignored_by_git():
+    """Issue 29: a real run wrote into <repo>/work/, which git did not ignore."""
+    script = (PROJECT / "run_all.sh").read_text()
+    defaults = re.findall(r'WORK="\$\{WORK:-([\w.-]+)\}"', script)
+    assert sorted(defaults) == ["work", "work_demo"]
+    for folder in defaults:
+        ignored = subprocess.run(["git", "check-ignore", "-q", f"{folder}/report/report.md"], cwd=PROJECT)
+        assert ignored.returncode == 0, f"{folder}/ is not ignored by git"
 
 
 def test_run_all_refuses_a_gpu_count_that_is_not_a_number(tmp_path):
