@@ -180,21 +180,21 @@ def write_report(datasets, args, folder):
 
 def write_paste_tables(datasets, numbers, out_dir):
     """tables.tex (reporting/latex.py: every table of each dataset, for a two-column paper) and
-    results.csv (one row per method x setting x direction x metric), post-processed methods apart."""
+    results.csv (tables.csv_rows: every table cell, Binary and the rewrites' R@1), post-processed
+    methods apart."""
     latex_lines, csv_lines = [], []
     for label, dataset in numbers["datasets"].items():
         methods = datasets[label]
         first = next(iter(methods.values()))[0]
-        groups = [("", dataset["tables"])] + [
-            (post, group["tables"]) for post, group in dataset.get("postprocessed", {}).items()
-        ]
-        settings = list(dict.fromkeys(key.split("/")[0] for _, tables in groups for key in tables))
+        all_tables = [dataset["tables"], *(group["tables"] for group in dataset.get("postprocessed", {}).values())]
+        settings = list(dict.fromkeys(key.split("/")[0] for tables in all_tables for key in tables))
         titles = {setting: setting_title(methods, setting).split(": ")[-1] for setting in settings}
         candidates = {setting: first.data[setting]["n_candidates"] for setting in settings}
         latex_lines += dataset_tables(label, dataset, titles, candidates, POSTPROCESS_TITLES)
         seeds = {m: [run.provenance["seed"] for run in runs] for m, runs in methods.items()}
-        for post, tables in groups:
-            csv_lines += csv_rows(label, post, tables, seeds)
+        csv_lines += csv_rows(label, None, dataset, seeds, candidates)
+        for post, group in dataset.get("postprocessed", {}).items():
+            csv_lines += csv_rows(label, post, group, seeds, candidates)
     atomic_write_bytes(out_dir / "tables.tex", "\n".join(latex_lines).encode("utf-8"))
     atomic_write_csv(out_dir / "results.csv", CSV_HEADER, csv_lines)
 

@@ -401,22 +401,49 @@ CSV_HEADER = (
     "n_seeds",
     "seeds",
     "n_queries",
+    "n_tied",
+    "trivial",
 )
 
 
-def csv_rows(dataset: str, postprocess: str, tables: dict, seeds: dict) -> list[list]:
-    """One row per method x setting x direction x metric (the CI shown in the tables, and what it resamples)."""
+def csv_rows(dataset: str, postprocess: str | None, numbers: dict, seeds: dict, candidates: dict) -> list[list]:
+    """results.csv's rows of one group of methods (raw, or one post-processing): one per method x
+    setting x direction x metric with the CI the tables show and what it resamples, Binary accuracy
+    per direction, and the rewrites' R@1 where the paraphrase analysis ran. Empty where a value does
+    not exist (a one-seed method's std, Binary's CI); `trivial` marks R@K that is 100 for any method
+    (K at least the candidates a query ranks: `candidates`, per setting)."""
     rows = []
-    for key, methods in tables.items():
+
+    def row(method, setting, direction, metric, value, n_seeds, ci=("", ""), over="", counts=("", ""), trivial=False):
+        std = value.get("std", "") if n_seeds > 1 else ""
+        names = [spreadsheet_text(dataset), spreadsheet_text(method), postprocess or "none", setting, direction]
+        seed_list = ";".join(str(seed) for seed in seeds[method] if seed is not None)
+        rows.append([*names, metric, value["mean"], std, *ci, over, n_seeds, seed_list, *counts, trivial])
+
+    for key, methods in numbers["tables"].items():
         setting, direction = key.split("/")
-        for method, row in methods.items():
+        for method, cells in methods.items():
+            over = "seeds and clusters" if cells["n_seeds"] > 1 else "clusters (one seed)"
             for metric in METRIC_NAMES:
-                value = row[metric]
-                over = "seeds and clusters" if row["n_seeds"] > 1 else "clusters (one seed)"
-                low, high = value["ci"]
-                names = [spreadsheet_text(dataset), spreadsheet_text(method)]
-                rows.append(
-                    [*names, postprocess, setting, direction, metric, value["mean"], value["std"], low, high]
-                    + [over, row["n_seeds"], " ".join(str(s) for s in seeds[method] if s is not None), row["n_queries"]]
+                trivial = metric in ("R@5", "R@10") and int(metric[2:]) >= candidates[setting]
+                counts = (cells["n_queries"], cells["n_tied"])
+                row(
+                    method,
+                    setting,
+                    direction,
+                    metric,
+                    cells[metric],
+                    cells["n_seeds"],
+                    cells[metric]["ci"],
+                    over,
+                    counts,
+                    trivial,
                 )
+    for method, binary in numbers.get("binary", {}).items():
+        for direction in ("t2v", "v2t"):
+            if direction in binary:
+                counts = (binary[direction]["n_pairs"], binary[direction]["n_tied"])
+                row(method, "binary", direction, "accuracy", binary[direction], binary["n_seeds"], counts=counts)
+    for method, paraphrase in numbers.get("paraphrase", {}).items():
+        row(method, "rewrites", "t2v", "R@1", {"mean": paraphrase["rewrites_R@1"]}, len(seeds[method]))
     return rows

@@ -233,16 +233,33 @@ def test_the_tables_to_paste_hold_the_reported_numbers(demo):
     assert r"\toprule" in tex and "zero-shot" in tex
     with open(demo / "report" / "results.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    raw = [r for r in rows if not r["postprocess"]]
+    raw = [r for r in rows if r["postprocess"] == "none" and r["setting"] in ("origin", "hard")]
     assert len(raw) == 3 * 2 * 2 * 5  # methods x settings x directions x metrics
     seq = next(
         r
         for r in raw
         if r["method"] == "seqTransf" and r["setting"] == "hard" and r["metric"] == "MnR" and r["direction"] == "t2v"
     )
-    assert float(seq["mean"]) == pytest.approx(hard["seqTransf"]["MnR"]["mean"]) and seq["seeds"] == "0 1"
+    assert float(seq["mean"]) == pytest.approx(hard["seqTransf"]["MnR"]["mean"]) and seq["seeds"] == "0;1"
     assert [float(seq["ci_low"]), float(seq["ci_high"])] == pytest.approx(hard["seqTransf"]["MnR"]["ci"])
-    assert seq["ci_over"] == "seeds and clusters"
+    assert seq["ci_over"] == "seeds and clusters" and float(seq["n_tied"]) == 0 and seq["trivial"] == "False"
+    # issue 29: no Binary, rewrites, tie counts or trivial flag; an all-NaN postprocess column; "± 0.00"
+    origin = {
+        r["metric"]: r
+        for r in raw
+        if (r["method"], r["setting"], r["direction"]) == ("meanP zero-shot", "origin", "t2v")
+    }
+    assert [origin[m]["trivial"] for m in ("R@1", "R@5", "R@10")] == ["False", "True", "True"]  # 4 candidates
+    assert origin["R@1"]["std"] == "" and origin["R@1"]["n_seeds"] == "1"  # one seed: no spread
+    binary = {(r["method"], r["direction"]): r for r in rows if r["setting"] == "binary" and r["postprocess"] == "none"}
+    assert float(binary[("seqTransf", "t2v")]["mean"]) == pytest.approx(
+        numbers(demo)["binary"]["seqTransf"]["t2v"]["mean"]
+    )
+    rewrites = {r["method"]: r for r in rows if r["setting"] == "rewrites"}
+    assert float(rewrites["seqTransf"]["mean"]) == pytest.approx(
+        numbers(demo)["paraphrase"]["seqTransf"]["rewrites_R@1"]
+    )
+    assert {r["postprocess"] for r in rows} == {"none", "dsl"}
 
 
 def test_the_examples_page_opens_in_a_browser_with_every_image_loaded(demo, tmp_path):
