@@ -55,7 +55,12 @@ source.add_argument("--head", choices=ZERO_SHOT_HEADS, help="a parameter-free he
 parser.add_argument("--clip", required=True, type=Path, help="the CLIP checkpoint the cache was extracted with")
 parser.add_argument("--top-k", type=whole_number(1), default=5, help="videos shown per query")
 parser.add_argument("--reversals", action="store_true", help="RTime: the reversal of every video is a candidate too")
-parser.add_argument("--index", type=Path, help="folder of the saved index (default: beside the checkpoint, or --cache)")
+parser.add_argument(
+    "--index",
+    type=Path,
+    help="folder of the saved index (default: index_SPLIT, or index_SPLIT_reversals with --reversals, beside the "
+    "checkpoint, or in --cache)",
+)
 parser.add_argument("--device", default="auto", help="auto (cuda if available), cuda or cpu")
 
 
@@ -163,7 +168,9 @@ def encode_queries(args, meta, queries, text_input, device):
 def video_index(args, meta, head, data, setting, video_ids, device):
     """[n_candidates, D] unit video vectors, from the saved index when it was built from the same
     checkpoint, cache and candidates, else built and saved."""
-    folder = args.index or ((args.ckpt.parent if args.ckpt else args.cache) / f"index_{args.split}")
+    # one default folder per candidate set: toggling --reversals finds its own index, never rebuilds the other
+    name = f"index_{args.split}" + ("_reversals" if args.reversals else "")
+    folder = args.index or ((args.ckpt.parent if args.ckpt else args.cache) / name)
     key = {
         "head": file_sha256(args.ckpt) if args.ckpt else args.head,
         "cache_content_sha256": content_digest(meta),

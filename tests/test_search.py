@@ -135,3 +135,15 @@ def test_comment_lines_in_a_queries_file_are_not_queries(tmp_path):
     path = tmp_path / "queries.txt"
     path.write_text("# what to look for\na man opens a door\n\n   # indented note\nsnow falls #1\n", encoding="utf-8")
     assert search.read_queries(path) == ["a man opens a door", "snow falls #1"]
+
+
+def test_with_and_without_reversals_each_keep_their_own_default_index(demo, demo_data, tmp_path):
+    """Issue 29: --reversals and no reversals shared one default index folder, so toggling rebuilt it."""
+    cache = copy_cache(demo / "cache", tmp_path / "cache")
+    args = ["--cache", str(cache), "--head", "meanP", "--clip", str(demo_data / "clip_tiny.pt"), "a red circle grows"]
+    search.main(args)
+    plain_key = (cache / "index_test" / "key.json").read_bytes()
+    search.main([*args, "--reversals"])
+    reversals = json.loads((cache / "index_test_reversals" / "ids.json").read_text())
+    assert {entry["reversed"] for entry in reversals} == {0, 1}
+    assert (cache / "index_test" / "key.json").read_bytes() == plain_key  # the other index kept as it was
