@@ -48,6 +48,10 @@ from infra.file_io import file_sha256
 from infra.runtime import fix_cpu_threads, resolve_device
 
 FAILURES_NAMED = 5  # a failed check names this many videos, then counts the rest
+# A reversed file whose least per-frame cosine with flip(cache) falls below this is no re-encoding
+# of the reversal: lossy ones measured 0.99975 or more, one frame off 0.98875 or more, the reversal
+# of other footage 0.83 or less (bench/reversal_tolerance.py, docs/verify.md).
+NOT_A_REVERSAL_COSINE = 0.95
 NOISE_FLOOR = 1e-5  # cosine distance float rounding alone reaches (seen: -1.2e-7 for identical frames)
 TOLERANCE_NOTE = (
     "The default --rel-tol 0.03 and --min-cosine 0.9995 were measured on ViT-B/32-shaped CLIP with lossy "
@@ -356,7 +360,14 @@ def summarise(report, name, results, args):
         detail += f"; of the {len(measured)} compared, max abs diff {max_diff:.3g} ({max_rel:.2%} of max value), "
         detail += f"min cosine {np.min([r[2] for r in measured]):.6f}"
     detail += failing_videos(failing, len(results))
-    if out_of_tolerance:
+    unlike = [video_id for video_id, result in out_of_tolerance if not result[2] >= NOT_A_REVERSAL_COSINE]
+    if unlike:  # no codec does this: the tolerance is not what to change
+        detail += (
+            f". {len(unlike)} of them are no reversal of their original (a frame's cosine below "
+            f"{NOT_A_REVERSAL_COSINE}, where lossy re-encodings measured 0.9997 or more and other footage 0.83 "
+            f"or less: docs/verify.md): a swapped or wrong file in --reversed-videos? Check {unlike[0]!r}"
+        )
+    if len(unlike) < len(out_of_tolerance):
         detail += f". {TOLERANCE_NOTE}"
     report.check(name, not failing, detail)
 

@@ -257,7 +257,26 @@ def test_verify_fails_a_reversal_of_other_footage(real_cache, capsys, tmp_path):
     passed, rows = run_verify(root, swapped, capsys)
     row = rows["reversed file = flip(cache)"]
     assert not passed and " FAIL " in row and "FAIL for 2 of 2 videos: h264_bframes" in row  # named, with a count
-    assert "--min-cosine 0.9995 were measured on ViT-B/32-shaped CLIP with lossy H.264 reversals" in row
+    # issue 29: the advice was to measure the tolerance, which no swapped file would ever meet
+    assert "2 of them are no reversal of their original" in row and "a swapped or wrong file" in row
+    assert "bench.reversal_tolerance" not in row
+
+
+def test_a_near_miss_is_told_to_measure_its_tolerance_and_a_stranger_to_check_its_file():
+    class Report:
+        def check(self, name, passed, detail):
+            self.passed, self.detail = passed, detail
+
+    args = verify.parser.parse_args(["--cache", "c", "--annotations", "a", "--videos", "v", "--clip", "m.pt"])
+    for least_cosine, says, does_not in (
+        (0.9990, "bench.reversal_tolerance", "no reversal of their original"),  # a codec's near miss
+        (0.4, "1 of them are no reversal of their original", "bench.reversal_tolerance"),  # other footage
+    ):
+        report = Report()
+        verify.summarise(
+            report, "reversed file = flip(cache)", [("a", (1.0, 0.01, 1.0)), ("b", (1.0, 0.01, least_cosine))], args
+        )
+        assert not report.passed and says in report.detail and does_not not in report.detail
 
 
 @pytest.mark.parametrize("decoder", DECODERS)
