@@ -65,6 +65,7 @@ from reporting.tables import (
     paraphrase_table,
     postprocess_note,
     published_table,
+    trivial_metrics,
 )
 
 # How a method was trained, as the methods table shows it: (column, reader of the training settings)
@@ -600,10 +601,10 @@ def dataset_plots(label, prefix, methods, tables, settings, annotation, out_dir,
 def trivial_recall_note(setting_result):
     """A footnote when R@K cannot fail: K at least the candidates a query ranks."""
     n_candidates = setting_result.get("n_candidates")
-    trivial = [k for k in (5, 10) if n_candidates is not None and k >= n_candidates]
+    trivial = trivial_metrics(n_candidates)
     if not trivial:
         return ""
-    names, verb = " and ".join(f"R@{k}" for k in trivial), "is" if len(trivial) == 1 else "are"
+    names, verb = " and ".join(trivial), "is" if len(trivial) == 1 else "are"
     return f"Each query ranks only {n_candidates} candidates here, so {names} {verb} 100 for any method."
 
 

@@ -121,17 +121,21 @@ def autocast_for(device: str):
     return contextlib.nullcontext()
 
 
+def queries_by_candidate(setting: Setting) -> dict[tuple, list[int]]:
+    """{(video_row, reversed): the queries whose own candidate it is}, in query order."""
+    queries_of = {}
+    for query, column in enumerate(setting.gold.argmax(axis=1)):
+        queries_of.setdefault(setting.candidates[column], []).append(query)
+    return queries_of
+
+
 def other_side_queries(setting: Setting) -> list[np.ndarray]:
     """Per query, the queries whose own candidate is its video in the other direction (a forward
     caption's reverse captions, and back): what Binary weighs the query's pair against."""
-    gold_column = setting.gold.argmax(axis=1)
-    queries_of = {}
-    for query, column in enumerate(gold_column):
-        queries_of.setdefault(setting.candidates[column], []).append(query)
-    empty = np.array([], dtype=np.int64)
+    queries_of = queries_by_candidate(setting)
     return [
-        np.array(queries_of.get((video_row, 1 - flag), empty), dtype=np.int64)
-        for video_row, flag in (setting.candidates[column] for column in gold_column)
+        np.array(queries_of.get((video_row, 1 - flag), []), dtype=np.int64)
+        for video_row, flag in (setting.candidates[column] for column in setting.gold.argmax(axis=1))
     ]
 
 
@@ -141,10 +145,7 @@ def binary_margins(scores: np.ndarray, setting: Setting) -> dict[str, tuple[np.n
     each with its side: 0 for a forward caption or the original video, 1 for a reverse caption or
     the reversal. {direction: (margins, sides)}."""
     column_of = {item: column for column, item in enumerate(setting.candidates)}
-    gold_column = setting.gold.argmax(axis=1)
-    queries_of = {}
-    for query, column in enumerate(gold_column):
-        queries_of.setdefault(setting.candidates[column], []).append(query)
+    queries_of = queries_by_candidate(setting)
     t2v, v2t = [], []  # (margin, side)
     for (video_row, flag), forward_queries in sorted(queries_of.items()):
         if flag or (video_row, 1) not in queries_of:

@@ -14,7 +14,7 @@ booktabs and graphicx packages (PACKAGES).
 import re
 
 from reporting.stats import p_text
-from reporting.tables import CI_DIGITS, DIFFERENCE_CI_DIGITS, METRIC_NAMES, count
+from reporting.tables import CI_DIGITS, DIFFERENCE_CI_DIGITS, METRIC_NAMES, count, trivial_metrics
 
 PACKAGES = ("booktabs", "graphicx")
 LOWER_IS_BETTER = ("MdR", "MnR")
@@ -100,7 +100,7 @@ def wrapped(environment: str, caption: str, key: str, columns: str, header: list
     ]
 
 
-def metric_table(title: str, key: str, rows: dict, trivial: set[str]) -> list[str]:
+def metric_table(title: str, key: str, rows: dict, trivial: list[str]) -> list[str]:
     """A setting and direction: each metric's mean (± std) and its 95% CI, the best of a column in
     bold unless the column cannot fail; tied queries; seeds."""
     best = {
@@ -146,8 +146,7 @@ def test_cells(test: dict) -> list[str]:
     return [
         signed(test["difference"], 2),
         interval(test["ci_family"], DIFFERENCE_CI_DIGITS),
-        latex(p_text(test)).replace("<", "$<$").replace("≤", "$\\leq$"),
-        latex(p_text(test, "p_holm")).replace("<", "$<$").replace("≤", "$\\leq$"),
+        *(latex(p_text(test, key)).replace("<", "$<$").replace("≤", "$\\leq$") for key in ("p", "p_holm")),
     ]
 
 
@@ -176,7 +175,7 @@ def dataset_tables(name: str, dataset: dict, settings: dict, candidates: dict, p
     for post, post_title, group in groups:
         for key, rows in group["tables"].items():
             setting, direction = key.split("/")
-            trivial = {f"R@{k}" for k in (5, 10) if k >= candidates[setting]}
+            trivial = trivial_metrics(candidates[setting])
             title = f"{name}, {post_title}{settings[setting]}, {directions[direction]}"
             lines += metric_table(title, label(name, post, setting, direction), rows, trivial)
         if group.get("binary"):

@@ -88,9 +88,9 @@ def cluster_draws(rng: np.random.Generator, n_clusters: int, size: int) -> np.nd
     return np.bincount(picks.ravel(), minlength=size * n_clusters).reshape(size, n_clusters)
 
 
-def chunks(n_resamples: int, n_queries: int, n_seeds: int = 1):
+def chunks(n_resamples: int, values_per_draw: int):
     """Sizes of the draws made at once, so that no chunk holds more than CHUNK_VALUES values."""
-    step = max(1, CHUNK_VALUES // max(1, n_queries * n_seeds))
+    step = max(1, CHUNK_VALUES // max(1, values_per_draw))
     for start in range(0, n_resamples, step):
         yield min(step, n_resamples - start)
 
@@ -114,7 +114,7 @@ def bootstrap_estimates(cells: list, clusters: np.ndarray, rng, n_resamples: int
     n_seeds, n_queries = np.atleast_2d(cells[0][0]).shape
     n_clusters = int(clusters.max()) + 1
     draws = [[] for _ in cells]
-    for size in chunks(n_resamples, n_queries, n_seeds):
+    for size in chunks(n_resamples, n_queries * n_seeds):
         weights = cluster_draws(rng, n_clusters, size)[:, clusters].astype(np.float64)
         picks = seed_picks(rng, n_seeds, size)
         for cell_draws, (values, statistic) in zip(draws, cells, strict=True):

@@ -72,6 +72,11 @@ def number(value) -> str:
     return f"{value:.3g}"
 
 
+def trivial_metrics(n_candidates: int | None) -> list[str]:
+    """The R@K that is 100 for any method where each query ranks `n_candidates`: K at least that many."""
+    return [f"R@{k}" for k in (5, 10) if n_candidates is not None and k >= n_candidates]
+
+
 def count(value: float, total: int) -> str:
     """A count over seeds of a total, e.g. tied queries: "8/8", or the mean to one decimal where
     seeds differ ("1.3/4", not "1.33333/4")."""
@@ -425,7 +430,7 @@ def csv_rows(dataset: str, postprocess: str | None, numbers: dict, seeds: dict, 
         for method, cells in methods.items():
             over = "seeds and clusters" if cells["n_seeds"] > 1 else "clusters (one seed)"
             for metric in METRIC_NAMES:
-                trivial = metric in ("R@5", "R@10") and int(metric[2:]) >= candidates[setting]
+                trivial = metric in trivial_metrics(candidates[setting])
                 counts = (cells["n_queries"], cells["n_tied"])
                 row(
                     method,
