@@ -47,9 +47,11 @@ from evaluation.postprocess import METHOD_SUFFIX, POSTPROCESS, QB_BETA, dual_sof
 from evaluation.results import (
     PER_QUERY_COLUMNS,
     PERMUTATIONS,
+    ResultError,
     check_result_target,
     file_label,
     order_summary,
+    read_result,
     write_result,
 )
 from evaluation.retrieval_metrics import binary_accuracy, retrieval_metrics
@@ -70,7 +72,7 @@ from heads.loaded_split import PLACEMENTS, frames_to_use, load_split_tensors
 from infra import cli
 from infra.cli import HelpFormatter, StageError, whole_number
 from infra.file_io import exclusive_folder, file_sha256, remove_stale_outputs
-from infra.runtime import device_name, fix_cpu_threads, resolve_device
+from infra.runtime import code_version, device_name, fix_cpu_threads, flag_settings, process_seconds, resolve_device
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
 parser.add_argument(
@@ -136,6 +138,12 @@ parser.add_argument(
     "and the report marks it",
 )
 parser.add_argument(
+    "--keep-finished",
+    action="store_true",
+    help="leave a result at --out alone where it is this evaluation's, finished: its arrays check out and it "
+    "records the same checkpoint, cache content, flags and code (run_all.sh reruns with it)",
+)
+parser.add_argument(
     "--postprocess",
     choices=POSTPROCESS,
     default=None,
@@ -153,10 +161,16 @@ def main(argv=None):
     overlaps = [seen_overlap(args, checkpoint, cache_dir, split) for cache_dir, split, _, _ in targets]
     device = resolve_device(args.device)
     fix_cpu_threads(device)
-    for (cache_dir, split, label, out_path), overlap in zip(targets, overlaps, strict=True):
+    startup = process_seconds()
+    for target, overlap in zip(targets, overlaps, strict=True):
+        out_path = target[-1]
         with exclusive_folder(out_path.parent, f".{out_path.stem}.lock"):
+            if args.keep_finished and finished(args, target):
+                print(f"kept {out_path}: finished with the same checkpoint, cache, flags and code (--keep-finished)")
+                continue
             remove_stale_outputs(out_path.with_suffix(""))  # what an evaluation killed half-way left
-            evaluate_one(args, checkpoint, (cache_dir, split, label, out_path), overlap, device)
+            evaluate_one(args, checkpoint, target, overlap, device, startup)
+            startup = 0.0
 
 
 def check_arguments(args):
@@ -216,7 +230,9 @@ def evaluation_targets(args):
     return targets
 
 
-def evaluate_one(args, checkpoint, target, overlap, device):
+def evaluate_one(args, checkpoint, target, overlap, device, startup):
+    """Scores one target and writes its result; `startup`: the seconds the process spent before it
+    (start-up, the checkpoint; 0 for a command's later targets), which its cost counts."""
     cache_dir, split, label, out_path = target
     # ---- the split, its annotation format and the head that scores it
     started = time.time()
@@ -251,6 +267,7 @@ def evaluate_one(args, checkpoint, target, overlap, device):
     results["provenance"]["postprocess_settings"] = post_settings
     results["provenance"]["cost"]["evaluate"] = {
         "seconds": round(time.time() - started, 3),
+        "startup_seconds": round(startup, 3),
         "device": device_name(device),
     }
     write_result(out_path, results, arrays)
@@ -264,6 +281,34 @@ def evaluate_one(args, checkpoint, target, overlap, device):
     for name, numbers in results.get("conventions", {}).items():
         print(f"{name} convention: {convention_line(numbers)}")
     print(f"wrote {out_path}")
+
+
+def invocation(args):
+    """The flags a result's numbers depend on, as it records them (the checkpoint and cache are
+    recorded by content; where and how fast it ran, and what to do with a finished result, are not)."""
+    return flag_settings(args, ("cache", "split", "ckpt", "out", "device", "data_on", "pair_batch", "keep_finished"))
+
+
+def finished(args, target):
+    """Whether the result at the target's path is what this evaluation would write: it reads back
+    whole (arrays by sha256, numbers recomputed) and records the same checkpoint, cache content,
+    label, flags and code. A damaged or half-written one is not finished: it is evaluated again."""
+    cache_dir, split, label, out_path = target
+    if not out_path.exists():
+        return False
+    try:
+        recorded = read_result(out_path).provenance
+    except ResultError:
+        return False
+    expected = {
+        "ckpt_sha256": file_sha256(args.ckpt) if args.ckpt else None,
+        "cache_content_sha256": content_digest(read_meta(cache_dir)),
+        "split": split,
+        "dataset": label,
+        "invocation": invocation(args),
+        "code_version": code_version(),
+    }
+    return all(recorded.get(key) == value for key, value in expected.items())
 
 
 def convention_line(numbers):
@@ -401,6 +446,11 @@ def requested_settings(args, annotation, cache_dir, split):
     split (RTime files without rewrites) is left out, saying so; any other with no query is an error
     naming its pair list."""
     settings = {}
+    if args.rewrites and not any(rule.on_request for rule in annotation.settings.values()):
+        print(
+            f"--rewrites: not applicable: {split_format(read_meta(cache_dir), split)} annotations have no rewritten "
+            "captions (RTime's paraphrases); evaluated without them"
+        )
     for name, rule in annotation.settings.items():
         if rule.on_request and not args.rewrites:
             continue
@@ -487,6 +537,10 @@ def provenance(args, config, training, target, meta, cached_frames, device):
         "frames": config["frames"],
         "frames_cached": spread(cached_frames),
         "frames_seen": spread(seen),
+        "captions": {  # what the report states of the text: how many were cut to the context length
+            "count": meta["counts"][split]["captions"],
+            "truncated": meta["counts"][split]["truncated_captions"],
+        },
         "text_input": config["text_input"],
         "tie_order": TIE_ORDER,
         "per_query_columns": list(PER_QUERY_COLUMNS),
@@ -497,8 +551,10 @@ def provenance(args, config, training, target, meta, cached_frames, device):
         "storage_dtype": contract["storage_dtype"],
         "compute": contract.get("compute", {}),
         "training": training,
-        "cost": {"extract": read_timings(cache_dir).get(split)},
+        "cost": {"extract": read_timings(cache_dir) or None},  # every split's and the set-up
         "feature_contract": feature_contract(meta),  # what report.py checks a trained head's training cache against
+        "invocation": invocation(args),
+        "code_version": code_version(),
     }
 
 

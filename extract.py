@@ -44,11 +44,13 @@ from corpus.annotations import (
 )
 from corpus.feature_cache import (
     PARTS_DIR,
+    SETUP,
     VIDEO_FILES,
     check_split_counts,
     content_digest,
     merge_split,
     open_cache_meta,
+    read_timings,
     record_timing,
     storable_rows,
     text_part_path,
@@ -72,7 +74,15 @@ from corpus.video_frames import (
 from infra import cli
 from infra.cli import HelpFormatter, StageError, whole_number
 from infra.file_io import atomic_write_json, exclusive_folder, file_sha256
-from infra.runtime import Progress, code_version, device_name, fix_cpu_threads, flag_settings, setup_runtime
+from infra.runtime import (
+    Progress,
+    code_version,
+    device_name,
+    fix_cpu_threads,
+    flag_settings,
+    process_seconds,
+    setup_runtime,
+)
 
 CACHE_FORMAT_VERSION = 3  # 3: the meta carries its own digest (meta_sha256)
 INTERRUPTED = "interrupted; finished chunks kept; rerun the same command to resume"
@@ -279,6 +289,8 @@ def extract(args, plan, annotations, contract, model, video_folder, runtime):
         args.workers if args.workers is not None else max(1, (os.cpu_count() or 1) // runtime.local_world_size - 1)
     )
     pool = multiprocessing.get_context("spawn").Pool(workers, init_decode_worker) if workers > 0 and todo else None
+    if runtime.master and todo:  # start-up, CLIP, annotations, the video index: a cost beside the splits'
+        record_setup(args.out, runtime)
     with pool or contextlib.nullcontext():  # leaving the block (an error, Ctrl-C) stops the workers
         for split in todo:
             format_name, records = annotations[split]
@@ -297,6 +309,17 @@ def extract(args, plan, annotations, contract, model, video_folder, runtime):
         meta["content_sha256"] = content_digest(meta)
         meta = write_meta(args.out, meta)
         runtime.log(f"cache complete: {args.out} (content sha256 {meta['content_sha256'][:12]})")
+
+
+def record_setup(cache_dir, runtime):
+    """This process's set-up time, added to what earlier processes of a resumed extraction spent."""
+    earlier = read_timings(cache_dir).get(SETUP, {})
+    seconds = earlier.get("seconds", 0.0) + process_seconds()
+    record_timing(
+        cache_dir,
+        SETUP,
+        {"seconds": round(seconds, 3), "device": device_name(runtime.device), "starts": earlier.get("starts", 0) + 1},
+    )
 
 
 def extraction_cost(seconds, runtime, counts):

@@ -17,13 +17,12 @@ paper, OUT/results.csv, and OUT/report_numbers.json with every number in the tab
 """
 
 import argparse
-import json
 import os
 from dataclasses import asdict
 from pathlib import Path
 
-from corpus.annotations import FORMATS
-from corpus.feature_cache import features_mismatch
+from corpus.annotations import FORMATS, SPLITS
+from corpus.feature_cache import SETUP, features_mismatch
 from evaluation.conventions import CONVENTIONS
 from evaluation.postprocess import METHOD_SUFFIX
 from evaluation.results import ResultError, file_label, read_result, seed_averaged
@@ -55,6 +54,7 @@ from reporting.tables import (
     cost_table,
     csv_rows,
     direction_table,
+    facts,
     family_note,
     md,
     methods_table,
@@ -71,7 +71,7 @@ from reporting.tables import (
 # How a method was trained, as the methods table shows it: (column, reader of the training settings)
 TRAINING_COLUMNS = (
     ("trained on", lambda s: Path(s["cache"]).name),
-    ("frames", lambda s: s["frames"]),
+    ("frames read, at most", lambda s: s["frames"]),
     ("epochs", lambda s: s["epochs"]),
     ("batch", lambda s: s["batch_size"]),
     ("lr", lambda s: s["lr"]),
@@ -354,7 +354,7 @@ def method_settings(entry):
     """{column: value} of a method; values that differ between its seeds are joined with ' / '."""
     if not entry["trainings"]:
         zero_shot = {name: "—" for name, _ in TRAINING_COLUMNS}
-        return {**zero_shot, "trained on": "— (zero-shot)", "frames": entry["zero_shot_frames"]}
+        return {**zero_shot, "trained on": "— (zero-shot)", "frames read, at most": entry["zero_shot_frames"]}
     settings = {}
     for name, read in TRAINING_COLUMNS:
         values = list(dict.fromkeys(read(training["settings"]) for training in entry["trainings"]))
@@ -421,6 +421,14 @@ def dataset_section(label, methods, args, folder, stem, colour_of):
 
             page, picture = write_examples(label, raw, binary, args.videos, folder, args.examples, stem)
             lines += [f"Where the heads part ways: [{page}]({page})", "", f"![examples]({picture})", ""]
+        elif args.examples:
+            note = (
+                f"Examples (--examples): not applicable to {label}: its {provenance['annotation_format']} annotations "
+                "have no setting with each video's reversal among the candidates, where the page shows the heads "
+                "part ways."
+            )
+            print(note)
+            lines += [note, ""]
     for post, group in groups.items():
         post_numbers = numbers["postprocessed"][post]
         lines += [f"### {POSTPROCESS_TITLES[post]}", "", postprocess_note(post, post_numbers["settings"]), ""]
@@ -574,12 +582,13 @@ def file_stems(datasets):
 def dataset_plots(label, prefix, methods, tables, settings, annotation, out_dir, colour_of):
     titles = {setting: annotation.settings[setting].title.split(": ")[-1] for setting in settings}
     names = list(methods)
+    candidates = {s: next(iter(methods.values()))[0].data[s]["n_candidates"] for s in settings}
     ranks = {s: {m: seed_averaged(methods[m], f"{s}/t2v", METRICS["MnR"][0]) for m in names} for s in settings}
     figures = [
         (
             "text→video recall at 1, 5, 10",
             "t2v_recall_at_1_5_10",
-            plots.recall_figure(tables, names, settings, titles, label),
+            plots.recall_figure(tables, names, settings, titles, label, candidates),
         ),
         ("text→video rank CDF", "t2v_rank_cdf", plots.rank_cdf_figure(ranks, settings, titles, colour_of, label)),
     ]
@@ -617,58 +626,115 @@ def dataset_notes(methods, args):
     first = next(iter(methods.values()))[0].provenance
     sampling, clip = first["sampling"], first["clip"]
     seen = "; ".join(f"{md(m)}: {spread_text(runs[0].provenance['frames_seen'])}" for m, runs in methods.items())
-    seeds = {m: [run.provenance["seed"] for run in runs] for m, runs in methods.items()}
+    seeds = "; ".join(
+        f"{md(m)}: "
+        + ", ".join("— (zero-shot)" if run.provenance["seed"] is None else str(run.provenance["seed"]) for run in runs)
+        for m, runs in methods.items()
+    )
     sources = "; ".join(
         f"{md(m)}: " + ", ".join(code(os.path.relpath(run.path, args.out)) for run in runs)
         for m, runs in methods.items()
     )
     return [
-        f"- CLIP checkpoint: {code(clip['file'])}, sha256 `{clip['sha256']}`, config {json.dumps(clip['config'])}; "
-        f"compute {json.dumps(first['compute'])}.",
-        f"- Preprocessing: {json.dumps(first['preprocessing'])}.",
+        f"- CLIP checkpoint: {code(clip['file'])}, sha256 `{clip['sha256']}`; config: {facts(clip['config'])}; "
+        f"compute: {facts(first['compute'])}.",
+        f"- Preprocessing: {facts(first['preprocessing'])}.",
         f"- Frame sampling: fps {sampling['fps']}, t_max {sampling['t_max']}, rule: {sampling['rule']}.",
+        f"- Captions: {captions_text(first)}",
         f"- Frames cached per video: {spread_text(first['frames_cached'])}. Frames each head read per video "
         f"(an evenly spaced, mirror-symmetric subset where it reads fewer than cached): {seen}.",
         f"- Cache dtype: {first['storage_dtype']}; cache content sha256 `{first['cache_content_sha256']}`.",
-        f"- Seeds: {md(json.dumps(seeds))}. Sources (relative to this report): {sources}.",
+        f"- Seeds: {seeds}. Sources (relative to this report): {sources}.",
         "",
     ]
 
 
+def captions_text(provenance):
+    """What the queries are: one per annotated caption or a video's sentences joined (paragraph
+    mode), and how a caption longer than the text encoder's context was read (the long-text rule)."""
+    annotations, tokenizer = provenance["annotations"], provenance["feature_contract"]["tokenizer"]
+    length, counted = tokenizer["context_length"], provenance.get("captions")
+    if annotations.get("paragraphs"):
+        queries = "paragraph mode (extract.py --paragraphs): each video's sentences joined into its one caption"
+    else:
+        queries = "one query per annotated caption (no paragraph mode)"
+    if tokenizer.get("long_text") == "windows":  # caches from before --long-text existed truncated
+        rule = f"read whole, as the mean of the embeddings of its {length}-token windows (--long-text windows)"
+    elif counted:
+        rule = (
+            f"cut to its first {length}, as CLIP4Clip does (--long-text truncate): {counted['truncated']} of this "
+            f"split's {counted['count']} captions were cut"
+        )
+    else:
+        rule = f"cut to its first {length}, as CLIP4Clip does (--long-text truncate; how many not recorded)"
+    return f"{queries}; a caption over {length} tokens is {rule}."
+
+
 def cost_rows(datasets, method_numbers):
-    """(stage, what, device, seconds) from the result files: extraction of each dataset's split,
-    training of each method (all epochs of all seeds), evaluation of each method on each dataset."""
-    rows = []
+    """(stage, what, device, seconds, of which start-up) from the result files: each cache's
+    extraction, split by split, and its set-up (process start, CLIP, annotations, the video index);
+    training of each method (all epochs of all seeds, and each process's start before its first
+    epoch); evaluation of each method on each dataset (with its process's start)."""
+    rows, caches = [], set()
     for label, methods in datasets.items():
-        extract = next(iter(methods.values()))[0].provenance["cost"]["extract"]
-        if extract:
-            rows.append(("extract", f"{label} ({extract['videos']} videos)", extract["device"], extract["seconds"]))
-        else:
-            rows.append(("extract", label, "not recorded", None))
+        provenance = next(iter(methods.values()))[0].provenance
+        if provenance["cache_content_sha256"] in caches:
+            continue  # two datasets of one cache (its valid and test splits): its extraction once
+        caches.add(provenance["cache_content_sha256"])
+        rows += extraction_rows(label, provenance)
     for method, info in method_numbers.items():
         epochs = [record for training in info["trainings"] for record in training["history"]]
         if epochs:
             devices = sorted({record.get("device", "?") for record in epochs})
-            seconds = sum(record.get("seconds", 0.0) for record in epochs)
+            startup = recorded_startup(epochs)
             rows.append(
                 (
                     "train",
                     f"{method} ({len(info['trainings'])} seed(s), {len(epochs)} epochs)",
                     ", ".join(devices),
-                    seconds,
+                    sum(record.get("seconds", 0.0) for record in epochs) + (startup or 0.0),
+                    startup,
                 )
             )
     for label, methods in datasets.items():
         for method, runs in methods.items():
             costs = [run.provenance["cost"]["evaluate"] for run in runs]
+            startup = recorded_startup(costs)
             rows.append(
                 (
                     "evaluate",
                     f"{method} on {label} ({len(runs)} seed(s))",
                     costs[0]["device"],
-                    sum(c["seconds"] for c in costs),
+                    sum(cost["seconds"] for cost in costs) + (startup or 0.0),
+                    startup,
                 )
             )
+    return rows
+
+
+def recorded_startup(records):
+    """The start-up seconds the records hold, summed; None where none holds it (results from before
+    it was recorded: the table says "—", not 0)."""
+    values = [record["startup_seconds"] for record in records if "startup_seconds" in record]
+    return sum(values) if values else None
+
+
+def extraction_rows(label, provenance):
+    """The cost rows of the extraction of a dataset's cache: every split it holds, and its set-up."""
+    timings = provenance["cost"]["extract"]
+    if not timings:
+        return [("extract", f"{label}'s cache", "not recorded", None, None)]
+    if "seconds" in timings:  # a result from before every split was recorded: its own split's
+        timings = {provenance["split"]: timings}
+    rows = []
+    for split in sorted(timings, key=[SETUP, *SPLITS].index):  # set-up first, then the splits in order
+        timing = timings[split]
+        if split == SETUP:
+            what = f"{label}'s cache: set-up ({timing['starts']} process start(s), CLIP, annotations, video index)"
+            rows.append(("extract", what, timing["device"], timing["seconds"], timing["seconds"]))
+        else:
+            what = f"{label}'s cache: {split} split ({timing['videos']} videos, {timing['frames']} frames)"
+            rows.append(("extract", what, timing["device"], timing["seconds"], None))
     return rows
 
 
@@ -681,7 +747,7 @@ def general_notes(args):
         "2. Cells are the tie-aware expected metrics (the mean over all orders of tied items); R@K in %, MdR the "
         "median of expected ranks. Stable-sort, optimistic and pessimistic values are in the result files, with the "
         "stable-sort tie order. 'tied queries': queries whose target ties another candidate. Mean ± std over seeds "
-        "(std with ddof 1; 0 for one seed).",
+        "(std with ddof 1; a one-seed method shows its value alone).",
         "3. Video→text follows CLIP4Clip: each candidate's caption set is scored by its best caption, and a video's "
         "query is right when its own set ranks first (the result files also hold `v2t_per_caption`, which ranks "
         "single captions).",

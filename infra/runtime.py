@@ -170,6 +170,16 @@ def flat_fields(facts: dict, prefix: str = "") -> dict:
 PROJECT = Path(__file__).resolve().parents[1]
 
 
+def process_seconds() -> float:
+    """Seconds since this process started (Linux keeps its start in /proc, in clock ticks since
+    boot), so a stage's cost counts its start-up: the interpreter, imports (torch's take seconds),
+    the model and the files read before the work."""
+    with open("/proc/self/stat") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()  # after "pid (name)", which may hold spaces
+    started = int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22, starttime
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - started
+
+
 def code_version() -> str:
     """One sha256 over the stage scripts and the packages they import (each file's name and bytes):
     two ranks running different copies of the code differ here, whatever git says."""

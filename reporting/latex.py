@@ -14,7 +14,7 @@ booktabs and graphicx packages (PACKAGES).
 import re
 
 from reporting.stats import p_text
-from reporting.tables import CI_DIGITS, DIFFERENCE_CI_DIGITS, METRIC_NAMES, count, trivial_metrics
+from reporting.tables import CI_DIGITS, DIFFERENCE_CI_DIGITS, METRIC_NAMES, count, mean_std, trivial_metrics
 
 PACKAGES = ("booktabs", "graphicx")
 LOWER_IS_BETTER = ("MdR", "MnR")
@@ -31,6 +31,7 @@ LATEX_SPECIALS = {
     "^": r"\textasciicircum{}",
 }
 TRIVIAL_MARK = r"$^\dagger$"
+PLUS_MINUS = r"$\pm$"
 ANALYSES = (  # (numbers key, label word, columns before the test's, their values, title)
     (
         "direction_split",
@@ -59,14 +60,6 @@ def label(*parts) -> str:
     """A \\label key from a table's parts: tab:rtime-test-hard-t2v."""
     words = (re.sub(r"[^a-z0-9]+", "-", str(part).lower()).strip("-") for part in parts)
     return "tab:" + "-".join(word for word in words if word)
-
-
-def spread(value: dict, n_seeds: int, digits: int = 1) -> str:
-    """mean ± std over seeds, to one decimal (two with the CIs do not fit a page's width); a one-seed
-    method's mean alone (it has no spread to show)."""
-    if n_seeds == 1:
-        return f"{value['mean']:.{digits}f}"
-    return f"{value['mean']:.{digits}f}$\\pm${value['std']:.{digits}f}"
 
 
 def signed(value: float, digits: int) -> str:
@@ -116,7 +109,7 @@ def metric_table(title: str, key: str, rows: dict, trivial: list[str]) -> list[s
     for method, row in rows.items():
         cells = []
         for metric in METRIC_NAMES:
-            text = spread(row[metric], row["n_seeds"])
+            text = mean_std(row[metric], row["n_seeds"], 1, PLUS_MINUS)
             if row[metric]["mean"] == best[metric] and metric not in trivial:
                 text = rf"\textbf{{{text}}}"
             cells.append(f"{text} {{\\scriptsize {interval(row[metric]['ci'], CI_DIGITS[metric])}}}")
@@ -133,7 +126,10 @@ def binary_table(title: str, key: str, rows: dict, directions: dict) -> list[str
     body = [
         [
             latex(method),
-            *(f"{spread(row[d], row['n_seeds'])} & {count(row[d]['n_tied'], row[d]['n_pairs'])}" for d in directions),
+            *(
+                f"{mean_std(row[d], row['n_seeds'], 1, PLUS_MINUS)} & {count(row[d]['n_tied'], row[d]['n_pairs'])}"
+                for d in directions
+            ),
         ]
         for method, row in rows.items()
     ]

@@ -72,6 +72,21 @@ def number(value) -> str:
     return f"{value:.3g}"
 
 
+def facts(value) -> str:
+    """A record's fields as a reader takes them, not as JSON: "size 32, mean 0.481 / 0.458 / 0.408",
+    nested fields in parentheses, a missing value as "—" (never `null`); markdown-safe."""
+    if isinstance(value, dict):
+        return ", ".join(
+            f"{md(key)} {facts(item)}" if not isinstance(item, dict) else f"{md(key)} ({facts(item)})"
+            for key, item in value.items()
+        )
+    if isinstance(value, list | tuple):
+        return " / ".join(facts(item) for item in value) if value else "—"
+    if value is None:
+        return "—"
+    return md(number(value) if isinstance(value, float) else value)
+
+
 def trivial_metrics(n_candidates: int | None) -> list[str]:
     """The R@K that is 100 for any method where each query ranks `n_candidates`: K at least that many."""
     return [f"R@{k}" for k in (5, 10) if n_candidates is not None and k >= n_candidates]
@@ -89,9 +104,17 @@ def interval(low_high, digits: int) -> str:
     return f"[{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def cell(value: dict, metric: str) -> str:
+def mean_std(value: dict, n_seeds: int, digits: int = 2, plus: str = " ± ") -> str:
+    """mean ± std over seeds; a one-seed method's value alone (it has no spread to show, and
+    "± 0.00" would claim seeds that agree)."""
+    if n_seeds == 1:
+        return f"{value['mean']:.{digits}f}"
+    return f"{value['mean']:.{digits}f}{plus}{value['std']:.{digits}f}"
+
+
+def cell(value: dict, metric: str, n_seeds: int) -> str:
     """mean ± std [95% CI over seeds and clusters]."""
-    return f"{value['mean']:.2f} ± {value['std']:.2f} {interval(value['ci'], CI_DIGITS[metric])}"
+    return f"{mean_std(value, n_seeds)} {interval(value['ci'], CI_DIGITS[metric])}"
 
 
 def table(header: list[str], rows: list[list]) -> list[str]:
@@ -104,7 +127,7 @@ def metric_table(title: str, rows: dict, footnote: str = "") -> list[str]:
     body = [
         [
             md(method),
-            *(cell(row[metric], metric) for metric in METRIC_NAMES),
+            *(cell(row[metric], metric, row["n_seeds"]) for metric in METRIC_NAMES),
             count(row["n_tied"], row["n_queries"]),
             row["n_seeds"],
         ]
@@ -122,7 +145,7 @@ def binary_table(rows: dict, directions=("t2v", "v2t")) -> list[str]:
             *(
                 cell
                 for d in directions
-                for cell in (f"{row[d]['mean']:.2f} ± {row[d]['std']:.2f}", count(row[d]["n_tied"], row[d]["n_pairs"]))
+                for cell in (mean_std(row[d], row["n_seeds"]), count(row[d]["n_tied"], row[d]["n_pairs"]))
             ),
         ]
         for method, row in rows.items()
@@ -303,13 +326,25 @@ def methods_table(info: dict, columns: list[str]) -> list[str]:
     return table(header, body)
 
 
-def cost_table(rows: list[tuple[str, str, str, float | None]]) -> list[str]:
-    """rows: (stage, what, device, seconds or None)."""
+def cost_table(rows: list[tuple[str, str, str, float | None, float | None]]) -> list[str]:
+    """rows: (stage, what, device, seconds, of which start-up; None where not recorded)."""
+
+    def seconds_text(seconds):
+        return "—" if seconds is None else f"{seconds:,.1f}"
+
     body = [
-        [md(stage), md(what), md(device), "—" if seconds is None else f"{seconds:,.1f}"]
-        for stage, what, device, seconds in rows
+        [md(stage), md(what), md(device), seconds_text(seconds), seconds_text(startup)]
+        for stage, what, device, seconds, startup in rows
     ]
-    return ["## Cost", "", *table(["Stage", "what", "device", "seconds"], body)]
+    total = sum(row[3] for row in rows if row[3] is not None)
+    return [
+        "## Cost",
+        "",
+        *table(["Stage", "what", "device", "seconds", "of which start-up"], body),
+        f"In all {total:,.1f} s. Start-up: a process's start (the interpreter, imports, the model) and what it "
+        "reads before its work; it is part of each stage's seconds.",
+        "",
+    ]
 
 
 def direction_table(rows: dict) -> list[str]:

@@ -24,8 +24,9 @@ from make_demo_data import write_tiny_clip
 from tests.helpers import extract_args, order_only_cache, train_args
 
 # Checks that are minutes of subprocesses: each is started at collection when a test of its file is
-# selected, and that file's tests run last, so the check runs beside the rest of the suite (which
-# mostly keeps one core busy). {name: (test file, module, its starter(folder) -> process)}
+# selected (the second once the first has ended), and that file's tests run last, so the checks run
+# beside the rest of the suite, on the core it mostly leaves free.
+# {name: (test file, module, its starter(folder, pid to wait for) -> process)}
 BACKGROUND_CHECKS = {
     "demo_matrix": ("tests/test_run_all.py", "tests.test_run_all", "demo_matrix"),
     "gpu_kit": ("tests/test_gpu_kit.py", "tests.test_gpu_kit", "dry_run"),
@@ -34,14 +35,17 @@ STARTED = {}  # name: (process, its folder)
 
 
 def pytest_collection_modifyitems(config, items):
-    """Start each background check whose tests are selected, and move those tests last."""
+    """Start each background check whose tests are selected, one after another, and move those
+    tests last."""
+    previous = None  # the check started before: the next one waits for it to end
     for name, (test_file, module, starter) in BACKGROUND_CHECKS.items():
         selected = [item for item in items if item.nodeid.startswith(test_file)]
         if not selected:
             continue
         items[:] = [item for item in items if item not in selected] + selected
         folder = Path(tempfile.mkdtemp(prefix=f"{name}_"))
-        STARTED[name] = (getattr(importlib.import_module(module), starter)(folder), folder)
+        STARTED[name] = (getattr(importlib.import_module(module), starter)(folder, previous), folder)
+        previous = STARTED[name][0].pid
 
 
 def pytest_sessionfinish(session, exitstatus):

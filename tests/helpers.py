@@ -103,11 +103,17 @@ def cache_files(cache_dir):
     }
 
 
-def start_in_background(command, logs):
+def start_in_background(command, logs, after=None):
     """A command in its own process group, at the lowest priority (the tests in the foreground come
-    first), run from the project's root, its output written to logs/stdout.txt and logs/stderr.txt
-    (files, not pipes: nobody reads a pipe while it runs)."""
+    first), run from the project's root once process `after` (a pid) has ended, its output written
+    to logs/stdout.txt and logs/stderr.txt (files, not pipes: nobody reads a pipe while it runs).
+    Niceness alone does not hold it back where the kernel groups processes by session (autogroup:
+    each session gets an equal share whatever its niceness), so the background checks run one
+    after another: they take one core, and the suite the other."""
     logs.mkdir(parents=True, exist_ok=True)
+    if after is not None:  # ended: gone, or a zombie its parent (this session) has not waited for yet
+        wait = 'while kill -0 "$0" 2>/dev/null && [ "$(cut -d" " -f3 "/proc/$0/stat")" != Z ]; do sleep 0.5; done'
+        command = ["bash", "-c", f'{wait}; exec "$@"', str(after), *command]
     with open(logs / "stdout.txt", "w") as stdout, open(logs / "stderr.txt", "w") as stderr:
         command = ["nice", "-n", "19", *command]
         return subprocess.Popen(command, cwd=PROJECT, stdout=stdout, stderr=stderr, start_new_session=True)

@@ -291,12 +291,36 @@ def test_the_report_says_which_frames_the_cache_holds_and_each_head_read(demo):
     markdown = (demo / "report" / "report.md").read_text()
     # the demo's videos hold 12 frames at 4 fps; trained without --frames, a head reads them all (t_max is 24)
     assert "Frames cached per video: 12." in markdown
+    # issue 29: footnotes printed raw JSON, `null` for a zero-shot method's seed
+    assert "null" not in markdown and '{"' not in markdown
+    assert "- Seeds: meanP zero-shot: — (zero-shot); mlpScore: 0; seqTransf: 0, 1;" in markdown
+    assert "; config: context\\_length 77, embed\\_dim " in markdown
     assert "seqTransf: 12" in markdown.split("Frames each head read per video")[1].split("\n")[0]
     assert json.loads((demo / "results" / "seqTransf_0.json").read_text())["provenance"]["frames_seen"] == {
         "min": 12,
         "median": 12.0,
         "max": 12,
     }
+
+
+def test_the_cost_table_counts_every_split_and_each_process_start(demo):
+    """Issue 29: the cost table counted the test split's extraction only (0.5 s of a 6.9 s
+    extraction) and left each process's start-up out of training and evaluation."""
+    markdown = (demo / "report" / "report.md").read_text()
+    rows = [line.split(" | ") for line in markdown.split("## Cost\n", 1)[1].split("\n") if line.startswith("| ")]
+    assert rows[0] == ["| Stage", "what", "device", "seconds", "of which start-up |"]
+    extraction = [row[1] for row in rows if row[0] == "| extract"]
+    assert [what.split(": ", 1)[1].split(" (")[0] for what in extraction] == [
+        "set-up",
+        "train split",
+        "valid split",
+        "test split",
+    ]
+    counts = json.loads((demo / "cache" / "cache_meta.json").read_text())["counts"]["train"]
+    assert f"train split ({counts['videos']} videos, {counts['frames']} frames)" in extraction[1]
+    trained = [row for row in rows if row[0] == "| train"]
+    assert trained and all(float(row[4].rstrip(" |")) > 0 for row in trained)  # each process's start counted
+    assert all(float(row[3]) >= float(row[4].rstrip(" |")) for row in trained)  # start-up is part of it
 
 
 def results_on_cache(demo, tmp_path, cache):

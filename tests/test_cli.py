@@ -166,3 +166,12 @@ def test_a_zombie_or_a_reused_pid_is_not_a_live_driver():
     time.sleep(0.2)  # not reaped yet: a zombie
     assert cli.process_start(process.pid) is None
     process.wait()
+
+
+def test_a_process_knows_how_long_ago_it_started():
+    """The cost table counts each stage's start-up (issue 29) from the process's own start time."""
+    code = "import time; time.sleep(0.6); from infra.runtime import process_seconds; print(process_seconds())"
+    started = time.monotonic()
+    completed = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, check=True)
+    elapsed = time.monotonic() - started
+    assert 0.6 <= float(completed.stdout) <= elapsed + 0.02  # clock ticks are 10 ms

@@ -157,7 +157,37 @@ def test_a_head_with_parameters_needs_a_checkpoint(evaluated, tmp_path, capsys):
     assert "argument --head: invalid choice: 'seqTransf' (choose from 'meanP')" in message
 
 
-def test_generic_dataset_has_one_setting_and_no_binary(evaluated, tmp_path):
+def test_keep_finished_leaves_this_evaluations_result_alone_and_redoes_any_other(order, tmp_path, capsys):
+    """Issue 29: after a cluster's array had written every result, the final run_all.sh evaluated all
+    of them again. With --keep-finished a result that reads back whole and records the same
+    checkpoint, cache content, flags and code is kept; a changed flag, checkpoint or array is not."""
+    results = copied(order / "results", tmp_path / "results")
+    ckpt = ["--cache", str(order / "cache"), "--ckpt", str(order / "seqTransf" / "best.pt")]
+    out = results / "seqTransf.json"
+    written = out.stat().st_mtime_ns
+    capsys.readouterr()
+    evaluate.main([*ckpt, "--out", str(out), "--keep-finished"])
+    assert capsys.readouterr().out.startswith(f"kept {out}: finished with the same checkpoint, cache, flags")
+    assert out.stat().st_mtime_ns == written
+    evaluate.main([*ckpt, "--out", str(out), "--keep-finished", "--method", "renamed"])  # another flag
+    assert result_json(results, "seqTransf")["provenance"]["method"] == "renamed"
+    rewritten = out.stat().st_mtime_ns
+    evaluate.main([*ckpt, "--out", str(out), "--keep-finished", "--method", "renamed"])
+    assert out.stat().st_mtime_ns == rewritten and "kept" in capsys.readouterr().out
+    array = next((results / "seqTransf").glob("*_per_query.npy"))
+    array.write_bytes(array.read_bytes()[:-8] + bytes(8))  # damaged after it was written
+    evaluate.main([*ckpt, "--out", str(out), "--keep-finished", "--method", "renamed"])
+    assert out.stat().st_mtime_ns != rewritten and "kept" not in capsys.readouterr().out
+    result_files.read_result(out)  # whole again
+    other = tmp_path / "other.pt"  # the same run, another checkpoint file's bytes
+    checkpoint = torch.load(order / "seqTransf" / "best.pt", weights_only=True)
+    checkpoint["epoch"] = checkpoint["epoch"] + 1
+    torch.save(checkpoint, other)
+    evaluate.main(["--cache", str(order / "cache"), "--ckpt", str(other), "--out", str(out), "--keep-finished"])
+    assert "kept" not in capsys.readouterr().out
+
+
+def test_generic_dataset_has_one_setting_and_no_binary(evaluated, tmp_path, capsys):
     cache, _ = evaluated
     generic = tmp_path / "generic"
     shutil.copytree(cache, generic)
@@ -171,12 +201,22 @@ def test_generic_dataset_has_one_setting_and_no_binary(evaluated, tmp_path):
     meta["contract"]["annotations"]["test"]["format"] = "generic"
     meta["files"]["test"] = split_file_digests(generic, "test")  # the cache as extract.py would write it
     write_meta(generic, meta)
-    evaluate.main(["--cache", str(generic), "--head", "meanP", "--out", str(tmp_path / "generic_result.json")])
-    result = json.loads((tmp_path / "generic_result.json").read_text())
+    capsys.readouterr()
+    out = tmp_path / "generic_result.json"
+    evaluate.main(["--cache", str(generic), "--head", "meanP", "--rewrites", "--out", str(out)])
+    # issue 29: --rewrites and --examples did nothing on such data, silently; they say so now
+    assert "--rewrites: not applicable: generic annotations have no rewritten captions" in capsys.readouterr().out
+    result = json.loads(out.read_text())
     assert set(result) == {"all", "order", "provenance"} and result["all"]["t2v"]["n_queries"] == 12
-    report.main(["--results", str(tmp_path), "--out", str(tmp_path / "report")])
+    report.main(["--results", str(tmp_path), "--out", str(tmp_path / "report"), "--examples", "2", "--videos", "x"])
     markdown = (tmp_path / "report" / "report.md").read_text()  # issue 29: its order note said "Hard queries"
     assert "Queries of Retrieval, all captions; mean over seeds." in markdown and "Hard" not in markdown
+    assert "Examples (--examples): not applicable to synthetic test: its generic annotations" in markdown
+    assert not list((tmp_path / "report").glob("*examples*"))
+    assert (
+        "- Captions: one query per annotated caption (no paragraph mode); a caption over 77 tokens is cut to its "
+        "first 77, as CLIP4Clip does (--long-text truncate): 0 of this split's 24 captions were cut." in markdown
+    )
 
 
 def test_evaluate_refuses_nan_scores_and_writes_no_result(small_clip, tmp_path):

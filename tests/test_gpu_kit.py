@@ -25,10 +25,11 @@ EXPECTED_ROWS = {
 }
 
 
-def dry_run(folder):
-    """The dry run of every bench into folder/out, started now: its process."""
+def dry_run(folder, after=None):
+    """The dry run of every bench into folder/out, started now (or once process `after` has ended):
+    its process."""
     script = PROJECT / "bench" / "gpu_session.sh"
-    return start_in_background(["bash", str(script), str(folder / "out"), "--dry-run", *EXPECTED_ROWS], folder)
+    return start_in_background(["bash", str(script), str(folder / "out"), "--dry-run", *EXPECTED_ROWS], folder, after)
 
 
 def test_every_bench_of_the_gpu_session_runs_its_dry_run(background):

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 import clip_vendor
+import evaluate
 import extract
+import report
 from clip_vendor.tokenizer import default_tokenizer
 from corpus.annotations import AnnotationError, load_split
 from corpus.feature_cache import open_split, read_meta
@@ -92,6 +94,18 @@ def test_paragraphs_join_sentences_and_windows_keep_the_ending_truncation_loses(
         for b in range(a + 1, len(endings)):
             assert (endings[a] == endings[b]) == np.array_equal(feats[a], feats[b])
     assert len(set(endings)) > 1
+    # issue 29: the report stated neither paragraph mode nor the long-text rule
+    for cache, rule in (
+        (tmp_path / "truncate", f"cut to its first 77, as CLIP4Clip does (--long-text truncate): {len(sentences)} of "),
+        (tmp_path / "windows", "read whole, as the mean of the embeddings of its 77-token windows"),
+    ):
+        results = cache.parent / f"{cache.name}_results"
+        evaluate.main(["--cache", str(cache), "--head", "meanP", "--out", str(results / "meanP.json")])
+        report.main(["--results", str(results), "--out", str(cache.parent / f"{cache.name}_report")])
+        markdown = (cache.parent / f"{cache.name}_report" / "report.md").read_text()
+        line = next(line for line in markdown.splitlines() if line.startswith("- Captions: "))
+        assert line.startswith("- Captions: paragraph mode (extract.py --paragraphs): each video's sentences joined")
+        assert f"a caption over 77 tokens is {rule}" in line
 
 
 def test_paragraphs_are_refused_for_rtime_files(demo_data, tmp_path):

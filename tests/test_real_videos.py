@@ -12,8 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
+import clip_vendor
 import extract
 import verify
+from bench import reversal_tolerance
 from corpus import video_frames
 from corpus.sampling import segment_centres
 from corpus.video_frames import DECODERS, DecodeSpec, VideoError, decode_sampled_frames
@@ -269,7 +271,7 @@ def test_a_near_miss_is_told_to_measure_its_tolerance_and_a_stranger_to_check_it
 
     args = verify.parser.parse_args(["--cache", "c", "--annotations", "a", "--videos", "v", "--clip", "m.pt"])
     for least_cosine, says, does_not in (
-        (0.9990, "bench.reversal_tolerance", "no reversal of their original"),  # a codec's near miss
+        (0.9990, "bench.reversal_tolerance --clip m.pt and pass", "no reversal of their original"),  # a near miss
         (0.4, "1 of them are no reversal of their original", "bench.reversal_tolerance"),  # other footage
     ):
         report = Report()
@@ -277,6 +279,15 @@ def test_a_near_miss_is_told_to_measure_its_tolerance_and_a_stranger_to_check_it
             report, "reversed file = flip(cache)", [("a", (1.0, 0.01, 1.0)), ("b", (1.0, 0.01, least_cosine))], args
         )
         assert not report.passed and says in report.detail and does_not not in report.detail
+
+
+def test_the_tolerance_bench_measures_the_checkpoint_it_is_given(small_clip):
+    """Issue 29: verify told users to measure their model's tolerance with a bench that had no --clip."""
+    model, preprocess, described = reversal_tolerance.measured_model(small_clip)
+    assert described.startswith(f"{small_clip.name} (vision width {model.config.vision_width}")
+    assert preprocess.size == model.config.image_resolution == clip_vendor.load(small_clip)[1].size
+    _, default, described = reversal_tolerance.measured_model(None)
+    assert described.startswith("ViT-B/32 shapes") and default.size == 224
 
 
 @pytest.mark.parametrize("decoder", DECODERS)

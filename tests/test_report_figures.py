@@ -8,10 +8,11 @@ import re
 from dataclasses import asdict
 
 import matplotlib
+import matplotlib.image
 import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.container import ErrorbarContainer
+from matplotlib.container import BarContainer, ErrorbarContainer
 
 import clip_vendor
 import evaluate
@@ -96,7 +97,7 @@ def test_figures_draw_the_interval_the_table_prints():
     figure = drawn(plots.contrast_figure(rows, ["seqTransf"], ("origin", "hard"), TITLES))
     (bar,) = [c for c in figure.axes[0].containers if isinstance(c, ErrorbarContainer)]
     assert error_bar_ends(bar) == [(30.0, 50.0), (30.0, 50.0)]
-    assert table_cell(rows["hard/t2v"]["seqTransf"]["R@1"], "R@1") == "40.00 ± 0.00 [30, 50]"  # the table's
+    assert table_cell(rows["hard/t2v"]["seqTransf"]["R@1"], "R@1", 2) == "40.00 ± 0.00 [30, 50]"  # the table's
 
 
 def test_rank_cdf_has_plain_ticks_and_keeps_identical_curves_apart():
@@ -140,7 +141,7 @@ def test_training_curves_show_each_method_as_the_mean_of_its_seeds_with_their_ra
     for ax in (valid_ax, loss_ax):
         assert ax.get_xlabel() == "epoch"
         assert all(float(tick).is_integer() for tick in ax.get_xticks())
-        assert ax.title.get_fontsize() >= 9
+        assert ax.title.get_fontsize() >= plots.MIN_FONT
         styles = [(line.get_color(), line.get_linestyle(), line.get_marker()) for line in ax.get_lines()]
         assert len(styles) == 2 and len(set(styles)) == 2  # one line per method, each its own look
         assert len(ax.collections) == 2  # and its seeds' range as a band
@@ -172,6 +173,66 @@ def test_a_method_keeps_its_colour_in_every_figure_and_each_names_its_dataset():
     assert all(figure.get_suptitle() == "RTime test" for figure in (*drawn_figures[:2], recall))
     bar_colours = {bar.get_facecolor()[:3] for ax in recall.axes for bar in ax.patches}
     assert not bar_colours & {matplotlib.colors.to_rgb(c) for c in colour_of.values()}  # greys, not a method's
+
+
+def every_figure():
+    """One of each figure the report draws, on the test tables: (name, figure)."""
+    ranks = {s: {m: np.array([1.0, 2.0, 3.5, 3.5, 9.0]) for m in METHODS} for s in SETTINGS}
+    history = [{"epoch": e, "selection": 10.0 * e, "train_loss": 5.0 / e} for e in range(1, 5)]
+    selection = "valid hard text->video R@1 (tie-aware expected)"  # as long as train_head.py's
+    return [
+        ("recall", plots.recall_figure(tables(), METHODS, SETTINGS, TITLES, "RTime test", {"origin": 2, "hard": 4})),
+        ("rank_cdf", plots.rank_cdf_figure(ranks, SETTINGS, TITLES, None, "RTime test")),
+        ("contrast", plots.contrast_figure(tables(), METHODS, ("origin", "hard"), TITLES, None, "RTime test")),
+        ("training", plots.training_figure({m: [{"history": history}] * 3 for m in METHODS}, selection)),
+    ]
+
+
+def test_every_figure_reads_at_one_column_width_and_has_a_vector_twin_of_that_size(tmp_path):
+    """Issue 29: the recall chart was 5:1 at a fixed size, so its text was about 2pt in one column."""
+    for name, figure in every_figure():
+        drawn(figure)
+        assert figure.get_size_inches()[0] == pytest.approx(plots.COLUMN_WIDTH)
+        texts = [t for t in figure.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text().strip()]
+        small = [(t.get_text(), t.get_fontsize()) for t in texts if t.get_fontsize() < plots.MIN_FONT]
+        assert texts and not small, (name, small)
+        assert_legend_covers_no_axes(figure)
+        plots.save_figure(figure, tmp_path / f"{name}.png")
+        pixels = matplotlib.image.imread(tmp_path / f"{name}.png")[..., :3]
+        edges = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+        assert (edges == 1.0).all(), name  # white all round: no title or legend cut at the figure's edge
+        pdf = (tmp_path / f"{name}.pdf").read_bytes()
+        width = float(re.search(rb"/MediaBox \[\s*0 0 ([\d.]+)", pdf).group(1))
+        assert width == pytest.approx(72 * plots.COLUMN_WIDTH)  # points: it goes in a column at 100%
+    assert matplotlib.rcParams["font.size"] == matplotlib.rcParamsDefault["font.size"]  # no style leaked
+
+
+def test_y_ranges_fit_the_data_and_markers_on_an_edge_are_drawn_whole():
+    """Issue 29: the y axis ran to 100 for data below 60, and markers at 0 were cut in half."""
+    low = {f"{s}/t2v": {m: {k: cell(20.0, 10.0, 40.0) for k in plots.RECALL_KS} for m in METHODS} for s in SETTINGS}
+    for ax in plots.recall_figure(low, METHODS, SETTINGS, TITLES).axes:
+        assert 40.0 < ax.get_ylim()[1] <= 60.0 and max(ax.get_yticks()) <= 100
+    (ax,) = plots.contrast_figure(tables(), ["meanP zero-shot"], ("origin", "hard"), TITLES).axes
+    assert ax.get_ylim() == (0.0, 10.0)  # R@1 of 0 with a CI of [0, 0]: the axis fits it, not 0-100
+    assert all(not artist.get_clip_on() for artist in ax.get_lines())  # the marker at 0 drawn whole
+    assert all(
+        not line.get_clip_on()
+        for line in plots.rank_cdf_figure({s: {"a": np.array([1.0, 2.0])} for s in SETTINGS}, SETTINGS, TITLES)
+        .axes[0]
+        .get_lines()
+    )
+
+
+def test_bars_that_cannot_fail_are_hatched_and_the_legend_says_so():
+    """Issue 29: R@5/R@10 bars stood at a trivial 100 with no mark."""
+    figure = plots.recall_figure(tables(), METHODS, SETTINGS, TITLES, None, {"origin": 5, "hard": 20})
+    origin, hard = figure.axes
+    hatches = [[bar.get_hatch() for bar in c] for c in origin.containers if isinstance(c, BarContainer)]
+    assert hatches == [[None] * 3, [plots.TRIVIAL_HATCH] * 3, [plots.TRIVIAL_HATCH] * 3]  # R@5, R@10 of 5
+    assert all(bar.get_hatch() is None for bar in hard.patches)  # 20 candidates: every R@K can fail
+    assert "cannot fail (K ≥ candidates)" in [t.get_text() for t in figure.legends[0].get_texts()]
+    plain = plots.recall_figure(tables(), METHODS, SETTINGS, TITLES)
+    assert [t.get_text() for t in plain.legends[0].get_texts()] == ["R@1", "R@5", "R@10"]
 
 
 def test_numbers_and_names_are_written_the_short_safe_way():
@@ -207,7 +268,7 @@ def test_a_report_of_one_method_says_when_recall_cannot_fail_and_what_each_stage
     assert "Each query ranks only 4 candidates here, so R@5 and R@10 are 100 for any method." in markdown
     assert "`../results/meanP.json`" in markdown  # sources relative to the report's own folder
     cost = markdown.split("## Cost\n", 1)[1].split("## Notes", 1)[0]
-    assert "| extract | synthetic test | not recorded | — |" in cost  # a synthetic cache: no extraction ran
+    assert "| extract | synthetic test's cache | not recorded | — | — |" in cost  # a synthetic cache: no extraction ran
     assert re.search(r"\| evaluate \| meanP zero-shot on synthetic test \(1 seed\(s\)\) \| CPU .* \| \d", cost)
     assert "## Dataset synthetic test: test split" in markdown
     numbers = json.loads((out / "report_numbers.json").read_text())

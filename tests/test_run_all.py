@@ -39,10 +39,12 @@ def outcome(process):
 AFTER_THE_MATRIX = {"one_at_a_time": ["--jobs", "1"], "failing": ["--jobs", "2", "--train-args", "--frames 3"]}
 
 
-def demo_matrix(folder):
-    """Started now: the demo's matrix two at a time into folder/work, from scratch; once it has ended
-    well, each driver of AFTER_THE_MATRIX in a copy of its data and cache, side by side. Each
-    driver's output and exit code go to folder/{matrix or name}/. Its process."""
+def demo_matrix(folder, after=None):
+    """Started now (or once process `after` has ended): the demo's matrix two at a time into
+    folder/work, from scratch; once it has ended well, the driver again on it, then each driver of
+    AFTER_THE_MATRIX in a copy of its data and cache, one after another (the chain keeps one core
+    busy, and the suite the other). Each driver's output and exit code go to folder/{its name}/.
+    Its process."""
     work = folder / "work"
 
     def driver(name, work_folder, flags):
@@ -54,11 +56,13 @@ def demo_matrix(folder):
 
     matrix_code = shlex.quote(str(folder / "matrix" / "code"))
     lines = [f'{driver("matrix", work, ["--jobs", "2"])}; [ "$(cat {matrix_code})" = 0 ] || exit 1']
+    # the driver after a cluster's array, on the finished work folder (before the copies are made)
+    lines.append(f"touch {shlex.quote(str(folder / 'again_started'))}; {driver('again', work, ['--skip-runs'])}")
     for name, flags in AFTER_THE_MATRIX.items():
         copy = shlex.quote(str(folder / name / "work"))
         sources = " ".join(shlex.quote(str(work / part)) for part in ("demo", "cache"))
-        lines.append(f"mkdir -p {copy} && cp -r {sources} {copy} && ({driver(name, folder / name / 'work', flags)}) &")
-    return start_in_background(["bash", "-c", "\n".join([*lines, "wait"])], folder)
+        lines.append(f"mkdir -p {copy} && cp -r {sources} {copy} && ({driver(name, folder / name / 'work', flags)})")
+    return start_in_background(["bash", "-c", "\n".join(lines)], folder, after)
 
 
 def driver_outcome(folder, name):
@@ -132,9 +136,10 @@ def test_the_runs_the_suite_repeats_give_the_readmes_recorded_demo_numbers(demo_
 def test_a_failed_run_stops_the_others(chain):
     code, _, stderr = driver_outcome(chain, "failing")
     failing_work = chain / "failing" / "work"
-    assert code == 1 and "Stopping the 1 other running run(s)." in stderr
+    assert code == 1 and "stopping the 1 other running run(s)." in stderr
     failed = next(head for head in ("seqTransf", "mlpScore") if f"run {head}_seed0 failed (exit 2); see " in stderr)
     assert "--frames 3: use an even number" in (failing_work / "logs" / f"{failed}_seed0.log").read_text()
+    assert "  | " in stderr and "--frames 3: use an even number" in stderr  # the log's end, where the reason is
     assert not (failing_work / "report").exists()
 
 
@@ -148,8 +153,22 @@ def test_the_printed_matrix_is_one_self_contained_resumable_command_per_run(demo
     completed = subprocess.run(["bash", "-c", lines[0]], cwd=tmp_path, capture_output=True, text=True)  # any folder
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "resuming" in completed.stdout  # the finished run is resumed, not redone
+    assert "kept " in completed.stdout  # and its finished evaluation left alone (issue 29)
     after = json.loads((work / "results" / "seqTransf_seed0.json").read_text())
-    assert after["hard"] == before["hard"] and after["origin"] == before["origin"]
+    assert after == before
+
+
+def test_after_the_array_the_final_driver_leaves_finished_work_alone(demo_work, chain):
+    """Issue 29: after --print-runs and the array, the final run_all.sh ran verify, the zero-shot
+    evaluation and every evaluation again. The chain ran the driver again (--skip-runs: cache,
+    verify, zero-shot) on the matrix's finished work folder: it redid none of them."""
+    work, _ = demo_work
+    code, stdout, stderr = driver_outcome(chain, "again")
+    assert code == 0, stderr[-3000:]
+    assert "verify: passed before on this cache_meta.json with these options; not run again" in stdout
+    assert f"kept {work}/results/meanP.json: finished" in stdout
+    started = (chain / "again_started").stat().st_mtime_ns
+    assert all(path.stat().st_mtime_ns < started for path in (work / "results").glob("*.json"))
 
 
 def test_the_default_work_folders_are_ignored_by_git():
@@ -219,3 +238,13 @@ def test_one_at_a_time_gives_the_same_report(demo_work, chain):
     assert "running 2 runs, 1 at a time" in stdout
     numbers = "report/report_numbers.json"
     assert (chain / "one_at_a_time" / "work" / numbers).read_bytes() == (work / numbers).read_bytes()
+
+
+def test_help_is_the_scripts_whole_header_and_names_every_flag():
+    completed = subprocess.run(["bash", str(PROJECT / "run_all.sh"), "--help"], capture_output=True, text=True)
+    lines = completed.stdout.splitlines()
+    header = (PROJECT / "run_all.sh").read_text().split("\nset -euo pipefail", 1)[0].splitlines()[1:]
+    assert completed.returncode == 0 and lines == header and all(line.startswith("#") for line in lines)
+    script = (PROJECT / "run_all.sh").read_text()
+    for flag in re.findall(r"^    (--[a-z-]+)\)", script, flags=re.MULTILINE):
+        assert flag in completed.stdout, flag

@@ -30,7 +30,6 @@ from tests.helpers import (
     refusal,
     start_script,
     train_args,
-    two_nodes,
     two_ranks,
     usage_error,
     wait_until,
@@ -39,8 +38,9 @@ from tests.helpers import (
 
 @pytest.fixture(scope="module")
 def order_cache(small_clip, tmp_path_factory):
-    """256 train / 48 valid videos of 4 frames where only frame order tells captions apart."""
-    return order_only_cache(small_clip, tmp_path_factory.mktemp("order") / "cache", n_train=256, n_frames=4)
+    """256 train / 24 valid videos of 4 frames where only frame order tells captions apart."""
+    cache = tmp_path_factory.mktemp("order") / "cache"
+    return order_only_cache(small_clip, cache, n_train=256, n_valid=24, n_frames=4)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,10 @@ def test_resume_after_kill_equals_uninterrupted_run(small_clip, small_cache, tmp
         assert_same_tensors(head_tensors(killed / name), head_tensors(straight / name))
 
     def strip(path):
-        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in path.read_text().splitlines()]
+        return [
+            {k: v for k, v in json.loads(line).items() if k not in ("seconds", "startup_seconds")}
+            for line in path.read_text().splitlines()
+        ]
 
     assert strip(killed / "log.jsonl") == strip(straight / "log.jsonl")
 
@@ -152,7 +155,7 @@ def test_resume_into_a_run_of_a_different_cache_is_refused(small_clip, small_cac
 def test_wrong_checkpoint_is_refused(small_cache, small_clip, tmp_path):
     other = tmp_path / "other.pt"
     torch.save(clip_vendor.read_state_dict(small_clip) | {"logit_scale": torch.tensor(1.0)}, other)
-    args = train_args(small_cache, small_clip, tmp_path / "run", "seqTransf")
+    args = train_args(small_cache, small_clip, tmp_path / "run", "seqTransf", batch_size=16)
     args[args.index("--clip") + 1] = str(other)
     with pytest.raises(StageError, match="not the checkpoint the cache was extracted with"):
         train_head.main(args)
@@ -170,6 +173,33 @@ def test_batches_hold_one_caption_per_video_item():
             assert caption // 10 == video and int(caption % 10 >= 3) == flag
     forward_only = training.train_items(pairs, reverse_negatives=False)
     assert all(set(captions) == {0} for captions in forward_only.values())
+
+
+def test_reverse_negatives_are_refused_where_the_train_split_has_no_reversal(small_clip, tmp_path, capsys):
+    """Issue 29: on a dataset without reversals the flag was accepted, the log said "(+ their
+    reversals)" and the report "reverse negatives: yes". Now the flag is refused there, naming it;
+    `if-any` (what run_all.sh passes) trains without them and records that it had none."""
+    cache = order_only_cache(small_clip, tmp_path / "cache", n_train=16, n_valid=8, n_test=8, non_reversible_every=1)
+    args = train_args(cache, small_clip, tmp_path / "run", "meanP", "--epochs", "1", batch_size=8)
+    message = str(refusal(train_head.main, [*args, "--reverse-negatives"]))
+    assert message.startswith(f"--reverse-negatives: {cache / 'train'} has no reversed video to use as a negative")
+    assert not (tmp_path / "run").exists()  # refused on its inputs: no empty run folder left behind
+    capsys.readouterr()
+    train_head.main([*args, "--reverse-negatives", "if-any", "--learn-temp"])
+    assert "their reversals" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["reverse_negatives"] is False
+
+
+def test_a_batch_larger_than_the_train_split_is_refused_with_one_that_fits(small_clip, tmp_path):
+    """Issue 29: `--batch-size 128: the train split has only 12 videos`, no suggestion, and an empty
+    run folder left behind."""
+    cache = order_only_cache(small_clip, tmp_path / "cache", n_train=12, n_valid=8, n_test=8)
+    message = str(refusal(train_head.main, train_args(cache, small_clip, tmp_path / "run", "meanP", batch_size=128)))
+    assert message == (
+        f"--batch-size 128: {cache / 'train'} has only 12 videos, so no step of 128 fits; "
+        "give --batch-size 12 or less (e.g. --batch-size 3: 4 steps per epoch)"
+    )
+    assert not (tmp_path / "run").exists()
 
 
 def test_batches_do_not_depend_on_the_number_of_ranks():
@@ -203,13 +233,13 @@ def partly_reversible_cache(small_clip, tmp_path_factory):
     )
 
 
-def test_torchrun_on_two_nodes_with_reversals_equals_one_process(small_clip, partly_reversible_cache, tmp_path):
-    """Two "nodes" of one rank each (loopback, gloo) hold different numbers of reversals; they must
-    still compute the one-process loss over the same global batches and end with the same head
-    (float tolerance: only summation orders differ)."""
+def test_two_ranks_with_reversals_equal_one_process(small_clip, partly_reversible_cache, tmp_path):
+    """Two ranks (loopback, gloo, the environment torchrun sets) hold different numbers of
+    reversals; they must still compute the one-process loss over the same global batches and end
+    with the same head (float tolerance: only summation orders differ)."""
     extra = ["--reverse-negatives", "--epochs", "4", "--batch-size", "32", "--lr", "3e-3"]
     args = train_args(partly_reversible_cache, small_clip, tmp_path / "ddp", "seqTransf", *extra)
-    for code, output in two_nodes("train_head.py", lambda node: args, port=29533):
+    for code, output in two_ranks("train_head.py", lambda node: args, port=29533):
         assert code == 0, output
     train_head.main(train_args(partly_reversible_cache, small_clip, tmp_path / "alone", "seqTransf", *extra))
     ddp, alone = (
@@ -335,14 +365,22 @@ def test_init_from_starts_from_another_heads_weights_and_refuses_other_kinds(
     with pytest.raises(CheckpointError, match="holds a seqTransf head; this run trains tightTransf"):
         train_head.main(
             train_args(
-                small_cache, small_clip, tmp_path / "tight", "tightTransf", "--init-from", str(source / "best.pt")
+                small_cache,
+                small_clip,
+                tmp_path / "tight",
+                "tightTransf",
+                "--init-from",
+                str(source / "best.pt"),
+                batch_size=16,
             )
         )
     narrow = tmp_path / "narrow.bin"  # a CLIP4Clip-style state dict of another width
     torch.save({key: torch.zeros(value.shape[:-1] + (32,)) for key, value in source_weights.items()}, narrow)
     with pytest.raises(CheckpointError, match=r"has shape \(.*32\), this head needs \(.*64\)"):
         train_head.main(
-            train_args(small_cache, small_clip, tmp_path / "narrow", "seqTransf", "--init-from", str(narrow))
+            train_args(
+                small_cache, small_clip, tmp_path / "narrow", "seqTransf", "--init-from", str(narrow), batch_size=16
+            )
         )
 
 
