@@ -3,6 +3,7 @@
 tests/test_run_all.py checks the record against the runs the suite repeats."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -26,3 +27,16 @@ def test_the_recorded_method_numbers_are_the_means_of_their_runs():
     for method, names in RUNS_OF.items():
         for key, value in numbers["methods"][method].items():
             assert value == pytest.approx(np.mean([numbers["runs"][name][key] for name in names]), abs=1e-9), key
+
+
+def test_every_test_the_docs_cite_exists():
+    """docs/faults.md names, for each fault, the test that shows what happens: a renamed or deleted
+    test must not leave the page citing it ("name_..." cites tests whose names start so; a test
+    file is cited by its name)."""
+    defined = set(
+        re.findall(r"^def (test_\w+)", "".join(p.read_text() for p in (PROJECT / "tests").glob("*.py")), re.M)
+    )
+    for page in sorted((PROJECT / "docs").glob("*.md")):
+        for cited in re.findall(r"`(test_\w+?)(?:_?\.\.\.)?(?:\[[^\]]*\])?`", page.read_text()):
+            exists = (PROJECT / "tests" / f"{cited}.py").exists() or any(name.startswith(cited) for name in defined)
+            assert exists, f"{page.name} cites {cited}, which no test is"
