@@ -1,7 +1,8 @@
 """Fixtures several test files share, each built once per session: the demo data and its cache, a
 small CLIP, and small trained-and-evaluated setups (tests that change one copy it first); and the
-checks that are minutes of subprocesses (the demo's run matrix, the GPU kit's dry run), started in
-the background as soon as one of their tests is selected."""
+checks that are subprocesses for seconds or minutes (a tune.py search, the demo's run matrix, the
+GPU kit's dry run), started in the background, one after another, as soon as one of their tests is
+selected."""
 
 import importlib
 import os
@@ -23,11 +24,12 @@ from fixtures.synthetic_cache import write_order_only_cache
 from make_demo_data import write_tiny_clip
 from tests.helpers import extract_args, order_only_cache, train_args
 
-# Checks that are minutes of subprocesses: each is started at collection when a test of its file is
-# selected (the second once the first has ended), and that file's tests run last, so the checks run
-# beside the rest of the suite, on the core it mostly leaves free.
+# Checks that are seconds to minutes of subprocesses: each is started at collection when a test of
+# its file is selected (and runs once the one before has ended), and that file's tests run last, so
+# the checks run beside the rest of the suite, on the core it mostly leaves free.
 # {name: (test file, module, its starter(folder, pid to wait for) -> process)}
 BACKGROUND_CHECKS = {
+    "tune_search": ("tests/test_tune.py", "tests.test_tune", "search_of_two_heads"),
     "demo_matrix": ("tests/test_run_all.py", "tests.test_run_all", "demo_matrix"),
     "gpu_kit": ("tests/test_gpu_kit.py", "tests.test_gpu_kit", "dry_run"),
 }

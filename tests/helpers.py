@@ -108,12 +108,16 @@ def start_in_background(command, logs, after=None):
     first), run from the project's root once process `after` (a pid) has ended, its output written
     to logs/stdout.txt and logs/stderr.txt (files, not pipes: nobody reads a pipe while it runs).
     Niceness alone does not hold it back where the kernel groups processes by session (autogroup:
-    each session gets an equal share whatever its niceness), so the background checks run one
-    after another: they take one core, and the suite the other."""
+    each session, as run_all.sh's runs are, gets an equal share whatever its niceness), so the
+    background checks run one after another, on one core (the last this process may use), and the
+    suite keeps the others."""
     logs.mkdir(parents=True, exist_ok=True)
     if after is not None:  # ended: gone, or a zombie its parent (this session) has not waited for yet
         wait = 'while kill -0 "$0" 2>/dev/null && [ "$(cut -d" " -f3 "/proc/$0/stat")" != Z ]; do sleep 0.5; done'
         command = ["bash", "-c", f'{wait}; exec "$@"', str(after), *command]
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) > 1 and shutil.which("taskset"):
+        command = ["taskset", "-c", str(cores[-1]), *command]
     with open(logs / "stdout.txt", "w") as stdout, open(logs / "stderr.txt", "w") as stderr:
         command = ["nice", "-n", "19", *command]
         return subprocess.Popen(command, cwd=PROJECT, stdout=stdout, stderr=stderr, start_new_session=True)

@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -20,15 +21,14 @@ from corpus.feature_cache import write_meta
 from fixtures.synthetic_cache import write_order_only_cache
 from infra.cli import StageError
 from make_demo_data import write_tiny_clip
-from tests.helpers import start_script, tune_args, usage_error, wait_until
+from tests.helpers import finished, start_in_background, start_script, tune_args, usage_error, wait_until
 
 TRAIN_ARGS = "--epochs 2 --batch-size 16 --reverse-negatives --device cpu"
 
 
-@pytest.fixture(scope="module")
-def cache_without_test(tmp_path_factory):
-    """The order task with train and valid only: a search that read test would fail."""
-    root = tmp_path_factory.mktemp("tune")
+def write_cache_without_test(root):
+    """The order task with train and valid only, under root: a search that read test would fail.
+    (cache, clip)."""
     write_tiny_clip(root / "clip.pt", seed=0, matrix_std=0.05)
     config = asdict(clip_vendor.load(root / "clip.pt")[0].config)
     write_order_only_cache(root / "cache", root / "clip.pt", config, n_train=64, n_valid=16, n_test=4, n_frames=4)
@@ -37,6 +37,11 @@ def cache_without_test(tmp_path_factory):
     del meta["counts"]["test"], meta["contract"]["annotations"]["test"]
     write_meta(root / "cache", meta)
     return root / "cache", root / "clip.pt"
+
+
+@pytest.fixture(scope="module")
+def cache_without_test(tmp_path_factory):
+    return write_cache_without_test(tmp_path_factory.mktemp("tune"))
 
 
 def search_args(cache, clip, out, *heads):
@@ -50,10 +55,20 @@ def trials_of(out, head):
     return study.get_trials()
 
 
-def test_every_head_gets_the_same_trials_and_the_best_settings_are_written(cache_without_test, tmp_path):
-    cache, clip = cache_without_test
-    out = tmp_path / "tuning"
-    tune.main(search_args(cache, clip, out, "seqTransf", "mlpScore"))
+def search_of_two_heads(folder, after=None):
+    """Started now (or once process `after` has ended): a search of two heads, two trials each, on a
+    cache of its own, into folder/tuning. Every trial is a process of its own, seconds of start-up:
+    it runs beside the suite (tests/conftest.py). Its process."""
+    cache, clip = write_cache_without_test(folder)
+    command = [sys.executable, "tune.py", *search_args(cache, clip, folder / "tuning", "seqTransf", "mlpScore")]
+    return start_in_background(command, folder, after)
+
+
+def test_every_head_gets_the_same_trials_and_the_best_settings_are_written(background):
+    process, folder = background["tune_search"]
+    code, _, errors = finished(process, folder)
+    assert code == 0, errors[-2000:]
+    out = folder / "tuning"
     for head in ("seqTransf", "mlpScore"):
         trials = trials_of(out, head)
         assert len(trials) == 2 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
