@@ -23,7 +23,7 @@ from pathlib import Path
 
 from corpus.annotations import FORMATS, SPLITS
 from corpus.feature_cache import SETUP, features_mismatch
-from evaluation.conventions import CONVENTIONS
+from evaluation.conventions import CONVENTIONS, convention_description
 from evaluation.postprocess import METHOD_SUFFIX
 from evaluation.results import ResultError, file_label, read_result, seed_averaged
 from infra import cli
@@ -556,7 +556,7 @@ def peer_sections(methods, numbers, settings, binary, annotation, args):
     }
     lines = []
     for name in args.convention:
-        lines += convention_table(name, CONVENTIONS[name], columns, ours, rows[name])
+        lines += convention_table(name, convention_description(name, binary is not None), columns, ours, rows[name])
     peers = {"conventions": rows} if rows else {}
     if published:
         videos = first.data[settings[0]]["n_candidates"]

@@ -37,13 +37,30 @@ import numpy as np
 from corpus.annotations import FORMATS, caption_position
 from evaluation.retrieval_metrics import RECALL_KS, rank_counts
 
-CONVENTIONS = {
-    "carebench": "bpiyush/CaReBench's tasks/eval_rtime.py: first captions only; Binary on the forward side only, "
-    "a tie counting as wrong; a reversal for every video in Hard; ranks from an unstable sort, so where a query "
-    "ties, a range (the bounds its sort can land on)",
-    "clip4clip": "CLIP4Clip's metrics.py compute_metrics, as laielli/rtime-bench runs it: first captions only; a "
-    "query tied with k others counted k + 1 times, once at each place it could take",
+# Each convention's rules: (text, whether it acts on reversals among the candidates: Binary, Hard).
+CONVENTION_RULES = {
+    "carebench": (
+        ("bpiyush/CaReBench's tasks/eval_rtime.py: first captions only", False),
+        ("Binary on the forward side only, a tie counting as wrong", True),
+        ("a reversal for every video in Hard", True),
+        ("ranks from an unstable sort, so where a query ties, a range (the bounds its sort can land on)", False),
+    ),
+    "clip4clip": (
+        ("CLIP4Clip's metrics.py compute_metrics, as laielli/rtime-bench runs it: first captions only", False),
+        ("a query tied with k others counted k + 1 times, once at each place it could take", False),
+    ),
 }
+CONVENTIONS = {name: "; ".join(text for text, _ in rules) for name, rules in CONVENTION_RULES.items()}
+
+
+def convention_description(name: str, reversals: bool) -> str:
+    """The rules of a convention that act on a dataset (`reversals`: whether its candidates hold
+    reversals), saying so where some have nothing to act on: a report never claims them there."""
+    rules = CONVENTION_RULES[name]
+    acting = [text for text, needs_reversals in rules if reversals or not needs_reversals]
+    if len(acting) < len(rules):
+        acting.append("its rules for reversals do not apply here: no video's reversal is among the candidates")
+    return "; ".join(acting)
 
 
 def first_caption_rows(caption_ids: list[str]) -> np.ndarray:

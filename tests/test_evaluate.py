@@ -208,11 +208,15 @@ def test_generic_dataset_has_one_setting_and_no_binary(evaluated, tmp_path, caps
     assert "--rewrites: not applicable: generic annotations have no rewritten captions" in capsys.readouterr().out
     result = json.loads(out.read_text())
     assert set(result) == {"all", "order", "provenance"} and result["all"]["t2v"]["n_queries"] == 12
-    report.main(["--results", str(tmp_path), "--out", str(tmp_path / "report"), "--examples", "2", "--videos", "x"])
+    examples = ["--examples", "2", "--videos", "x", "--convention", "carebench"]
+    report.main(["--results", str(tmp_path), "--out", str(tmp_path / "report"), *examples])
     markdown = (tmp_path / "report" / "report.md").read_text()  # issue 29: its order note said "Hard queries"
     assert "Queries of Retrieval, all captions; mean over seeds." in markdown and "Hard" not in markdown
     assert "Examples (--examples): not applicable to synthetic test: its generic annotations" in markdown
     assert not list((tmp_path / "report").glob("*examples*"))
+    # CaReBench's RTime rules for Binary and the reversed candidates have nothing to act on: not claimed
+    assert "Binary on the forward side" not in markdown and "a reversal for every video" not in markdown
+    assert "; its rules for reversals do not apply here: no video's reversal is among the candidates" in markdown
     assert (
         "- Captions: one query per annotated caption (no paragraph mode); a caption over 77 tokens is cut to its "
         "first 77, as CLIP4Clip does (--long-text truncate): 0 of this split's 24 captions were cut." in markdown
