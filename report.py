@@ -186,11 +186,10 @@ def write_paste_tables(datasets, numbers, out_dir):
     latex_lines, csv_lines = [], []
     for label, dataset in numbers["datasets"].items():
         methods = datasets[label]
-        first = next(iter(methods.values()))[0]
         all_tables = [dataset["tables"], *(group["tables"] for group in dataset.get("postprocessed", {}).values())]
         settings = list(dict.fromkeys(key.split("/")[0] for tables in all_tables for key in tables))
         titles = {setting: setting_title(methods, setting).split(": ")[-1] for setting in settings}
-        candidates = {setting: first.data[setting]["n_candidates"] for setting in settings}
+        candidates = setting_candidates(methods, settings)
         latex_lines += dataset_tables(label, dataset, titles, candidates, POSTPROCESS_TITLES)
         seeds = {m: [run.provenance["seed"] for run in runs] for m, runs in methods.items()}
         csv_lines += csv_rows(label, None, dataset, seeds, candidates)
@@ -257,6 +256,12 @@ def setting_title(methods, setting):
     """The report's title of a setting, as the results' annotation format names it."""
     provenance = next(iter(methods.values()))[0].provenance
     return FORMATS[provenance["annotation_format"]].settings[setting].title
+
+
+def setting_candidates(methods, settings):
+    """{setting: the candidates each of its queries ranks} (the same for every method's results)."""
+    first = next(iter(methods.values()))[0]
+    return {setting: first.data[setting]["n_candidates"] for setting in settings}
 
 
 def method_identity(provenance):
@@ -582,7 +587,7 @@ def file_stems(datasets):
 def dataset_plots(label, prefix, methods, tables, settings, annotation, out_dir, colour_of):
     titles = {setting: annotation.settings[setting].title.split(": ")[-1] for setting in settings}
     names = list(methods)
-    candidates = {s: next(iter(methods.values()))[0].data[s]["n_candidates"] for s in settings}
+    candidates = setting_candidates(methods, settings)
     ranks = {s: {m: seed_averaged(methods[m], f"{s}/t2v", METRICS["MnR"][0]) for m in names} for s in settings}
     figures = [
         (

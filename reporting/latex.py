@@ -14,7 +14,7 @@ booktabs and graphicx packages (PACKAGES).
 import re
 
 from reporting.stats import p_text
-from reporting.tables import CI_DIGITS, DIFFERENCE_CI_DIGITS, METRIC_NAMES, count, mean_std, trivial_metrics
+from reporting.tables import CI_DIGITS, DIFFERENCE_CI_DIGITS, METRIC_NAMES, count, mean_std_text, trivial_metrics
 
 PACKAGES = ("booktabs", "graphicx")
 LOWER_IS_BETTER = ("MdR", "MnR")
@@ -109,7 +109,7 @@ def metric_table(title: str, key: str, rows: dict, trivial: list[str]) -> list[s
     for method, row in rows.items():
         cells = []
         for metric in METRIC_NAMES:
-            text = mean_std(row[metric], row["n_seeds"], 1, PLUS_MINUS)
+            text = mean_std_text(row[metric], row["n_seeds"], 1, PLUS_MINUS)
             if row[metric]["mean"] == best[metric] and metric not in trivial:
                 text = rf"\textbf{{{text}}}"
             cells.append(f"{text} {{\\scriptsize {interval(row[metric]['ci'], CI_DIGITS[metric])}}}")
@@ -127,7 +127,7 @@ def binary_table(title: str, key: str, rows: dict, directions: dict) -> list[str
         [
             latex(method),
             *(
-                f"{mean_std(row[d], row['n_seeds'], 1, PLUS_MINUS)} & {count(row[d]['n_tied'], row[d]['n_pairs'])}"
+                f"{mean_std_text(row[d], row['n_seeds'], 1, PLUS_MINUS)} & {count(row[d]['n_tied'], row[d]['n_pairs'])}"
                 for d in directions
             ),
         ]

@@ -26,6 +26,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from infra.file_io import atomic_write_bytes
+from reporting.tables import trivial_metrics
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -132,7 +133,7 @@ def recall_figure(
         for index, metric in enumerate(RECALL_KS):
             means = np.array([rows[m][metric]["mean"] for m in methods])
             low, high = np.array([rows[m][metric]["ci"] for m in methods]).T
-            trivial = candidates is not None and int(metric[2:]) >= candidates[setting]
+            trivial = candidates is not None and metric in trivial_metrics(candidates[setting])
             hatched |= trivial
             positions = np.arange(len(methods)) + width * (index - (len(RECALL_KS) - 1) / 2)
             ax.bar(

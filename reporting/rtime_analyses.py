@@ -18,16 +18,10 @@ Each seed's values are kept apart, so the tests draw seeds as the tables do (rep
 import numpy as np
 
 from evaluation.retrieval_metrics import binary_credit
-from reporting.seeds import mean_std, per_seed
+from reporting.seeds import gold_items, mean_std, per_seed
 from reporting.stats import METRICS, cell_value, cluster_index
 
 R1 = "expected_recall@1"
-
-
-def gold_items(run, setting: str) -> list[tuple[str, int]]:
-    """(video id, reversed) of each query's own candidate, in query order."""
-    gold, ids = run.load_array(f"{setting}_gold"), run.load_array(f"{setting}_ids")
-    return [(ids["columns"][c]["video_id"], ids["columns"][c]["reversed"]) for c in gold.argmax(axis=1)]
 
 
 def per_group(values: np.ndarray, groups: list) -> dict:

@@ -25,12 +25,20 @@ def query_clusters(run, key: str, unit: str) -> np.ndarray:
     of a caption's own candidate (t2v) or of the candidate itself (v2t: the described candidates,
     in order), whatever its direction; or each query alone."""
     setting, direction = key.split("/")
-    gold = run.load_array(f"{setting}_gold")
+    if direction == "t2v":
+        own = gold_items(run, setting)
+        return np.arange(len(own)) if unit == "query" else cluster_index(video_id for video_id, _ in own)
+    described = np.flatnonzero(run.load_array(f"{setting}_gold").any(axis=0))
     if unit == "query":
-        return np.arange(gold.shape[0] if direction == "t2v" else int(gold.any(axis=0).sum()))
+        return np.arange(len(described))
     columns = run.load_array(f"{setting}_ids")["columns"]
-    own = gold.argmax(axis=1) if direction == "t2v" else np.flatnonzero(gold.any(axis=0))
-    return cluster_index(columns[column]["video_id"] for column in own)
+    return cluster_index(columns[column]["video_id"] for column in described)
+
+
+def gold_items(run, setting: str) -> list[tuple[str, int]]:
+    """(video id, reversed) of each query's own candidate, in query order."""
+    gold, ids = run.load_array(f"{setting}_gold"), run.load_array(f"{setting}_ids")
+    return [(ids["columns"][c]["video_id"], ids["columns"][c]["reversed"]) for c in gold.argmax(axis=1)]
 
 
 def per_seed(runs, key: str, column: str) -> np.ndarray:

@@ -104,7 +104,7 @@ def interval(low_high, digits: int) -> str:
     return f"[{low:.{digits}f}, {high:.{digits}f}]"
 
 
-def mean_std(value: dict, n_seeds: int, digits: int = 2, plus: str = " ± ") -> str:
+def mean_std_text(value: dict, n_seeds: int, digits: int = 2, plus: str = " ± ") -> str:
     """mean ± std over seeds; a one-seed method's value alone (it has no spread to show, and
     "± 0.00" would claim seeds that agree)."""
     if n_seeds == 1:
@@ -114,7 +114,7 @@ def mean_std(value: dict, n_seeds: int, digits: int = 2, plus: str = " ± ") -> 
 
 def cell(value: dict, metric: str, n_seeds: int) -> str:
     """mean ± std [95% CI over seeds and clusters]."""
-    return f"{mean_std(value, n_seeds)} {interval(value['ci'], CI_DIGITS[metric])}"
+    return f"{mean_std_text(value, n_seeds)} {interval(value['ci'], CI_DIGITS[metric])}"
 
 
 def table(header: list[str], rows: list[list]) -> list[str]:
@@ -145,7 +145,7 @@ def binary_table(rows: dict, directions=("t2v", "v2t")) -> list[str]:
             *(
                 cell
                 for d in directions
-                for cell in (mean_std(row[d], row["n_seeds"]), count(row[d]["n_tied"], row[d]["n_pairs"]))
+                for cell in (mean_std_text(row[d], row["n_seeds"]), count(row[d]["n_tied"], row[d]["n_pairs"]))
             ),
         ]
         for method, row in rows.items()
@@ -336,7 +336,7 @@ def cost_table(rows: list[tuple[str, str, str, float | None, float | None]]) -> 
         [md(stage), md(what), md(device), seconds_text(seconds), seconds_text(startup)]
         for stage, what, device, seconds, startup in rows
     ]
-    total = sum(row[3] for row in rows if row[3] is not None)
+    total = sum(seconds for _, _, _, seconds, _ in rows if seconds is not None)
     return [
         "## Cost",
         "",
