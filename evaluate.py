@@ -197,12 +197,21 @@ def parse_target(spec, default_split):
     return Path(path), split, label
 
 
+def default_label(cache_dir, split):
+    """The dataset's name and the split; and the backbone, for a cache not of OpenAI's CLIP (the
+    default), so that one test set's caches of several backbones are told apart in a report."""
+    meta = read_meta(cache_dir)
+    label = f"{meta.get('dataset') or cache_dir.resolve().name} {split}"
+    backbone = meta["contract"]["backbone"]
+    return label if backbone["kind"] == "openai" else f"{label} ({meta.get('backbone_source')})"
+
+
 def evaluation_targets(args):
     """[(cache folder, split, dataset label, result path)], checked before any work."""
     targets = []
     for spec in args.cache:
         path, split, label = parse_target(spec, args.split)
-        targets.append((path, split, label or f"{read_meta(path).get('dataset') or path.resolve().name} {split}"))
+        targets.append((path, split, label or default_label(path, split)))
     labels = [label for _, _, label in targets]
     if len(set(labels)) < len(labels):
         raise StageError(
@@ -545,7 +554,7 @@ def provenance(args, config, training, target, meta, cached_frames, device):
         "tie_order": TIE_ORDER,
         "per_query_columns": list(PER_QUERY_COLUMNS),
         "device": device,
-        "clip": {"file": meta.get("clip_file"), **contract["clip"]},
+        "backbone": {"source": meta.get("backbone_source"), **contract["backbone"]},
         "preprocessing": contract["preprocessing"],
         "sampling": contract["sampling"],
         "storage_dtype": contract["storage_dtype"],

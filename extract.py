@@ -1,6 +1,7 @@
-"""Decode every video once, run frozen CLIP once, write the feature cache.
+"""Decode every video once, run the frozen backbone (CLIP) once, write the feature cache.
 
     python extract.py --annotations DIR --videos DIR --clip ViT-B-32.pt --out cache/
+    python extract.py ... --backbone hf:siglip-base-patch16-224/ --out cache_siglip/   (backbones/)
     torchrun --nproc_per_node=4 extract.py ...      (same cache, byte for byte, on the same GPU type)
 
 Work is cut into fixed chunks (--batch-videos videos, --text-batch captions) that do not depend on
@@ -22,7 +23,7 @@ import os
 import shutil
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -30,8 +31,8 @@ import cv2
 import numpy as np
 import torch
 
+import backbones
 import clip_vendor
-from clip_vendor.tokenizer import VOCAB_PATH
 from corpus.annotations import (
     FORMATS,
     SPLITS,
@@ -73,7 +74,7 @@ from corpus.video_frames import (
 )
 from infra import cli
 from infra.cli import HelpFormatter, StageError, whole_number
-from infra.file_io import atomic_write_json, exclusive_folder, file_sha256
+from infra.file_io import atomic_write_json, exclusive_folder
 from infra.runtime import (
     Progress,
     code_version,
@@ -84,7 +85,7 @@ from infra.runtime import (
     setup_runtime,
 )
 
-CACHE_FORMAT_VERSION = 3  # 3: the meta carries its own digest (meta_sha256)
+CACHE_FORMAT_VERSION = 4  # 3: the meta carries its own digest (meta_sha256); 4: the backbone entry
 INTERRUPTED = "interrupted; finished chunks kept; rerun the same command to resume"
 
 
@@ -97,7 +98,11 @@ add(
     help="folder with the annotation files: {split}.json, or MSR-VTT's files as CLIP4Clip distributes them",
 )
 add("--videos", required=True, type=Path, help="folder with one file per video, named {video_id}.{ext}")
-add("--clip", required=True, type=Path, help="OpenAI CLIP checkpoint (TorchScript archive or state dict)")
+add("--clip", type=Path, help="OpenAI CLIP checkpoint (TorchScript archive or state dict): the default backbone")
+add(
+    "--backbone",
+    help="instead of --clip: KIND:PATH, e.g. hf:FOLDER (a Hugging Face CLIP or SigLIP folder); see docs/backbones.md",
+)
 add("--out", required=True, type=Path, help="cache folder to create or resume")
 add("--splits", nargs="+", choices=SPLITS, help="splits to extract (default: each whose files are there)")
 add("--format", default="auto", choices=["auto", *FORMATS], help="annotation format (corpus/annotations.py)")
@@ -123,20 +128,20 @@ add(
     "--dtype",
     default="auto",
     choices=["auto", *clip_vendor.DTYPES],
-    help="CLIP's precision; auto: fp16 on cuda, fp32 on cpu",
+    help="the backbone's precision; auto: fp16 on cuda, fp32 on cpu",
 )
 add(
     "--batch-videos",
     type=whole_number(1),
     default=32,
-    help="videos per CLIP forward (fixed chunks: part of the contract)",
+    help="videos per backbone forward (fixed chunks: part of the contract)",
 )
-add("--text-batch", type=whole_number(1), default=512, help="captions per CLIP forward (part of the contract)")
+add("--text-batch", type=whole_number(1), default=512, help="captions per backbone forward (part of the contract)")
 add(
     "--context-length",
     type=int,
-    default=77,
-    help="text positions (at most the model's); longer captions are cut (counted) or windowed, see --long-text",
+    help="text positions (default and most: the model's, 77 for CLIP); longer captions are cut (counted) or "
+    "windowed, see --long-text",
 )
 add(
     "--long-text",
@@ -155,7 +160,7 @@ add(
     default=None,
     help="decode processes per rank (default: cores / local ranks - 1; 0: none)",
 )
-add("--decode-ahead", type=whole_number(0), default=4, help="chunks decoded ahead of the one CLIP is encoding")
+add("--decode-ahead", type=whole_number(0), default=4, help="chunks decoded ahead of the one the backbone is encoding")
 add(
     "--on-error", default="fail", choices=["fail", "skip"], help="a bad video stops the run, or is recorded and dropped"
 )
@@ -163,7 +168,7 @@ add(
 
 # may differ between the nodes of one job: paths each mounts where it likes (the contract compares their
 # contents by sha256) and each machine's own resources
-PER_NODE_FLAGS = ("annotations", "videos", "clip", "out", "workers", "decode_ahead", "device")
+PER_NODE_FLAGS = ("annotations", "videos", "clip", "backbone", "out", "workers", "decode_ahead", "device")
 
 
 @dataclass(frozen=True)
@@ -189,19 +194,19 @@ def main(argv=None):
     dtype_name = args.dtype if args.dtype != "auto" else ("fp16" if runtime.device.startswith("cuda") else "fp32")
     annotations = read_annotations(args)
     video_folder = index_video_files(args.videos)  # before anything is written: a bad folder stops here
-    try:
-        model, preprocess = clip_vendor.load(args.clip, device=runtime.device, dtype=clip_vendor.DTYPES[dtype_name])
-    except (ValueError, FileNotFoundError) as err:
-        raise StageError(f"--clip: {err}") from None
-    if not 2 <= args.context_length <= model.config.context_length:
+    backbone = load_backbone(args, runtime.device, dtype_name)
+    positions = backbone.contract["context_length"]
+    args.context_length = positions if args.context_length is None else args.context_length
+    if not 2 <= args.context_length <= positions:
         raise StageError(
-            f"--context-length {args.context_length}: {args.clip.name} has {model.config.context_length} "
-            "text positions; use 2 to that"
+            f"--context-length {args.context_length}: {backbone.source} has {positions} text positions; use 2 to that"
         )
+    if args.long_text != "truncate" and backbone.contract["kind"] != "openai":
+        raise StageError(f"--long-text {args.long_text}: supported for OpenAI CLIP (--clip) only; use truncate")
     plan = Plan(
         args.out,
         args.videos,
-        DecodeSpec(args.fps, args.t_max, preprocess.size, args.decoder, args.accept_concealed_errors),
+        DecodeSpec(args.fps, args.t_max, backbone.size, args.decoder, args.accept_concealed_errors, backbone.pixels),
         args.batch_videos,
         args.text_batch,
         args.context_length,
@@ -209,19 +214,30 @@ def main(argv=None):
         args.decode_ahead,
         args.on_error,
     )
-    contract = build_contract(args, plan.spec, annotations, model, preprocess, runtime.device, dtype_name, cpu_threads)
+    contract = build_contract(args, plan.spec, annotations, backbone, runtime.device, dtype_name, cpu_threads)
     # before any work, every rank compares what defines the job: the flags, the code, and the contract
-    # (the CLIP file's and the annotations' sha256 among the rest); a difference stops them all
+    # (the backbone's and the annotations' sha256 among the rest); a difference stops them all
     runtime.agree({"code version": code_version(), **flag_settings(args, PER_NODE_FLAGS), "contract": contract})
     with exclusive_folder(args.out) if runtime.master else contextlib.nullcontext():
         runtime.barrier()  # no rank writes before rank 0 holds the folder
         runtime.check_shared_folder(args.out)  # several machines: every rank writes where rank 0 merges
-        extract(args, plan, annotations, contract, model, video_folder, runtime)
+        extract(args, plan, annotations, contract, backbone, video_folder, runtime)
     runtime.finish()
+
+
+def load_backbone(args, device, dtype_name):
+    """The backbone --clip or --backbone names (backbones/), or a StageError naming the flag."""
+    flag = "--backbone" if args.backbone else "--clip"
+    try:
+        return backbones.load(backbones.from_flags(args.clip, args.backbone), device, clip_vendor.DTYPES[dtype_name])
+    except (ValueError, OSError) as err:
+        raise StageError(f"{flag}: {err}") from None
 
 
 def check_arguments(args):
     """Refuse values no extraction could honour, before any work, naming the flag."""
+    if (args.clip is None) == (args.backbone is None):
+        parser.error("give the backbone: --clip FILE (an OpenAI CLIP checkpoint) or --backbone KIND:PATH, not both")
     if not (math.isfinite(args.fps) and args.fps > 0):
         parser.error(f"--fps {args.fps}: frame candidates per second must be a positive number")
 
@@ -262,16 +278,16 @@ def read_annotations(args):
     return {split: loaded[split] for split in splits}
 
 
-def extract(args, plan, annotations, contract, model, video_folder, runtime):
+def extract(args, plan, annotations, contract, backbone, video_folder, runtime):
     recorded = {
         "git_commit": git_commit(),
-        "clip_file": args.clip.name,
+        "backbone_source": backbone.source,
         "dataset": dataset_name(args, annotations),
         "environment": {"torch": torch.__version__, "opencv": cv2.__version__, "numpy": np.__version__},
     }
     meta = open_cache_meta(args.out, contract, recorded, write=runtime.master)
     runtime.log(
-        f"extracting {', '.join(annotations)} with {args.clip.name} on {runtime.device} in "
+        f"extracting {', '.join(annotations)} with {backbone.source} on {runtime.device} in "
         f"{contract['compute']['dtype']}, {runtime.world_size} process(es), {args.fps} fps, t_max {args.t_max}"
     )
     if video_folder.ignored:
@@ -289,15 +305,15 @@ def extract(args, plan, annotations, contract, model, video_folder, runtime):
         args.workers if args.workers is not None else max(1, (os.cpu_count() or 1) // runtime.local_world_size - 1)
     )
     pool = multiprocessing.get_context("spawn").Pool(workers, init_decode_worker) if workers > 0 and todo else None
-    if runtime.master and todo:  # start-up, CLIP, annotations, the video index: a cost beside the splits'
+    if runtime.master and todo:  # start-up, the backbone, annotations, the video index: a cost beside the splits'
         record_setup(args.out, runtime)
     with pool or contextlib.nullcontext():  # leaving the block (an error, Ctrl-C) stops the workers
         for split in todo:
             format_name, records = annotations[split]
             captions = split_captions(records)
             started = time.time()
-            extract_videos(plan, split, records, video_folder.files, model, pool, runtime)
-            extract_texts(plan, split, captions, model, runtime)
+            extract_videos(plan, split, records, video_folder.files, backbone, pool, runtime)
+            extract_texts(plan, split, captions, backbone, runtime)
             runtime.barrier()
             if runtime.master:
                 meta = merge_split(args.out, split, format_name, records, captions, meta)
@@ -347,17 +363,13 @@ def log_merged(args, split, meta, runtime):
         )
 
 
-def build_contract(args, spec, annotations, model, preprocess, device, dtype_name, cpu_threads):
+def build_contract(args, spec, annotations, backbone, device, dtype_name, cpu_threads):
     """Everything the cached numbers depend on; a resumed run must match it field for field."""
     return {
         "format_version": CACHE_FORMAT_VERSION,
-        "clip": {"sha256": file_sha256(args.clip), "config": asdict(model.config)},
-        "tokenizer": {
-            "vocab_sha256": file_sha256(VOCAB_PATH),
-            "context_length": args.context_length,
-            "long_text": args.long_text,
-        },
-        "preprocessing": preprocess.describe(),
+        "backbone": backbone.contract,
+        "tokenizer": backbone.describe_tokenizer(args.context_length, args.long_text),
+        "preprocessing": backbone.describe_pixels(),
         "sampling": {
             "fps": args.fps,
             "t_max": args.t_max,
@@ -439,7 +451,7 @@ def chunks_to_do(n_items, chunk_size, part_path, label, runtime):
     return chunks, Progress(label, sum(stop - start for _, start, stop in chunks), runtime.log)
 
 
-def extract_videos(plan, split, records, video_files, model, pool, runtime):
+def extract_videos(plan, split, records, video_files, backbone, pool, runtime):
     chunks, progress = chunks_to_do(
         len(records), plan.batch_videos, partial(video_part_path, plan.out, split), f"[{split}] videos", runtime
     )
@@ -458,7 +470,7 @@ def extract_videos(plan, split, records, video_files, model, pool, runtime):
         for video in decoded:
             if video.fallback:  # one line each: which file another decoder decoded, and why
                 print(f"[{split}] {video.video_id}: {video.fallback}; decoded with PyAV", flush=True)
-        n_frames = encode_video_chunk(video_part_path(plan.out, split, chunk_index), decoded, model, plan.on_error)
+        n_frames = encode_video_chunk(video_part_path(plan.out, split, chunk_index), decoded, backbone, plan.on_error)
         progress.update(len(decoded), frames=n_frames)
 
     pending = collections.deque()  # chunks the pool decodes while CLIP runs on the oldest
@@ -470,8 +482,8 @@ def extract_videos(plan, split, records, video_files, model, pool, runtime):
         finish(*pending.popleft())
 
 
-def encode_video_chunk(part_path, decoded, model, on_error):
-    """CLIP over one chunk's frames (decoded: DecodedVideo per video); writes the part file.
+def encode_video_chunk(part_path, decoded, backbone, on_error):
+    """The backbone over one chunk's frames (decoded: DecodedVideo per video); writes the part file.
     Returns the number of frames encoded."""
     failures = [video for video in decoded if video.failure is not None]
     if failures and on_error == "fail":
@@ -481,41 +493,43 @@ def encode_video_chunk(part_path, decoded, model, on_error):
             "part of the cache's contract)"
         )
     frame_counts = [0 if video.failure else len(video.crops) for video in decoded]
-    frame_feats = clip_vendor.encode_crops(model, [video.crops for video in decoded if video.failure is None])
+    frame_feats = backbone.encode_crops([video.crops for video in decoded if video.failure is None])
     bad_rows = ~storable_rows(frame_feats)
     if bad_rows.any():
         owner = np.repeat([video.video_id for video in decoded], frame_counts)
         bad = sorted(set(owner[bad_rows].tolist()))
         raise StageError(
-            f"CLIP gave features for video(s) {', '.join(bad)} that are NaN or Inf, or too large for the cache's "
-            "fp16 (past 65504); nothing of their chunk was written (a broken checkpoint, or a dtype that "
+            f"{backbone.source} gave features for video(s) {', '.join(bad)} that are NaN or Inf, or too large for "
+            "the cache's fp16 (past 65504); nothing of their chunk was written (a broken checkpoint, or a dtype that "
             "overflows: try --dtype fp32)"
         )
     write_video_part(part_path, decoded, frame_counts, frame_feats)
     return len(frame_feats)
 
 
-def extract_texts(plan, split, captions, model, runtime):
+def extract_texts(plan, split, captions, backbone, runtime):
     chunks, progress = chunks_to_do(
         len(captions), plan.text_batch, partial(text_part_path, plan.out, split), f"[{split}] captions", runtime
     )
     for chunk_index, start, stop in chunks:
         texts = [caption.text for caption in captions[start:stop]]
-        pooled, token_feats = clip_vendor.encode_texts(model, texts, plan.context_length, plan.long_text)
+        pooled, token_feats = backbone.encode_texts(texts, plan.context_length, plan.long_text)
         # what is written: fp16, so a value past its range is checked as the Inf it would be stored as
         pooled_stored = pooled.to(torch.float16).cpu().numpy()
         tokens_stored = torch.cat(token_feats).to(torch.float16).cpu().numpy()
         token_counts = np.array([len(tokens) for tokens in token_feats])
-        token_starts = np.concatenate([[0], np.cumsum(token_counts)[:-1]])
-        finite = storable_rows(pooled_stored) & np.logical_and.reduceat(storable_rows(tokens_stored), token_starts)
+        token_owner = np.repeat(np.arange(len(texts)), token_counts)  # each token row's caption (none: no rows)
+        bad_tokens = np.bincount(token_owner[~storable_rows(tokens_stored)], minlength=len(texts))
+        finite = storable_rows(pooled_stored) & (bad_tokens == 0)
         if not finite.all():
             bad = [caption.caption_id for caption, ok in zip(captions[start:stop], finite, strict=True) if not ok]
             raise StageError(
-                f"CLIP gave features for caption(s) {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} that are "
-                "NaN or Inf, or too large for the cache's fp16 (past 65504); nothing of their chunk was written"
+                f"{backbone.source} gave features for caption(s) {', '.join(bad[:5])}{' ...' if len(bad) > 5 else ''} "
+                "that are NaN or Inf, or too large for the cache's fp16 (past 65504); nothing of their chunk was "
+                "written"
             )
         # Windows read a long caption whole; only truncation cuts one.
-        truncated = (np.array(clip_vendor.token_lengths(texts)) > plan.context_length) & (plan.long_text == "truncate")
+        truncated = (np.array(backbone.token_lengths(texts)) > plan.context_length) & (plan.long_text == "truncate")
         write_text_part(
             text_part_path(plan.out, split, chunk_index), pooled_stored, tokens_stored, token_counts, truncated
         )

@@ -17,6 +17,7 @@ paper, OUT/results.csv, and OUT/report_numbers.json with every number in the tab
 """
 
 import argparse
+import json
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -48,6 +49,8 @@ from reporting.tables import (
     CSV_HEADER,
     DIRECTION_TITLES,
     POSTPROCESS_TITLES,
+    backbone_table,
+    binary_backbone_table,
     binary_table,
     code,
     convention_table,
@@ -86,7 +89,12 @@ TRAINING_COLUMNS = (
     ("settings chosen by", lambda s: s.get("settings_note", "given on the command line")),
 )
 # Training settings that may differ between the seeds of one method: the seed, and where files were.
-PER_SEED_SETTINGS = {"seed", "clip", "init_from", "cache", "cache_meta_sha256"}
+PER_SEED_SETTINGS = {"seed", "clip", "backbone", "init_from", "cache", "cache_meta_sha256"}
+BACKBONES_NOTE = (
+    "Each cell is the head's number on that backbone's cache, as its dataset section below gives it (mean ± std "
+    "over seeds [95% CI over clusters and seeds]); that section holds every metric, Binary, the analyses and the "
+    "tests. Heads are compared within a backbone there; across backbones only these summaries are set side by side."
+)
 
 
 def temperature(settings):
@@ -161,9 +169,12 @@ def write_report(datasets, args, folder):
     lines = ["# Retrieval report", "", *methods_lines]
     stems = file_stems(datasets)
     colour_of = plots.method_colours(method_numbers)  # one colour per method in every figure
+    sections = []
     for label, methods in datasets.items():
         section, numbers["datasets"][label] = dataset_section(label, methods, args, folder, stems[label], colour_of)
-        lines += section
+        sections += section
+    backbone_lines, numbers["backbones"] = backbones_section(datasets, numbers["datasets"])
+    lines += backbone_lines + sections
     trained = {method: info["trainings"] for method, info in method_numbers.items() if info["trainings"]}
     if trained:
         metrics = sorted({training["selection_metric"] for trainings in trained.values() for training in trainings})
@@ -177,6 +188,46 @@ def write_report(datasets, args, folder):
     atomic_write_json(folder / "report_numbers.json", numbers)
     atomic_write_bytes(folder / "report.md", "\n".join(lines).encode("utf-8"))
     write_paste_tables(datasets, numbers, folder)
+
+
+def backbone_name(provenance):
+    backbone = provenance["backbone"]
+    return f"{backbone['source']} ({backbone['kind']})"
+
+
+def backbones_section(datasets, dataset_numbers):
+    """A heads × backbones table for each test set evaluated on caches of two or more backbones (the
+    same annotation files and split: one dataset section per backbone holds its full statistics).
+    Returns (markdown lines, numbers)."""
+    groups = {}
+    for label, methods in datasets.items():
+        provenance = next(iter(methods.values()))[0].provenance
+        key = (json.dumps(provenance["annotations"], sort_keys=True), provenance["split"])  # one test set
+        groups.setdefault(key, {})[label] = backbone_name(provenance)
+    lines, numbers = [], []
+    for columns in groups.values():
+        if len(set(columns.values())) < 2:
+            continue
+        first = next(iter(datasets[next(iter(columns))].values()))[0].provenance
+        title = f"Backbones × heads: {first['split']} split of {', '.join(md(label) for label in columns)}"
+        group = {"columns": columns, "tables": {}, "binary": {}}
+        for label in columns:
+            for key, rows in dataset_numbers[label]["tables"].items():
+                if key.endswith("/t2v"):
+                    for method, row in rows.items():
+                        group["tables"].setdefault(key, {}).setdefault(method, {})[label] = row
+            for method, row in dataset_numbers[label]["binary"].items():
+                group["binary"].setdefault(method, {})[label] = row
+        lines += [f"## {title}", "", BACKBONES_NOTE, ""]
+        for key, cells in group["tables"].items():
+            setting_name = key.split("/")[0]
+            lines += backbone_table(
+                f"{setting_title(datasets[next(iter(columns))], setting_name)}, text→video R@1", columns, cells, "R@1"
+            )
+        if group["binary"]:
+            lines += binary_backbone_table(columns, group["binary"])
+        numbers.append(group)
+    return lines, numbers
 
 
 def write_paste_tables(datasets, numbers, out_dir):
@@ -202,8 +253,9 @@ def write_paste_tables(datasets, numbers, out_dir):
 def load_results(results_dir):
     """{dataset: {method: [Result, ...]}}, seeds in file order. Refuses, naming the file: a JSON
     that is not a result or that its arrays do not back, two caches under one dataset label, a
-    method name given to two heads or to runs that differ in more than the seed, a seed twice."""
-    datasets, cache_of, identity_of, seen = {}, {}, {}, {}
+    method name given to two heads or to runs on one backbone that differ in more than the seed, a
+    seed twice."""
+    datasets, cache_of, identity_of, head_of, seen = {}, {}, {}, {}, {}
     files = sorted(results_dir.glob("*.json"))
     if not files:
         raise ResultError(f"no result files (*.json) in {results_dir}: run evaluate.py first")
@@ -219,12 +271,20 @@ def load_results(results_dir):
             )
         check_features(path, provenance)
         identity = method_identity(provenance)
-        first_path, first_identity = identity_of.setdefault(method, (path, identity))
+        # a method is a head trained one way; on another backbone's cache it is the same method on other
+        # features (a column of the backbones table), so its seeds agree within a backbone
+        first_path, first_identity = identity_of.setdefault((method, backbone_name(provenance)), (path, identity))
         difference = first_difference(first_identity, identity, (f"{first_path.name} has", f"{path.name} has"))
         if difference:
             raise ResultError(
                 f"method {method!r} names results that differ in {difference}: they are two methods, not "
                 "seeds of one; give each its own evaluate.py --method"
+            )
+        first_path, head = head_of.setdefault(method, (path, provenance["head"]))
+        if head != provenance["head"]:
+            raise ResultError(
+                f"method {method!r} names a {head} head in {first_path.name} and a {provenance['head']} head in "
+                f"{path.name}: give each its own evaluate.py --method"
             )
         run = (label, method, provenance["seed"])
         if run in seen:
@@ -284,16 +344,18 @@ def methods_section(datasets):
     info = {}
     for methods in datasets.values():
         for method, runs in methods.items():
-            entry = info.setdefault(method, {"head": runs[0].provenance["head"], "trainings": {}})
+            entry = info.setdefault(method, {"head": runs[0].provenance["head"], "trainings": {}, "backbones": {}})
             for run in runs:
                 if run.provenance["training"]:  # one checkpoint evaluated on several datasets counts once
                     entry["trainings"][run.provenance["ckpt_sha256"]] = run.provenance["training"]
+                    entry["backbones"][run.provenance["ckpt_sha256"]] = backbone_name(run.provenance)
                 else:
                     entry["zero_shot_frames"] = run.provenance["frames"]
     for entry in info.values():
         entry["trainings"] = list(entry["trainings"].values())
         entry["settings"] = method_settings(entry)
         entry["selected_epochs"] = [training["selected_epoch"] for training in entry["trainings"]]
+        entry["backbones"] = list(entry["backbones"].values())  # each training's, in the same order
     names = [name for name, _ in TRAINING_COLUMNS]
     trained = [entry for entry in info.values() if entry["trainings"]]
     shared = {
@@ -629,7 +691,7 @@ def spread_text(spread):
 
 def dataset_notes(methods, args):
     first = next(iter(methods.values()))[0].provenance
-    sampling, clip = first["sampling"], first["clip"]
+    sampling, backbone = first["sampling"], first["backbone"]
     seen = "; ".join(f"{md(m)}: {spread_text(runs[0].provenance['frames_seen'])}" for m, runs in methods.items())
     seeds = "; ".join(
         f"{md(m)}: "
@@ -641,8 +703,7 @@ def dataset_notes(methods, args):
         for m, runs in methods.items()
     )
     return [
-        f"- CLIP checkpoint: {code(clip['file'])}, sha256 `{clip['sha256']}`; config: {facts(clip['config'])}; "
-        f"compute: {facts(first['compute'])}.",
+        f"- Backbone: {backbone_text(backbone)}; compute: {facts(first['compute'])}.",
         f"- Preprocessing: {facts(first['preprocessing'])}.",
         f"- Frame sampling: fps {sampling['fps']}, t_max {sampling['t_max']}, rule: {sampling['rule']}.",
         f"- Captions: {captions_text(first)}",
@@ -652,6 +713,18 @@ def dataset_notes(methods, args):
         f"- Seeds: {seeds}. Sources (relative to this report): {sources}.",
         "",
     ]
+
+
+def backbone_text(backbone):
+    """The backbone a dataset's features come from: its name, kind and library, weights and shape."""
+    weights = backbone["weights_sha256"]
+    weights = f"`{weights}`" if isinstance(weights, str) else facts(weights)
+    return (
+        f"{code(backbone['source'])} ({backbone['kind']}, {md(backbone['library'])}), weights sha256 {weights}, "
+        f"{backbone['parameters']:,} parameters, width {backbone['embed_dim']}, "
+        f"{'token features' if backbone['token_features'] else 'no token features'}; "
+        f"config: {facts(backbone['config'])}"
+    )
 
 
 def captions_text(provenance):

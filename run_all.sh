@@ -5,6 +5,8 @@
 #   bash run_all.sh --annotations DIR --videos DIR --clip CKPT [--gpus N] [--reversed-videos DIR] [--work DIR]
 #   options for either: --heads "HEAD ..." (default: see python -m heads)  --seeds "0 1"  --epochs N  --train-args "--lr 1e-4 ..."
 #                       --extract-args "--fps 2 --paragraphs ..."  --verify-args "--rel-tol 0.05 ..."  (passed through)
+#                       --backbones "hf:DIR ..."  (more backbones beside --clip's, docs/backbones.md: each gets its
+#                                    own cache, verify, zero-shot evaluation and heads x seeds; one report over all)
 #                       --tune N   (first tune each head's settings on valid with tune.py, N trials per head)
 #                       --jobs N   (run the heads x seeds matrix N at a time; --gpus N: N at a time, one GPU each)
 #                       --print-runs  (print the matrix, one self-contained command per line, and run nothing)
@@ -25,6 +27,7 @@ REPO="$(pwd)"
 
 ANNOTATIONS="" VIDEOS="" CLIP="" REVERSED="" WORK="" GPUS=1 GPU_SLOTS=false JOBS=1
 HEADS="" SEEDS="0 1 2" EPOCHS="" EXTRA_TRAIN_ARGS="" EXTRA_EXTRACT_ARGS="" EXTRA_VERIFY_ARGS="" TUNE_TRIALS=""
+MORE_BACKBONES=""
 PRINT_RUNS=false SKIP_RUNS=false
 refuse() { echo "run_all.sh: $1" >&2; exit 2; }
 # a flag's value: there, and not empty (`--jobs ''` or a trailing `--jobs` would run with a default unseen)
@@ -46,9 +49,10 @@ while [ $# -gt 0 ]; do
     --extract-args) [ $# -ge 2 ] || refuse "--extract-args needs a value (see --help)"; EXTRA_EXTRACT_ARGS="$2"; shift 2 ;;
     --verify-args) [ $# -ge 2 ] || refuse "--verify-args needs a value (see --help)"; EXTRA_VERIFY_ARGS="$2"; shift 2 ;;
     --tune) value "$@"; TUNE_TRIALS="$2"; shift 2 ;;
+    --backbones) value "$@"; MORE_BACKBONES="$2"; shift 2 ;;
     --print-runs) PRINT_RUNS=true; shift ;;
     --skip-runs) SKIP_RUNS=true; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) refuse "unknown argument '$1' (see --help)" ;;
   esac
 done
@@ -72,6 +76,23 @@ for SEED in $SEEDS; do
   case "$SEED" in *[!0-9]*) refuse "--seeds '$SEEDS': give whole numbers, as \"0 1 2\"" ;; esac
 done
 [ -n "${SEEDS// /}" ] || refuse "--seeds '$SEEDS': give at least one seed"
+# --backbones: each KIND:PATH's path made absolute, and the name its cache, runs and results carry
+MORE_SPECS=() MORE_NAMES=()
+for SPEC in $MORE_BACKBONES; do
+  KIND="${SPEC%%:*}" BACKBONE_PATH="${SPEC#*:}"
+  if [ "$KIND" = "$SPEC" ] || [ -z "$KIND" ] || [ -z "$BACKBONE_PATH" ]; then
+    refuse "--backbones '$SPEC': give KIND:PATH, e.g. hf:models/siglip (docs/backbones.md)"
+  fi
+  [ "${BACKBONE_PATH:0:1}" = / ] || BACKBONE_PATH="$CALLER/$BACKBONE_PATH"
+  NAME="$(basename "$BACKBONE_PATH" | tr -c 'A-Za-z0-9.\n-' '_')"
+  for OTHER in "${MORE_NAMES[@]}"; do
+    [ "$OTHER" != "$NAME" ] || refuse "--backbones: two backbones in folders named $NAME; their caches would share a name"
+  done
+  MORE_SPECS+=("$KIND:$BACKBONE_PATH") MORE_NAMES+=("$NAME")
+done
+if [ -n "$TUNE_TRIALS" ] && [ ${#MORE_SPECS[@]} -gt 0 ]; then
+  refuse "--tune with --backbones: tune one backbone at a time (tune.py), then pass its settings with --train-args"
+fi
 
 # The work folder is one driver's: a second run_all.sh on it stops here, before it touches anything
 # (the runs' locks and logs are the first one's). Every stage and run it starts stops itself once
@@ -133,14 +154,22 @@ fi
 # shellcheck disable=SC2206  # the pass-through options are word lists, as --train-args
 EXTRACT_ARGS+=($EXTRA_EXTRACT_ARGS) VERIFY_ARGS+=($EXTRA_VERIFY_ARGS)
 CLIP="$(realpath -m "$CLIP")"  # the printed runs work from any folder (WORK is made absolute above)
-CACHE="$WORK/cache"
+# The backbones: --clip's, whose cache, runs and results keep their plain names (cache/, HEAD_seedS),
+# then each of --backbones, whose carry its name (cache_NAME/, HEAD_seedS_NAME); a stage is given
+# one as its flag and value
+BACKBONE_FLAGS=(--clip) BACKBONE_VALUES=("$CLIP") SUFFIXES=("")
+for i in "${!MORE_SPECS[@]}"; do
+  BACKBONE_FLAGS+=(--backbone) BACKBONE_VALUES+=("${MORE_SPECS[$i]}") SUFFIXES+=("_${MORE_NAMES[$i]}")
+done
 
 # The matrix: one self-contained command per (head, seed), training then evaluation. Each is
 # idempotent and resumable: training resumes from last.pt (a finished run is a no-op), and the
 # evaluation rewrites its result whole.
 RUN_NAMES=() RUNS=()
 plan_runs() {
-  local head seed args=() chosen=()
+  local i head seed args=() chosen=() cache run
+  for i in "${!SUFFIXES[@]}"; do
+  cache="$WORK/cache${SUFFIXES[$i]}"
   for head in $HEADS; do
     # shellcheck disable=SC2206  # the settings are word lists
     chosen=($HAND_SET_ARGS)  # the demo's hand-set settings, or the ones tune.py chose
@@ -153,14 +182,17 @@ plan_runs() {
       mapfile -t chosen < <(python3 -c 'import json, sys; print("\n".join(json.load(open(sys.argv[1]))["train_args"]))' "$best")
     fi
     for seed in $SEEDS; do
+      run="${head}_seed${seed}${SUFFIXES[$i]}"
       # shellcheck disable=SC2206
-      args=(--cache "$CACHE" --head "$head" --seed "$seed" --out "$WORK/runs/${head}_seed${seed}" --clip "$CLIP"
-        --reverse-negatives if-any ${TRAIN_ARGS[$head]:-} ${EPOCHS:+--epochs $EPOCHS} "${chosen[@]}" $EXTRA_TRAIN_ARGS)
-      RUN_NAMES+=("${head}_seed${seed}")
+      args=(--cache "$cache" --head "$head" --seed "$seed" --out "$WORK/runs/$run" "${BACKBONE_FLAGS[$i]}"
+        "${BACKBONE_VALUES[$i]}" --reverse-negatives if-any ${TRAIN_ARGS[$head]:-} ${EPOCHS:+--epochs $EPOCHS}
+        "${chosen[@]}" $EXTRA_TRAIN_ARGS)
+      RUN_NAMES+=("$run")
       RUNS+=("cd $(printf %q "$REPO") && $(printf '%q ' "$PY" train_head.py "${args[@]}")&& $(printf '%q ' \
-        "$PY" evaluate.py --cache "$CACHE" --split test --ckpt "$WORK/runs/${head}_seed${seed}/best.pt" \
-        --method "$head" --rewrites --keep-finished --out "$WORK/results/${head}_seed${seed}.json")")
+        "$PY" evaluate.py --cache "$cache" --split test --ckpt "$WORK/runs/$run/best.pt" \
+        --method "$head" --rewrites --keep-finished --out "$WORK/results/$run.json")")
     done
+  done
   done
 }
 
@@ -171,33 +203,38 @@ if $PRINT_RUNS; then
 fi
 mkdir -p "$WORK/runs" "$WORK/results" "$WORK/logs"
 
-STAGE="extract"
-if [ "$GPUS" -gt 1 ]; then
-  .venv/bin/torchrun --nproc_per_node="$GPUS" extract.py --annotations "$ANNOTATIONS" --videos "$VIDEOS" \
-    --clip "$CLIP" --out "$CACHE" "${EXTRACT_ARGS[@]}"
-else
-  $PY extract.py --annotations "$ANNOTATIONS" --videos "$VIDEOS" --clip "$CLIP" --out "$CACHE" "${EXTRACT_ARGS[@]}"
-fi
+for i in "${!SUFFIXES[@]}"; do
+  SUFFIX="${SUFFIXES[$i]}" BACKBONE=("${BACKBONE_FLAGS[$i]}" "${BACKBONE_VALUES[$i]}") CACHE="$WORK/cache${SUFFIXES[$i]}"
+  STAGE="extract$SUFFIX"
+  if [ "$GPUS" -gt 1 ]; then
+    .venv/bin/torchrun --nproc_per_node="$GPUS" extract.py --annotations "$ANNOTATIONS" --videos "$VIDEOS" \
+      "${BACKBONE[@]}" --out "$CACHE" "${EXTRACT_ARGS[@]}"
+  else
+    $PY extract.py --annotations "$ANNOTATIONS" --videos "$VIDEOS" "${BACKBONE[@]}" --out "$CACHE" "${EXTRACT_ARGS[@]}"
+  fi
 
-STAGE="verify"
-VERIFY=(verify.py --cache "$CACHE" --annotations "$ANNOTATIONS" --videos "$VIDEOS" --clip "$CLIP"
-  ${REVERSED:+--reversed-videos "$REVERSED"} "${VERIFY_ARGS[@]}")
-# what verify passed on: the cache's meta (which pins every file of the cache, the videos and the
-# checkpoint) and the options; the same again is not verified again
-VERIFIED="$(sha256sum "$CACHE/cache_meta.json" | cut -d' ' -f1) ${VERIFY[*]}"
-if [ "$(cat "$WORK/logs/verify.passed" 2>/dev/null)" = "$VERIFIED" ]; then
-  echo "verify: passed before on this cache_meta.json with these options; not run again (delete $WORK/logs/verify.passed to)"
-else
-  $PY "${VERIFY[@]}"
-  printf '%s\n' "$VERIFIED" > "$WORK/logs/verify.passed.tmp" && mv "$WORK/logs/verify.passed.tmp" "$WORK/logs/verify.passed"
-fi
+  STAGE="verify$SUFFIX"
+  VERIFY=(verify.py --cache "$CACHE" --annotations "$ANNOTATIONS" --videos "$VIDEOS" "${BACKBONE[@]}"
+    ${REVERSED:+--reversed-videos "$REVERSED"} "${VERIFY_ARGS[@]}")
+  # what verify passed on: the cache's meta (which pins every file of the cache, the videos and the
+  # backbone) and the options; the same again is not verified again
+  VERIFIED="$(sha256sum "$CACHE/cache_meta.json" | cut -d' ' -f1) ${VERIFY[*]}"
+  STAMP="$WORK/logs/verify$SUFFIX.passed"
+  if [ "$(cat "$STAMP" 2>/dev/null)" = "$VERIFIED" ]; then
+    echo "verify: passed before on this cache_meta.json with these options; not run again (delete $STAMP to)"
+  else
+    $PY "${VERIFY[@]}"
+    printf '%s\n' "$VERIFIED" > "$STAMP.tmp" && mv "$STAMP.tmp" "$STAMP"
+  fi
 
-for HEAD in $ZERO_SHOT; do
-  STAGE="evaluate $HEAD"
-  # shellcheck disable=SC2086  # the demo's settings are a word list
-  $PY evaluate.py --cache "$CACHE" --split test --head "$HEAD" ${TRAIN_ARGS[$HEAD]:-} --rewrites --keep-finished \
-    --out "$WORK/results/$HEAD.json"
+  for HEAD in $ZERO_SHOT; do
+    STAGE="evaluate $HEAD$SUFFIX"
+    # shellcheck disable=SC2086  # the demo's settings are a word list
+    $PY evaluate.py --cache "$CACHE" --split test --head "$HEAD" ${TRAIN_ARGS[$HEAD]:-} --rewrites --keep-finished \
+      --out "$WORK/results/$HEAD$SUFFIX.json"
+  done
 done
+CACHE="$WORK/cache"  # --clip's: what a search of settings (--tune) runs on
 
 if [ -n "$TUNE_TRIALS" ]; then
   for HEAD in $HEADS; do

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import backbones
 import clip_vendor
 from clip_vendor.tokenizer import reads_as_blank
 from corpus.feature_cache import content_digest, frames_per_video, open_split, read_meta
@@ -52,7 +53,8 @@ parser.add_argument("--split", default="test", help="the split whose videos are 
 source = parser.add_mutually_exclusive_group(required=True)
 source.add_argument("--ckpt", type=Path, help="a checkpoint written by train_head.py")
 source.add_argument("--head", choices=ZERO_SHOT_HEADS, help="a parameter-free head, zero-shot")
-parser.add_argument("--clip", required=True, type=Path, help="the CLIP checkpoint the cache was extracted with")
+parser.add_argument("--clip", type=Path, help="the OpenAI CLIP checkpoint the cache was extracted with")
+parser.add_argument("--backbone", help="instead of --clip: the backbone the cache was extracted with, KIND:PATH")
 parser.add_argument("--top-k", type=whole_number(1), default=5, help="videos shown per query")
 parser.add_argument("--reversals", action="store_true", help="RTime: the reversal of every video is a candidate too")
 parser.add_argument(
@@ -82,12 +84,14 @@ def check_arguments(args):
     """Refuse a call with nothing to search for, before any work."""
     if not args.queries and not args.queries_file:
         parser.error("give queries as arguments or --queries FILE")
+    if (args.clip is None) == (args.backbone is None):
+        parser.error("give the backbone the cache was extracted with: --clip FILE or --backbone KIND:PATH, not both")
 
 
-def check_queries(queries, tokenizer):
+def check_queries(queries, tokenizer, backbone):
     """Refuse a query with no word once CLIP's text cleaning has run (it would rank every video by an
     empty text), or one the cache's long-text rule would cut without a word (its end is lost)."""
-    lengths = clip_vendor.token_lengths(queries)
+    lengths = backbone.token_lengths(queries)
     for number, (query, length) in enumerate(zip(queries, lengths, strict=True), 1):
         if reads_as_blank(query):
             raise StageError(f"query {number} ({query!r}) holds no word once CLIP's text cleaning has run")
@@ -111,7 +115,8 @@ def read_queries(path):
 def search(args, queries, device):
     """For each query, the top-k candidates as (video id, reversed, score), best first."""
     meta = read_meta(args.cache)
-    check_queries(queries, meta["contract"]["tokenizer"])
+    backbone = cache_backbone(args, meta, device)
+    check_queries(queries, meta["contract"]["tokenizer"], backbone)
     checkpoint = load_checkpoint(args.ckpt) if args.ckpt else None
     frames = None
     if checkpoint is None:
@@ -126,7 +131,7 @@ def search(args, queries, device):
         [(row, 1) for row in range(len(video_ids))] if args.reversals else []
     )
     setting = Setting(np.zeros(0, dtype=np.int64), candidates, np.zeros((0, len(candidates)), bool), [], [])
-    text, text_mask = encode_queries(args, meta, queries, head.text_input, device)
+    text, text_mask = encode_queries(backbone, meta, queries, head.text_input, device)
     with torch.no_grad():
         if head.indexable:
             index = video_index(args, meta, head, data, setting, video_ids, device)
@@ -146,15 +151,25 @@ def search(args, queries, device):
     return hits
 
 
-def encode_queries(args, meta, queries, text_input, device):
-    """The queries as the cache encodes captions: the cache's CLIP, context length, long-text rule
-    and precision, stored in its storage dtype; as a head reads them ([Q, L, D], [Q, L])."""
+def cache_backbone(args, meta, device):
+    """The backbone --clip or --backbone names, in the cache's precision; refused unless it is the
+    one the cache was extracted with."""
+    flag = "--backbone" if args.backbone else "--clip"
+    try:
+        spec = backbones.from_flags(args.clip, args.backbone)
+        backbone = backbones.load(spec, device, clip_vendor.DTYPES[meta["contract"]["compute"]["dtype"]])
+        backbones.check_matches(backbone, meta["contract"], args.cache, flag)
+    except (ValueError, OSError) as err:
+        raise StageError(f"{flag}: {err}") from None
+    return backbone
+
+
+def encode_queries(backbone, meta, queries, text_input, device):
+    """The queries as the cache encodes captions: the cache's backbone, context length, long-text
+    rule and precision, stored in its storage dtype; as a head reads them ([Q, L, D], [Q, L])."""
     contract = meta["contract"]
-    if file_sha256(args.clip) != contract["clip"]["sha256"]:
-        raise StageError(f"--clip {args.clip} is not the checkpoint {args.cache} was extracted with")
-    model, _ = clip_vendor.load(args.clip, device, clip_vendor.DTYPES[contract["compute"]["dtype"]])
-    pooled, tokens = clip_vendor.encode_texts(
-        model, queries, contract["tokenizer"]["context_length"], contract["tokenizer"]["long_text"]
+    pooled, tokens = backbone.encode_texts(
+        queries, contract["tokenizer"]["context_length"], contract["tokenizer"]["long_text"]
     )
     storage = getattr(torch, contract["storage_dtype"])
     if text_input == "pooled":

@@ -1,4 +1,4 @@
-"""Train a retrieval head on the feature cache; CLIP stays frozen and is never run.
+"""Train a retrieval head on the feature cache; the backbone (CLIP) stays frozen and is never run.
 
     python train_head.py --cache OUT --head seqTransf --seed 0 --out runs/seqTransf_seed0 --clip ViT-B-32.pt
     torchrun --nproc_per_node=2 train_head.py ...     (videos sharded, loss over the gathered batch)
@@ -27,8 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import clip_vendor
-from clip_vendor.model import CLIP, ClipConfig
+import backbones
 from corpus.annotations import FORMATS
 from corpus.feature_cache import (
     META_NAME,
@@ -46,6 +45,7 @@ from evaluation.retrieval_metrics import retrieval_metrics
 from evaluation.scoring import autocast_for, directions, read_setting, score_matrix
 from heads.architectures import (
     HEADS,
+    N_HEAD_LAYERS,
     TRAIN_PAIR_BATCH,
     HeadShape,
     build_head,
@@ -106,6 +106,10 @@ what.add_argument(
     "--clip", type=Path, help="the cache's CLIP checkpoint (heads that start from CLIP's text layers need it)"
 )
 what.add_argument(
+    "--backbone",
+    help="instead of --clip, for a cache of another backbone: KIND:PATH as extract.py was given (e.g. hf:FOLDER)",
+)
+what.add_argument(
     "--init-from", type=Path, help="start from this head: a train_head.py checkpoint of the same head, or CLIP4Clip's"
 )
 what.add_argument(
@@ -147,7 +151,7 @@ system.add_argument(
 NOT_IN_CONFIG = ("out", "device", "pair_batch", "data_on")  # where and how fast, not what is computed
 # may differ between the nodes of one job: paths each mounts where it likes (their contents are compared
 # by digest) and how fast each computes
-PER_NODE_FLAGS = ("cache", "clip", "init_from", "out", "device", "pair_batch", "data_on")
+PER_NODE_FLAGS = ("cache", "clip", "backbone", "init_from", "out", "device", "pair_batch", "data_on")
 
 
 @dataclass(frozen=True)
@@ -204,7 +208,8 @@ def train(args, runtime):
     trainable = [p for p in [*head.parameters(), log_scale] if p.requires_grad]
     runtime.log(
         f"{args.head}: {sum(p.numel() for p in trainable):,} trainable parameters; "
-        f"{frozen_clip_parameters(meta):,} frozen CLIP parameters (never loaded: features come from the cache)"
+        f"{meta['contract']['backbone']['parameters']:,} frozen backbone parameters (never loaded: features come "
+        "from the cache)"
     )
     optimizer = torch.optim.AdamW(param_groups(head, log_scale, args.weight_decay), lr=args.lr) if trainable else None
     run = Run(args.out, config, args.patience, head, log_scale, optimizer, training_video_keys(args.cache))
@@ -263,8 +268,12 @@ def check_arguments(args):
             f"--learn-temp: {args.head} scores with its own output layer (a logit), which no temperature "
             "scales; train it without --learn-temp"
         )
-    if head.needs_clip_text and not args.init_from and args.clip is None:
-        parser.error(f"--clip is required for {args.head}: it starts from the checkpoint's text transformer")
+    if args.clip is not None and args.backbone is not None:
+        parser.error("--clip and --backbone both name the backbone: give one (--clip FILE is openai:FILE)")
+    if head.needs_clip_text and not args.init_from and args.clip is None and args.backbone is None:
+        parser.error(
+            f"--clip (or --backbone) is required for {args.head}: it starts from the backbone's text transformer"
+        )
     try:
         clip_logit_scale(args.learn_temp, args.logit_scale)
     except ValueError as err:
@@ -314,6 +323,11 @@ def run_config(args, meta, selection, cpu_threads, reverse_negatives):
         for key, value in vars(args).items()
         if key not in NOT_IN_CONFIG
     }
+    if args.text_input == "tokens" and not meta["contract"]["backbone"]["token_features"]:
+        raise StageError(
+            f"--text-input tokens: {args.cache} holds no token features ({meta.get('backbone_source')} has none in "
+            "the shared embedding space, docs/backbones.md); train with --text-input pooled"
+        )
     cached = frames_per_video(args.cache, "train")
     try:
         frames = frames_to_use(args.frames, cached, meta["contract"]["sampling"]["t_max"], args.cache / "train")
@@ -332,8 +346,8 @@ def run_config(args, meta, selection, cpu_threads, reverse_negatives):
         cache_meta_sha256=file_sha256(args.cache / META_NAME),
         cache_content_sha256=content_digest(meta),
         feature_contract=feature_contract(meta),
-        embed_dim=meta["contract"]["clip"]["config"]["embed_dim"],
-        context_length=meta["contract"]["clip"]["config"]["context_length"],
+        embed_dim=meta["contract"]["backbone"]["embed_dim"],
+        context_length=meta["contract"]["backbone"]["context_length"],
         selection_metric=f"valid {selection} text->video R@1 (tie-aware expected)",
         init_from_sha256=file_sha256(args.init_from) if args.init_from else None,
         scores_are_logits=HEADS[args.head].scores_are_logits,  # the report says "no temperature" from this
@@ -346,25 +360,22 @@ def make_head(args, meta, config, log):
     or as initialised."""
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     shape = HeadShape(config["embed_dim"], config["frames"], config["context_length"], args.text_input, args.pair_batch)
-    head = build_head(args.head, shape, args.select_frames)
+    try:
+        head = build_head(args.head, shape, args.select_frames)
+    except ValueError as err:
+        raise StageError(f"--head {args.head}: {err}") from None
     if args.init_from:
         log(f"starting from {args.init_from}: {init_from(head, args.head, args.init_from, meta, args.cache)}")
     elif head.needs_clip_text:
-        if file_sha256(args.clip) != meta["contract"]["clip"]["sha256"]:
-            raise StageError(
-                f"--clip {args.clip} is not the checkpoint the cache was extracted with "
-                f"({meta.get('clip_file')}, sha256 {meta['contract']['clip']['sha256'][:12]})"
-            )
+        flag = "--backbone" if args.backbone else "--clip"
         try:
-            init_from_clip_text(head, clip_vendor.read_state_dict(args.clip))
-        except (ValueError, FileNotFoundError) as err:
-            raise StageError(f"--clip: {err}") from None
+            backbone = backbones.load(backbones.from_flags(args.clip, args.backbone))
+            backbones.check_matches(backbone, meta["contract"], args.cache, flag)
+            init_from_clip_text(head, backbone.text_blocks_state())
+        except (ValueError, OSError) as err:
+            raise StageError(f"{flag}: {err}") from None
+        log(f"starting from the first {N_HEAD_LAYERS} text layers of {backbone.source}")
     return head
-
-
-def frozen_clip_parameters(meta):
-    with torch.device("meta"):
-        return sum(p.numel() for p in CLIP(ClipConfig(**meta["contract"]["clip"]["config"])).parameters())
 
 
 def train_one_epoch(run, trainable, data, items, epoch, schedule, my_videos, autocast, runtime):

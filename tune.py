@@ -46,6 +46,7 @@ parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormat
 add = parser.add_argument
 add("--cache", required=True, type=Path, help="feature cache written by extract.py (its train and valid splits)")
 add("--clip", type=Path, help="the cache's CLIP checkpoint (seqTransf/tightTransf start from its text layers)")
+add("--backbone", help="instead of --clip, for a cache of another backbone: KIND:PATH (docs/backbones.md)")
 add("--heads", nargs="+", required=True, choices=sorted(HEADS), help="heads to tune, each with the same budget")
 add("--trials", type=whole_number(1), default=20, help="finished trials (completed or pruned) per head")
 add("--space", type=Path, default=Path(__file__).resolve().parent / "tune_space.json", help="the search space")
@@ -57,7 +58,7 @@ add("--startup-trials", type=whole_number(0), default=3, help="trials before the
 
 # train_head.py flags a trial's --train-args may not give: the search sets them itself
 # (tests/test_tune.py holds them to train_head.py's parser).
-SEARCH_OWNED_FLAGS = ("--head", "--seed", "--out", "--cache", "--clip", "--settings-note")
+SEARCH_OWNED_FLAGS = ("--head", "--seed", "--out", "--cache", "--clip", "--backbone", "--settings-note")
 DEFINITION = "search.json"  # what defines the search in OUT; a rerun with other values is refused
 STUDY = "study.sqlite3"
 OPTUNA_TABLES = {"studies", "trials", "version_info"}
@@ -199,6 +200,7 @@ def run_trial(args, head, trial):
         "--out",
         str(out),
         *(["--clip", str(args.clip)] if args.clip else []),
+        *(["--backbone", args.backbone] if args.backbone else []),
         *shlex.split(args.train_args),
         *as_flags(trial.params),
     ]

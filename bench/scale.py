@@ -46,6 +46,7 @@ import evaluate
 import report
 import train_head
 import verify
+from backbones.openai import contract_entry
 from bench.isolated import measured
 from clip_vendor.model import ClipConfig
 from corpus.annotations import SPLITS, VideoRecord, make_caption, split_captions
@@ -116,7 +117,7 @@ def clip_config():
 def contract(clip_path):
     config = clip_config()
     return {
-        "clip": {"sha256": None, "config": {key: getattr(config, key) for key in config.__dataclass_fields__}},
+        "backbone": contract_entry(file_sha256(clip_path), config),
         "tokenizer": {"context_length": 77, "long_text": "truncate"},
         "preprocessing": {"size": config.image_resolution},
         "sampling": {"fps": 1.0, "t_max": FRAMES, "rule": "synthetic", "decoder": {"name": "synthetic"}},
@@ -162,7 +163,6 @@ def write_parts(cache_dir, split, records, rng):
 def stage_merge(cache_dir, n_videos, clip_path):
     rng = np.random.default_rng(0)
     wanted = contract(clip_path)
-    wanted["clip"]["sha256"] = file_sha256(clip_path)
     cache_dir.mkdir(parents=True)
     meta = open_cache_meta(cache_dir, wanted, {"dataset": "synthetic"}, write=True)
     splits = {split: records_of(split, n) for split, n in split_sizes(n_videos).items()}

@@ -56,11 +56,11 @@ PAIR_COLUMNS = ("caption_row", "caption_id", "video_row", "video_id", "reversed"
 
 # The contract fields a trained head depends on: what the features mean, not which annotations or
 # batch sizes produced them. A head may be evaluated on any cache that agrees on these.
-FEATURE_FIELDS = ("clip", "tokenizer", "preprocessing", "sampling", "storage_dtype")
+FEATURE_FIELDS = ("backbone", "tokenizer", "preprocessing", "sampling", "storage_dtype")
 
 
 def feature_contract(meta: dict) -> dict:
-    """The FEATURE_FIELDS of a cache's contract (the CLIP file is known by its sha256, not its name)."""
+    """The FEATURE_FIELDS of a cache's contract (the backbone is known by its weights' sha256, not its path)."""
     return {field: meta["contract"].get(field) for field in FEATURE_FIELDS}
 
 

@@ -52,7 +52,7 @@ import av.logging
 import cv2
 import numpy as np
 
-from clip_vendor.preprocess import resize_crop
+from clip_vendor.preprocess import OPENAI_PIXELS, PixelRule, resize_crop
 from corpus.sampling import sample_frame_indices
 from infra.cli import StageError
 from infra.file_io import file_fingerprint
@@ -72,13 +72,15 @@ class VideoError(StageError):
 
 @dataclass(frozen=True)
 class DecodeSpec:
-    """What a decode worker needs besides the file: sampling settings, crop size and decoder."""
+    """What a decode worker needs besides the file: sampling settings, the model's input size and
+    pixel rule, and the decoder."""
 
     fps: float
     t_max: int
     size: int
     decoder: str = "opencv"
     accept_concealed: bool = False  # keep files whose decoding errors FFmpeg concealed
+    pixels: PixelRule = OPENAI_PIXELS  # the backbone's resize and crop (backbones/)
 
     @property
     def front_to_back_decoder(self) -> str:
@@ -99,10 +101,10 @@ def decoder_contract(spec: "DecodeSpec") -> dict:
     }
 
 
-def spec_from_contract(sampling: dict, size: int) -> "DecodeSpec":
+def spec_from_contract(sampling: dict, size: int, pixels: PixelRule = OPENAI_PIXELS) -> "DecodeSpec":
     """The DecodeSpec a cache was extracted with, from its contract's `sampling` (verify re-extracts with it)."""
     decoder = sampling["decoder"]
-    return DecodeSpec(sampling["fps"], sampling["t_max"], size, decoder["name"], decoder["accept_concealed"])
+    return DecodeSpec(sampling["fps"], sampling["t_max"], size, decoder["name"], decoder["accept_concealed"], pixels)
 
 
 @dataclass(frozen=True)
@@ -526,7 +528,11 @@ def decode_and_crop(task: tuple[str, str, DecodeSpec]) -> DecodedVideo:
     try:
         frames_bgr, decoded = decode_sampled_frames(path, spec)
         return DecodedVideo(
-            video_id, resize_crop(frames_bgr, spec.size).numpy(), None, decoded.decoder, decoded.fallback
+            video_id,
+            resize_crop(frames_bgr, spec.size, rule=spec.pixels).numpy(),
+            None,
+            decoded.decoder,
+            decoded.fallback,
         )
     except VideoError as err:
         return DecodedVideo(video_id, None, str(err))

@@ -164,7 +164,7 @@ class SeqTransf(QueryIndependent):
     def __init__(self, shape: HeadShape):
         super().__init__()
         self.frame_position_embeddings = nn.Embedding(shape.positions(), shape.width)
-        self.transformerClip = Transformer(shape.width, N_HEAD_LAYERS, shape.width // HEAD_WIDTH, LAYER_NORM_EPS)
+        self.transformerClip = head_transformer(shape.width)
 
     def clip_text_targets(self) -> tuple[nn.Module, nn.Embedding]:
         """(blocks, position table) that start as CLIP's first text blocks and text positions."""
@@ -243,7 +243,7 @@ class CrossModel(nn.Module):
     def __init__(self, width, n_positions, dropout):
         super().__init__()
         self.embeddings = CrossEmbeddings(width, n_positions, dropout)
-        self.transformer = Transformer(width, N_HEAD_LAYERS, width // HEAD_WIDTH, LAYER_NORM_EPS)
+        self.transformer = head_transformer(width)
         self.pooler = CrossPooler(width)
 
     def forward(self, tokens, mask):
@@ -339,6 +339,17 @@ class TightTransf(nn.Module):
 HEADS = {"meanP": MeanP, "seqTransf": SeqTransf, "seqLSTM": SeqLSTM, "tightTransf": TightTransf, "mlpScore": MlpScore}
 DEFAULT_HEADS = ("seqTransf", "tightTransf", "mlpScore")  # what run_all.sh trains unless --heads names others
 ZERO_SHOT_HEADS = tuple(name for name, head in HEADS.items() if head.parameter_free)  # evaluated without training
+
+
+def head_transformer(width: int) -> Transformer:
+    """CLIP4Clip's 4 blocks at the cached width, in attention heads of CLIP's 64 dimensions: a width
+    that does not split into them is refused (every released CLIP and SigLIP width does)."""
+    if width < HEAD_WIDTH or width % HEAD_WIDTH:
+        raise ValueError(
+            f"the features are {width} wide, which does not split into attention heads of {HEAD_WIDTH}; "
+            "this head needs a backbone whose embedding width is a multiple of 64"
+        )
+    return Transformer(width, N_HEAD_LAYERS, width // HEAD_WIDTH, LAYER_NORM_EPS)
 
 
 def build_head(name: str, shape: HeadShape, select_frames: int = 0) -> nn.Module:

@@ -150,7 +150,7 @@ def head_for_cache(
     if checkpoint is None:
         if name not in ZERO_SHOT_HEADS:
             raise CheckpointError(f"--head {name} has parameters: train it with train_head.py and pass --ckpt")
-        shape = HeadShape(meta["contract"]["clip"]["config"]["embed_dim"], frames)
+        shape = HeadShape(meta["contract"]["backbone"]["embed_dim"], frames)
         settings = {"head": name, "frames": frames, "text_input": shape.text_input, "seed": None, "select_frames": 0}
         return build_head(name, shape), settings
     check_features(checkpoint["config"]["feature_contract"], meta, ckpt, cache_dir)

@@ -136,6 +136,36 @@ def metric_table(title: str, rows: dict, footnote: str = "") -> list[str]:
     return [f"### {title}", "", *table(header, body)] + ([footnote, ""] if footnote else [])
 
 
+def backbone_table(title: str, columns: dict, cells: dict, metric: str) -> list[str]:
+    """Heads (rows) by backbones (columns: {dataset label: backbone name}); cells {method: {label:
+    value}} as the dataset tables give them, "—" where a head was not evaluated on a backbone."""
+    header = ["Method", *(md(name) for name in columns.values())]
+    body = [
+        [
+            md(method),
+            *(
+                cell(by_label[label][metric], metric, by_label[label]["n_seeds"]) if label in by_label else "—"
+                for label in columns
+            ),
+        ]
+        for method, by_label in cells.items()
+    ]
+    return [f"### {title}", "", *table(header, body)]
+
+
+def binary_backbone_table(columns: dict, cells: dict) -> list[str]:
+    """Binary text→video accuracy, heads by backbones (as `backbone_table`)."""
+    header = ["Method", *(md(name) for name in columns.values())]
+    body = [
+        [
+            md(method),
+            *(mean_std_text(row[label]["t2v"], row[label]["n_seeds"]) if label in row else "—" for label in columns),
+        ]
+        for method, row in cells.items()
+    ]
+    return ["### Binary: original vs its reversal, text→video accuracy", "", *table(header, body)]
+
+
 def binary_table(rows: dict, directions=("t2v", "v2t")) -> list[str]:
     names = DIRECTION_TITLES
     header = ["Method", *(name for d in directions for name in (f"{names[d]} accuracy", "tied"))]
@@ -319,11 +349,21 @@ def methods_table(info: dict, columns: list[str]) -> list[str]:
             md(method),
             entry["head"],
             *(md(number(entry["settings"][name])) for name in columns),
-            ", ".join(str(epoch) for epoch in entry["selected_epochs"]) or "— (zero-shot)",
+            selected_epochs_text(entry["selected_epochs"], entry["backbones"]) or "— (zero-shot)",
         ]
         for method, entry in info.items()
     ]
     return table(header, body)
+
+
+def selected_epochs_text(epochs: list[int], backbones: list[str]) -> str:
+    """ "3, 4, 4"; a method trained on several backbones' caches: "clip (hf): 3, 4; ViT-B-32.pt (openai): 4"."""
+    if len(set(backbones)) < 2:
+        return ", ".join(map(str, epochs))
+    by_backbone = {}
+    for epoch, backbone in zip(epochs, backbones, strict=True):
+        by_backbone.setdefault(backbone, []).append(str(epoch))
+    return "; ".join(f"{md(backbone)}: {', '.join(seeds)}" for backbone, seeds in by_backbone.items())
 
 
 def cost_table(rows: list[tuple[str, str, str, float | None, float | None]]) -> list[str]:

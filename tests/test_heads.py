@@ -209,3 +209,13 @@ def test_learnable_temperature_is_made_on_the_training_device():
     assert log_scale.device.type == "meta" and log_scale.is_leaf and log_scale.requires_grad
     torch.optim.AdamW([log_scale])  # what train_head.py builds
     assert not clip_logit_scale(False, 50.0, "meta").requires_grad
+
+
+@pytest.mark.parametrize("width", [32, 96])
+def test_a_width_that_does_not_split_into_heads_of_64_is_refused_naming_it(width):
+    """Any backbone's width builds the heads (a SigLIP so400m's 1152 among them); one that CLIP's
+    64-wide attention heads cannot split is refused by name, not a division by zero."""
+    for name in ("seqTransf", "tightTransf"):
+        with pytest.raises(ValueError, match=f"the features are {width} wide"):
+            build_head(name, HeadShape(width, N_FRAMES))
+    assert build_head("seqTransf", HeadShape(1152, N_FRAMES)).transformerClip.resblocks[0].attn.heads == 18
