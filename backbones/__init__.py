@@ -6,7 +6,8 @@
 
 Kinds (`KINDS`): `openai` is our own CLIP (clip_vendor/) on OpenAI's released checkpoints, the
 default, with no dependency; `hf` reads a Hugging Face `transformers` model folder (CLIP- and
-SigLIP-shaped, `huggingface.FAMILIES`) offline. Every backbone answers the same calls:
+SigLIP-shaped, `huggingface.FAMILIES`) offline; `openclip` an OpenCLIP model folder, offline.
+Every backbone answers the same calls:
 
 - `contract`: the cache contract's `backbone` entry: `kind`, `library` and its version, the
   weights' sha256, `embed_dim`, `context_length` (its text positions), `token_features`,
@@ -37,9 +38,8 @@ from infra.records import first_difference
 KINDS = {
     "openai": "OpenAI CLIP checkpoint (TorchScript archive or state dict), by clip_vendor: openai:FILE or --clip FILE",
     "hf": "Hugging Face transformers model folder (CLIP, SigLIP, SigLIP 2 at fixed resolution, MetaCLIP): hf:FOLDER",
+    "openclip": "OpenCLIP model folder (open_clip_config.json and weights: ViT, ConvNeXt, EVA, DFN): openclip:FOLDER",
 }
-# OpenCLIP's own format is not a kind yet: open_clip imports torchvision, and no torchvision wheel
-# reachable here runs with the CPU torch (docs/backbones.md); its models in Hugging Face's format are.
 
 
 class BackboneError(ValueError):
@@ -78,9 +78,13 @@ def load(spec: BackboneSpec, device: str = "cpu", dtype: torch.dtype = torch.flo
     """The backbone `spec` names, in eval mode on `device` in `dtype`, read with no network."""
     if spec.kind == "openai":
         return OpenAIBackbone(spec.path, device, dtype)
-    from backbones.huggingface import HuggingFaceBackbone  # imports transformers: only when asked for
+    if spec.kind == "hf":
+        from backbones.huggingface import HuggingFaceBackbone  # imports transformers: only when asked for
 
-    return HuggingFaceBackbone(spec.path, device, dtype)
+        return HuggingFaceBackbone(spec.path, device, dtype)
+    from backbones.openclip import OpenClipBackbone  # imports open_clip and torchvision: only when asked for
+
+    return OpenClipBackbone(spec.path, device, dtype)
 
 
 def check_matches(backbone, contract: dict, cache_dir: Path, flag: str) -> None:

@@ -103,7 +103,11 @@ class HuggingFaceBackbone:
         try:
             self.model = transformers.AutoModel.from_pretrained(self.folder, local_files_only=True)
             self.tokenizer = transformers.AutoTokenizer.from_pretrained(self.folder, local_files_only=True)
-            processor = transformers.AutoImageProcessor.from_pretrained(self.folder, local_files_only=True)
+            # the Pillow backend: the one our PixelRule runs (where torchvision is installed, transformers
+            # defaults to its torchvision backend, which resizes tensors with rounding of its own)
+            processor = transformers.AutoImageProcessor.from_pretrained(
+                self.folder, local_files_only=True, backend="pil"
+            )
         except (OSError, ValueError) as err:
             first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
             raise BackboneError(f"hf:{self.folder}: {first_line}") from None

@@ -8,8 +8,8 @@ Both start from the same decoded frames (OpenCV BGR uint8, 640x360, as a decoder
   ours     what extract.py runs per chunk: resize and crop with the folder's pixel rule (uint8, as a
            decode worker does it), then HuggingFaceBackbone.encode_crops (normalise on the device,
            get_image_features, fp16 to the host);
-  library  the folder's own image processor (AutoImageProcessor: Pillow, on the CPU) on the RGB
-           frames, then get_image_features on the device, fp16 to the host.
+  library  the folder's own image processor (AutoImageProcessor, its Pillow backend, on the CPU) on
+           the RGB frames, then get_image_features on the device, fp16 to the host.
 Each row: family, implementation, frames/s end to end, the ratio to the library's, frames/s of the
 preprocessing and of the encoding alone (each timed on its own), and the largest difference between
 the two features relative to the largest feature (the preprocessing bound, docs/backbones.md).
@@ -71,14 +71,15 @@ def bench_family(family, folder, frames, args):
 
     dtype = clip_vendor.DTYPES[args.dtype]
     backbone = backbones.load(backbones.parse_spec(f"hf:{folder}"), args.device, dtype)
-    processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True, backend="pil")
     batches = [frames[start : start + args.batch] for start in range(0, len(frames), args.batch)]
 
     def our_pixels():
         return [resize_crop(batch, backbone.size, rule=backbone.pixels).numpy() for batch in batches]
 
     def library_pixels():
-        return [processor(images=list(batch[..., ::-1]), return_tensors="pt")["pixel_values"] for batch in batches]
+        rgb = [[np.ascontiguousarray(frame[..., ::-1]) for frame in batch] for batch in batches]
+        return [processor(images=frames, return_tensors="pt")["pixel_values"] for frames in rgb]
 
     @torch.no_grad()
     def library_features(pixels):

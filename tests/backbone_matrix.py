@@ -1,14 +1,16 @@
-"""The demo's videos through three backbones, end to end, with the library's own models beside:
+"""The demo's videos through three backbones, end to end, with the libraries' own models beside:
 what tests/test_backbones.py asserts, run in the background (tests/conftest.py) because
 transformers alone takes seconds to import.
 
     python -m tests.backbone_matrix FOLDER      writes FOLDER/summary.json (and everything it made)
 
 In one process, with every socket refused (a connection attempt is recorded and fails): a small
-demo dataset; a random CLIP-shaped and SigLIP-shaped Hugging Face folder (fixtures/hf_models.py);
-extract.py with `--clip` (OpenAI's layout) and `--backbone hf:...`; verify.py on a hf cache;
-the library's own image processor, tokenizer and get_image_features / get_text_features on the same
-frames and captions, and its image processor on real footage; seqTransf trained on each cache (from
+demo dataset; a random CLIP-shaped and SigLIP-shaped Hugging Face folder (fixtures/hf_models.py)
+and an OpenCLIP folder (fixtures/openclip_models.py); extract.py with `--backbone hf:...` and
+`--backbone openclip:...`; verify.py on a hf cache;
+the library's own image processor, tokenizer and get_image_features / get_text_features (open_clip's
+transform, tokenizer, encode_image / encode_text) on the same frames and captions, and the Hugging
+Face image processors on real footage; seqTransf trained on each cache (from
 each backbone's text layers), and evaluated on another backbone's cache (refused); tightTransf with
 token input on the SigLIP cache (refused); meanP zero-shot and the trained heads evaluated on each
 test split; a one-trial tune.py search on the SigLIP cache; search.py on the hf caches; one report
@@ -65,7 +67,8 @@ def pixel_parity(processor, model, frames_bgr, size, rule):
     from clip_vendor.preprocess import normalize, resize_crop
 
     with torch.no_grad():
-        library_pixels = processor(images=list(frames_bgr[..., ::-1]), return_tensors="pt")["pixel_values"]
+        rgb = [np.ascontiguousarray(frame[..., ::-1]) for frame in frames_bgr]
+        library_pixels = processor(images=rgb, return_tensors="pt")["pixel_values"]
         our_pixels = normalize(
             resize_crop(frames_bgr, size, rule=rule), "cpu", processor.image_mean, processor.image_std
         )
@@ -90,7 +93,10 @@ def library_parity(name, folder, demo, cache):
     from fixtures.real_videos import clip
 
     model = transformers.AutoModel.from_pretrained(folder, local_files_only=True).eval()
-    processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True)
+    # the Pillow backend, which backbones/huggingface.py follows; and the torchvision backend, which
+    # transformers picks by default where torchvision imports (as it does in this process)
+    processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True, backend="pil")
+    fast = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True, backend="torchvision")
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True)
     meta = read_meta(cache)
     contract = meta["contract"]
@@ -104,7 +110,8 @@ def library_parity(name, folder, demo, cache):
         for row, video_id in enumerate(split.video_ids[:6]):
             frames_bgr, _ = decode_sampled_frames(videos[video_id], spec)
             ours = resize_crop(frames_bgr, size, rule=rule)
-            library_pixels = processor(images=list(frames_bgr[..., ::-1]), return_tensors="pt")["pixel_values"]
+            rgb = [np.ascontiguousarray(frame[..., ::-1]) for frame in frames_bgr]
+            library_pixels = processor(images=rgb, return_tensors="pt")["pixel_values"]
             our_pixels = normalize(ours, "cpu", processor.image_mean, processor.image_std)
             std = torch.tensor(processor.image_std).view(1, 3, 1, 1)
             pixel_diffs.append(((our_pixels - library_pixels) * std * 255).abs().flatten())  # in 0-255 steps
@@ -132,7 +139,17 @@ def library_parity(name, folder, demo, cache):
         for video in ("bikes", "bigbuckbunny")
     ]
     real_steps = torch.cat([video_steps for video_steps, _ in real])
+    fast_real = [
+        pixel_parity(fast, model, decode_sampled_frames(clip(video), DecodeSpec(2, 8, size))[0], size, rule)
+        for video in ("bikes", "bigbuckbunny")
+    ]
+    fast_steps = torch.cat([video_steps for video_steps, _ in fast_real])
     return {
+        "processor_class": type(processor).__name__,
+        "torchvision_backend": type(fast).__name__,
+        "torchvision_pixel_max_steps": float(fast_steps.max()),
+        "torchvision_pixel_share_differing": float((fast_steps > 0.5).float().mean()),
+        "torchvision_image_rel": max(relative for _, relative in fast_real),
         "real_pixel_max_steps": float(real_steps.max()),
         "real_pixel_share_differing": float((real_steps > 0.5).float().mean()),
         "real_pixel_values": int(real_steps.numel()),
@@ -148,8 +165,47 @@ def library_parity(name, folder, demo, cache):
     }
 
 
+def openclip_parity(folder, demo, cache):
+    """Our cache against open_clip's own pipeline (its torchvision transform on Pillow images, its
+    tokenizer, encode_image and encode_text) on the same frames and captions."""
+    import torch
+    from PIL import Image
+
+    from corpus.feature_cache import open_split, read_meta
+    from corpus.video_frames import decode_sampled_frames, index_video_files, spec_from_contract
+    from fixtures.openclip_models import import_open_clip
+
+    open_clip = import_open_clip()
+    model, _, transform = open_clip.create_model_and_transforms(f"local-dir:{folder}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
+    contract = read_meta(cache)["contract"]
+    split = open_split(cache, "test")
+    spec = spec_from_contract(contract["sampling"], contract["preprocessing"]["size"])
+    videos = index_video_files(demo / "videos").files
+    relative = []
+    with torch.no_grad():
+        model.eval()
+        for row, video_id in enumerate(split.video_ids[:6]):
+            frames_bgr, _ = decode_sampled_frames(videos[video_id], spec)
+            pixels = torch.stack([transform(Image.fromarray(frame[..., ::-1].copy())) for frame in frames_bgr])
+            library = model.encode_image(pixels)
+            cached = torch.from_numpy(np.asarray(split.frames(row), dtype=np.float32))
+            relative.append(float((cached - library).abs().max() / library.abs().max()))
+        texts = [caption["text"] for caption in split.captions[:16]]
+        library_text = model.encode_text(tokenizer(texts))
+        cached_text = torch.from_numpy(np.asarray(split.text_feats[:16], dtype=np.float32))
+    return {
+        "image_on_library_pixels_rel": max(relative),
+        "text_rel": float((cached_text - library_text).abs().max() / library_text.abs().max()),
+        "token_rows": int(len(split.text_token_feats)),
+    }
+
+
 def main(folder: Path):
     refuse_sockets()
+    from fixtures.openclip_models import import_open_clip, openclip_folder
+
+    import_open_clip()  # first: torchvision's operators declared where its library cannot load
     import evaluate
     import extract
     import make_demo_data
@@ -163,9 +219,12 @@ def main(folder: Path):
     demo = folder / "demo"
     make_demo_data.main(["--out", str(demo), "--train", "24", "--valid", "8", "--test", "8"])
     hf = {"clip": clip_folder(folder / "hf" / "clip"), "siglip": siglip_folder(folder / "hf" / "siglip")}
+    openclip = openclip_folder(folder / "openclip" / "vit")
+    # OpenAI's checkpoint is the rest of the suite's: here only given where another backbone's cache is
+    openai = ["--clip", str(demo / "clip_tiny.pt")]
     backbone_flags = {
-        "openai": ["--clip", str(demo / "clip_tiny.pt")],
         **{name: ["--backbone", f"hf:{path}"] for name, path in hf.items()},
+        "openclip": ["--backbone", f"openclip:{openclip}"],
     }
     common = ["--annotations", str(demo / "annotations"), "--videos", str(demo / "videos"), "--fps", "4"]
     common += ["--workers", "0", "--batch-videos", "4", "--text-batch", "16"]
@@ -194,6 +253,7 @@ def main(folder: Path):
     )
     (folder / "summary.json").write_text(json.dumps(summary, indent=1))  # so far, for a test that names a failure
     summary["parity"] = {name: library_parity(name, hf[name], demo, caches[name]) for name in hf}
+    summary["parity"]["openclip"] = openclip_parity(openclip, demo, caches["openclip"])
     results = folder / "results"
     for name, flags in backbone_flags.items():
         for head in ("seqTransf",):  # with meanP zero-shot: an order-aware head and an order-blind one
@@ -234,7 +294,7 @@ def main(folder: Path):
     )
     summary["search clip given openai"] = stage(
         search.main,
-        ["--cache", str(caches["clip"]), "--head", "meanP", *backbone_flags["openai"], "a red circle grows bigger"],
+        ["--cache", str(caches["clip"]), "--head", "meanP", *openai, "a red circle grows bigger"],
     )
     summary["report"] = stage(report.main, ["--results", str(results), "--out", str(folder / "report")])
     from bench import backbone_speed

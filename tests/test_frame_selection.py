@@ -17,7 +17,7 @@ from heads.loaded_split import flip_frames
 from infra.cli import StageError
 from make_demo_data import write_tiny_clip
 
-WIDTH, FRAMES, K = 32, 10, 4
+WIDTH, FRAMES, K = 64, 10, 4  # 64: the transformer heads split it into one attention head
 
 
 def videos(seed=0):
