@@ -237,7 +237,7 @@ def load_backbone(args, device, dtype_name):
 def check_arguments(args):
     """Refuse values no extraction could honour, before any work, naming the flag."""
     if (args.clip is None) == (args.backbone is None):
-        parser.error("give the backbone: --clip FILE (an OpenAI CLIP checkpoint) or --backbone KIND:PATH, not both")
+        parser.error("give one backbone: --clip FILE or --backbone KIND:PATH (--clip: an OpenAI CLIP checkpoint)")
     if not (math.isfinite(args.fps) and args.fps > 0):
         parser.error(f"--fps {args.fps}: frame candidates per second must be a positive number")
 
@@ -473,7 +473,7 @@ def extract_videos(plan, split, records, video_files, backbone, pool, runtime):
         n_frames = encode_video_chunk(video_part_path(plan.out, split, chunk_index), decoded, backbone, plan.on_error)
         progress.update(len(decoded), frames=n_frames)
 
-    pending = collections.deque()  # chunks the pool decodes while CLIP runs on the oldest
+    pending = collections.deque()  # chunks the pool decodes while the backbone runs on the oldest
     for chunk_index, start, stop in chunks:
         pending.append((chunk_index, submit(start, stop)))
         if len(pending) > plan.decode_ahead:

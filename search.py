@@ -85,7 +85,7 @@ def check_arguments(args):
     if not args.queries and not args.queries_file:
         parser.error("give queries as arguments or --queries FILE")
     if (args.clip is None) == (args.backbone is None):
-        parser.error("give the backbone the cache was extracted with: --clip FILE or --backbone KIND:PATH, not both")
+        parser.error("give the one backbone the cache was extracted with: --clip FILE or --backbone KIND:PATH")
 
 
 def check_queries(queries, tokenizer, backbone):

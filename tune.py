@@ -186,11 +186,10 @@ def distribution(bounds):
     return optuna.distributions.FloatDistribution(bounds["low"], bounds["high"], log=bool(bounds.get("log")))
 
 
-def run_trial(args, head, trial):
-    """Train one trial in its own process, report each epoch's selection metric to the pruner as
-    train_head.py logs it, and stop the run if pruned. Returns the best metric, or None if pruned."""
-    out = args.out / "trials" / head / f"trial_{trial.number:03d}"
-    command = [
+def trial_command(args, head, out, params):
+    """The train_head.py command of one trial: the search's cache and backbone, the shared
+    --train-args, then the trial's settings."""
+    return [
         sys.executable,
         str(SCRIPT),
         "--cache",
@@ -202,8 +201,15 @@ def run_trial(args, head, trial):
         *(["--clip", str(args.clip)] if args.clip else []),
         *(["--backbone", args.backbone] if args.backbone else []),
         *shlex.split(args.train_args),
-        *as_flags(trial.params),
+        *as_flags(params),
     ]
+
+
+def run_trial(args, head, trial):
+    """Train one trial in its own process, report each epoch's selection metric to the pruner as
+    train_head.py logs it, and stop the run if pruned. Returns the best metric, or None if pruned."""
+    out = args.out / "trials" / head / f"trial_{trial.number:03d}"
+    command = trial_command(args, head, out, trial.params)
     errors = out.with_suffix(".stderr.txt")
     errors.parent.mkdir(parents=True, exist_ok=True)
     with open(errors, "w") as error_file:

@@ -154,7 +154,7 @@ def main(argv=None):
 
 def check_arguments(args):
     if (args.clip is None) == (args.backbone is None):
-        parser.error("give the backbone extracted with: --clip FILE or --backbone KIND:PATH, not both")
+        parser.error("give the one backbone the cache was extracted with: --clip FILE or --backbone KIND:PATH")
 
 
 def check_backbone(backbone, contract, flag, report):

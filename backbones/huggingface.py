@@ -32,17 +32,18 @@ class Family:
 
     padding: str  # "longest", or "max_length" (SigLIP was trained on text padded to its full length)
     token_projection: str | None  # the layer that maps each token's state into the shared space, or None
+    width: str  # the config field of the shared space's width (what get_*_features return)
 
     def embed_dim(self, config) -> int:
-        """The shared space's width (what get_text_features and get_image_features return)."""
-        return config.projection_dim if self.token_projection else config.text_config.projection_size
+        section, _, field = self.width.rpartition(".")
+        return getattr(getattr(config, section) if section else config, field)
 
 
 FAMILIES = {
-    "clip": Family("longest", "text_projection"),
+    "clip": Family("longest", "text_projection", "projection_dim"),
     # SigLIP pools the last position of text padded to its full length: no token's state but that
     # one passes through the layer trained for the shared space, so it has no token features
-    "siglip": Family("max_length", None),
+    "siglip": Family("max_length", None, "text_config.projection_size"),
 }
 RESAMPLING = {2: "bilinear", 3: "bicubic"}  # PIL's codes, as preprocessor_config.json gives them
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "spiece.model", "tokenizer.model")

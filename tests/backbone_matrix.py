@@ -13,8 +13,8 @@ transform, tokenizer, encode_image / encode_text) on the same frames and caption
 Face image processors on real footage; seqTransf trained on each cache (from
 each backbone's text layers), and evaluated on another backbone's cache (refused); tightTransf with
 token input on the SigLIP cache (refused); meanP zero-shot and the trained heads evaluated on each
-test split; a one-trial tune.py search on the SigLIP cache; search.py on the hf caches; one report
-over all; and bench/backbone_speed.py on tiny models."""
+test split; search.py on the hf caches; one report over all; and bench/backbone_speed.py on tiny
+models."""
 
 import contextlib
 import io
@@ -259,7 +259,7 @@ def main(folder: Path):
         for head in ("seqTransf",):  # with meanP zero-shot: an order-aware head and an order-blind one
             run = folder / "runs" / f"{name}_{head}"
             arguments = ["--cache", str(caches[name]), "--head", head, "--out", str(run), "--device", "cpu"]
-            arguments += ["--epochs", "2", "--batch-size", "8", "--seed", "0", *flags]
+            arguments += ["--epochs", "1", "--batch-size", "8", "--seed", "0", *flags]
             summary[f"train {name} {head}"] = stage(train_head.main, arguments)
             summary[f"evaluate {name} {head}"] = stage(
                 evaluate.main,
@@ -280,13 +280,6 @@ def main(folder: Path):
         train_head.main,
         ["--cache", str(caches["siglip"]), "--head", "tightTransf", "--out", str(folder / "runs" / "tokens")]
         + ["--text-input", "tokens", "--batch-size", "8", "--device", "cpu", *backbone_flags["siglip"]],
-    )
-    import tune
-
-    summary["tune siglip"] = stage(  # each trial a train_head.py of its own, starting from SigLIP's text layers
-        tune.main,
-        ["--cache", str(caches["siglip"]), *backbone_flags["siglip"], "--out", str(folder / "tuning")]
-        + ["--heads", "seqTransf", "--trials", "1", "--train-args", "--epochs 1 --batch-size 8 --device cpu"],
     )
     summary["search clip"] = stage(
         search.main,

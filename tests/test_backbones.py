@@ -15,6 +15,11 @@ import pytest
 from PIL import Image
 
 import backbones
+import extract
+import search
+import train_head
+import tune
+import verify
 from clip_vendor.preprocess import PixelRule, center_crop_box, resize_crop
 from tests.helpers import PROJECT, finished, start_in_background
 
@@ -113,11 +118,11 @@ def test_stages_refuse_another_backbone_naming_the_field(matrix):
     passed(summary, "search clip")
 
 
-def test_a_search_of_settings_passes_the_backbone_to_its_trials(matrix):
-    folder, summary = matrix
-    passed(summary, "tune siglip")
-    best = json.loads((folder / "tuning" / "best" / "seqTransf.json").read_text())
-    assert best["value"] >= 0  # the trial trained from the backbone's text layers (else it stops: --backbone needed)
+def test_a_search_of_settings_passes_the_backbone_to_its_trials(tmp_path):
+    arguments = ["--cache", "c", "--backbone", "hf:models/siglip", "--heads", "seqTransf", "--out", str(tmp_path)]
+    command = tune.trial_command(tune.parser.parse_args(arguments), "seqTransf", tmp_path / "trial", {"lr": 1e-4})
+    assert command[command.index("--backbone") + 1] == "hf:models/siglip" and "--clip" not in command
+    assert train_head.parser.parse_args(command[2:]).backbone == "hf:models/siglip"  # a flag train_head.py takes
 
 
 def test_one_report_has_a_backbone_by_head_table(matrix):
@@ -202,3 +207,16 @@ def test_the_crop_offset_rounds_as_each_library_does():
     # an odd margin of 9: torchvision rounds 4.5 half to even (4), transformers floors it (4); 11: 6 and 5
     assert center_crop_box(33, 24, 24, "round") == (4, 0) and center_crop_box(33, 24, 24, "floor") == (4, 0)
     assert center_crop_box(35, 24, 24, "round") == (6, 0) and center_crop_box(35, 24, 24, "floor") == (5, 0)
+
+
+@pytest.mark.parametrize("script", [extract, verify, search])
+@pytest.mark.parametrize("given", [[], ["--clip", "a.pt", "--backbone", "hf:b"]])
+def test_a_stage_takes_exactly_one_backbone(script, given, capsys):
+    required = {
+        extract: ["--annotations", "a", "--videos", "v", "--out", "o"],
+        verify: ["--cache", "c", "--annotations", "a", "--videos", "v"],
+        search: ["--cache", "c", "--head", "meanP", "a query"],
+    }[script]
+    with pytest.raises(SystemExit) as stopped:
+        script.main([*required, *given])
+    assert stopped.value.code == 2 and "--clip FILE or --backbone KIND:PATH" in capsys.readouterr().err
