@@ -7,16 +7,15 @@ import numpy as np
 import torch
 
 import clip_vendor
-from clip_vendor.model import CLIP, ClipConfig
+from clip_vendor.model import ClipConfig
 from clip_vendor.preprocess import CLIP_MEAN, CLIP_STD, OPENAI_PIXELS, describe_pixels
 from clip_vendor.tokenizer import VOCAB_PATH
 from infra.file_io import file_sha256
 
 
-def contract_entry(weights_sha256: str | None, config: ClipConfig) -> dict:
-    """The cache contract's `backbone` entry for an OpenAI CLIP of `config` (synthetic caches use it too)."""
-    with torch.device("meta"):  # counted without allocating
-        parameters = sum(parameter.numel() for parameter in CLIP(config).parameters())
+def contract_entry(weights_sha256: str | None, config: ClipConfig, parameters: int) -> dict:
+    """The cache contract's `backbone` entry for an OpenAI CLIP of `config` with `parameters` weights
+    (synthetic caches use it too)."""
     return {
         "kind": "openai",
         "library": "clip_vendor",
@@ -39,7 +38,8 @@ class OpenAIBackbone:
         self.model, preprocess = clip_vendor.load(self.path, device=device, dtype=dtype)
         self.size = preprocess.size
         self.source = self.path.name
-        self.contract = contract_entry(file_sha256(self.path), self.model.config)
+        parameters = sum(parameter.numel() for parameter in self.model.parameters())
+        self.contract = contract_entry(file_sha256(self.path), self.model.config, parameters)
 
     def describe_pixels(self) -> dict:
         return describe_pixels(self.size, self.pixels, CLIP_MEAN, CLIP_STD)

@@ -36,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +64,7 @@ from corpus.feature_cache import (
 )
 from corpus.video_frames import DecodedVideo
 from evaluation.scoring import read_setting
-from fixtures.synthetic_cache import write_random_clip
+from fixtures.synthetic_cache import clip_parameters, write_random_clip
 from heads.architectures import HeadShape, build_head
 from heads.loaded_split import load_split_tensors
 from infra.file_io import atomic_write_json, file_sha256
@@ -117,7 +118,7 @@ def clip_config():
 def contract(clip_path):
     config = clip_config()
     return {
-        "backbone": contract_entry(file_sha256(clip_path), config),
+        "backbone": contract_entry(file_sha256(clip_path), config, clip_parameters(asdict(config))),
         "tokenizer": {"context_length": 77, "long_text": "truncate"},
         "preprocessing": {"size": config.image_resolution},
         "sampling": {"fps": 1.0, "t_max": FRAMES, "rule": "synthetic", "decoder": {"name": "synthetic"}},

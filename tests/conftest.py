@@ -1,8 +1,8 @@
 """Fixtures several test files share, each built once per session: the demo data and its cache, a
 small CLIP, and small trained-and-evaluated setups (tests that change one copy it first); and the
-checks that are subprocesses for seconds or minutes (the Hugging Face backbones, a tune.py search,
-the demo's run matrix, the GPU kit's dry run), started in the background, one after another, as
-soon as one of their tests is selected."""
+checks that are subprocesses for seconds or minutes (a tune.py search, the demo's run matrix, the
+GPU kit's dry run, the other backbones end to end), started in the background, one after another,
+as soon as one of their tests is selected."""
 
 import importlib
 import os
@@ -29,10 +29,10 @@ from tests.helpers import extract_args, order_only_cache, train_args
 # the checks run beside the rest of the suite, on the core it mostly leaves free.
 # {name: (test file, module, its starter(folder, pid to wait for) -> process)}
 BACKGROUND_CHECKS = {
-    "backbone_matrix": ("tests/test_backbones.py", "tests.test_backbones", "backbone_matrix"),
     "tune_search": ("tests/test_tune.py", "tests.test_tune", "search_of_two_heads"),
     "demo_matrix": ("tests/test_run_all.py", "tests.test_run_all", "demo_matrix"),
     "gpu_kit": ("tests/test_gpu_kit.py", "tests.test_gpu_kit", "dry_run"),
+    "backbone_matrix": ("tests/test_backbones.py", "tests.test_backbones", "backbone_matrix"),
 }
 STARTED = {}  # name: (process, its folder)
 

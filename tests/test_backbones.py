@@ -31,7 +31,8 @@ FP16_REL = 1e-3  # fp16 storage: each value within 2^-11 of itself, so well with
 
 
 def backbone_matrix(folder, after=None):
-    """Started at collection (tests/conftest.py): tests/backbone_matrix.py into `folder`."""
+    """Started at collection (tests/conftest.py), once process `after` has ended:
+    tests/backbone_matrix.py into `folder`."""
     return start_in_background([sys.executable, "-m", "tests.backbone_matrix", str(folder)], folder, after)
 
 
