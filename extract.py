@@ -194,7 +194,7 @@ def main(argv=None):
     dtype_name = args.dtype if args.dtype != "auto" else ("fp16" if runtime.device.startswith("cuda") else "fp32")
     annotations = read_annotations(args)
     video_folder = index_video_files(args.videos)  # before anything is written: a bad folder stops here
-    backbone = load_backbone(args, runtime.device, dtype_name)
+    backbone = backbones.load_flagged(args, runtime.device, clip_vendor.DTYPES[dtype_name])
     positions = backbone.contract["context_length"]
     args.context_length = positions if args.context_length is None else args.context_length
     if not 2 <= args.context_length <= positions:
@@ -223,15 +223,6 @@ def main(argv=None):
         runtime.check_shared_folder(args.out)  # several machines: every rank writes where rank 0 merges
         extract(args, plan, annotations, contract, backbone, video_folder, runtime)
     runtime.finish()
-
-
-def load_backbone(args, device, dtype_name):
-    """The backbone --clip or --backbone names (backbones/), or a StageError naming the flag."""
-    flag = "--backbone" if args.backbone else "--clip"
-    try:
-        return backbones.load(backbones.from_flags(args.clip, args.backbone), device, clip_vendor.DTYPES[dtype_name])
-    except (ValueError, OSError) as err:
-        raise StageError(f"{flag}: {err}") from None
 
 
 def check_arguments(args):

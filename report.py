@@ -50,8 +50,8 @@ from reporting.tables import (
     DIRECTION_TITLES,
     POSTPROCESS_TITLES,
     backbone_table,
-    binary_backbone_table,
     binary_table,
+    cell,
     code,
     convention_table,
     cost_table,
@@ -60,6 +60,7 @@ from reporting.tables import (
     facts,
     family_note,
     md,
+    mean_std_text,
     methods_table,
     metric_table,
     number,
@@ -208,8 +209,9 @@ def backbones_section(datasets, dataset_numbers):
     for columns in groups.values():
         if len(set(columns.values())) < 2:
             continue
-        first = next(iter(datasets[next(iter(columns))].values()))[0].provenance
-        title = f"Backbones × heads: {first['split']} split of {', '.join(md(label) for label in columns)}"
+        methods = datasets[next(iter(columns))]
+        split = next(iter(methods.values()))[0].provenance["split"]
+        title = f"Backbones × heads: {split} split of {', '.join(md(label) for label in columns)}"
         group = {"columns": columns, "tables": {}, "binary": {}}
         for label in columns:
             for key, rows in dataset_numbers[label]["tables"].items():
@@ -220,12 +222,13 @@ def backbones_section(datasets, dataset_numbers):
                 group["binary"].setdefault(method, {})[label] = row
         lines += [f"## {title}", "", BACKBONES_NOTE, ""]
         for key, cells in group["tables"].items():
-            setting_name = key.split("/")[0]
-            lines += backbone_table(
-                f"{setting_title(datasets[next(iter(columns))], setting_name)}, text→video R@1", columns, cells, "R@1"
-            )
+            title = f"{setting_title(methods, key.split('/')[0])}, text→video R@1"
+            lines += backbone_table(title, columns, cells, lambda row: cell(row["R@1"], "R@1", row["n_seeds"]))
         if group["binary"]:
-            lines += binary_backbone_table(columns, group["binary"])
+            title = "Binary: original vs its reversal, text→video accuracy"
+            lines += backbone_table(
+                title, columns, group["binary"], lambda row: mean_std_text(row["t2v"], row["n_seeds"])
+            )
         numbers.append(group)
     return lines, numbers
 

@@ -115,7 +115,8 @@ def read_queries(path):
 def search(args, queries, device):
     """For each query, the top-k candidates as (video id, reversed, score), best first."""
     meta = read_meta(args.cache)
-    backbone = cache_backbone(args, meta, device)
+    dtype = clip_vendor.DTYPES[meta["contract"]["compute"]["dtype"]]  # the cache's precision
+    backbone = backbones.load_flagged(args, device, dtype, cache=(args.cache, meta["contract"]))
     check_queries(queries, meta["contract"]["tokenizer"], backbone)
     checkpoint = load_checkpoint(args.ckpt) if args.ckpt else None
     frames = None
@@ -149,19 +150,6 @@ def search(args, queries, device):
         order = np.argsort(-row, kind="stable")[: args.top_k]  # ties kept in candidate order, as evaluate's stable rank
         hits.append([(video_ids[candidates[c][0]], candidates[c][1], float(row[c])) for c in order])
     return hits
-
-
-def cache_backbone(args, meta, device):
-    """The backbone --clip or --backbone names, in the cache's precision; refused unless it is the
-    one the cache was extracted with."""
-    flag = "--backbone" if args.backbone else "--clip"
-    try:
-        spec = backbones.from_flags(args.clip, args.backbone)
-        backbone = backbones.load(spec, device, clip_vendor.DTYPES[meta["contract"]["compute"]["dtype"]])
-        backbones.check_matches(backbone, meta["contract"], args.cache, flag)
-    except (ValueError, OSError) as err:
-        raise StageError(f"{flag}: {err}") from None
-    return backbone
 
 
 def encode_queries(backbone, meta, queries, text_input, device):

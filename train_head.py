@@ -367,13 +367,11 @@ def make_head(args, meta, config, log):
     if args.init_from:
         log(f"starting from {args.init_from}: {init_from(head, args.head, args.init_from, meta, args.cache)}")
     elif head.needs_clip_text:
-        flag = "--backbone" if args.backbone else "--clip"
+        backbone = backbones.load_flagged(args, cache=(args.cache, meta["contract"]))
         try:
-            backbone = backbones.load(backbones.from_flags(args.clip, args.backbone))
-            backbones.check_matches(backbone, meta["contract"], args.cache, flag)
             init_from_clip_text(head, backbone.text_blocks_state())
-        except (ValueError, OSError) as err:
-            raise StageError(f"{flag}: {err}") from None
+        except ValueError as err:
+            raise StageError(f"{'--backbone' if args.backbone else '--clip'}: {err}") from None
         log(f"starting from the first {N_HEAD_LAYERS} text layers of {backbone.source}")
     return head
 

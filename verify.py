@@ -55,14 +55,16 @@ FAILURES_NAMED = 5  # a failed check names this many videos, then counts the res
 # of other footage 0.83 or less (bench/reversal_tolerance.py, docs/verify.md).
 NOT_A_REVERSAL_COSINE = 0.95
 NOISE_FLOOR = 1e-5  # cosine distance float rounding alone reaches (seen: -1.2e-7 for identical frames)
-TOLERANCE_NOTE = (
+TOLERANCE_MEASURED = (
     "The default --rel-tol 0.03 and --min-cosine 0.9995 were measured on ViT-B/32-shaped CLIP with lossy "
-    "H.264 reversals of real clips (docs/verify.md); for another model, measure its own with "
+    "H.264 reversals of real clips (docs/verify.md); "
+)
+TOLERANCE_NOTE = (
+    TOLERANCE_MEASURED + "for another model, measure its own with "
     "python -m bench.reversal_tolerance --clip {clip} and pass them"
 )
 TOLERANCE_NOTE_OTHER = (
-    "The default --rel-tol 0.03 and --min-cosine 0.9995 were measured on ViT-B/32-shaped CLIP with lossy "
-    "H.264 reversals of real clips (docs/verify.md); bench.reversal_tolerance measures OpenAI checkpoints "
+    TOLERANCE_MEASURED + "bench.reversal_tolerance measures OpenAI checkpoints "
     "only, so for {backbone} compare a few reversals by hand and pass --rel-tol and --min-cosine"
 )
 
@@ -126,13 +128,8 @@ def main(argv=None):
     reversed_files = index_video_files(args.reversed_videos).files if args.reversed_videos else {}
     contract, report = meta["contract"], Report()
     report.check("cache complete", meta.get("complete", False), f"splits {sorted(meta['counts'])}")
-    flag = "--backbone" if args.backbone else "--clip"
-    try:
-        spec = backbones.from_flags(args.clip, args.backbone)
-        backbone = backbones.load(spec, device, clip_vendor.DTYPES[contract["compute"]["dtype"]])
-    except (ValueError, OSError) as err:
-        raise StageError(f"{flag}: {err}") from None
-    check_backbone(backbone, contract, flag, report)
+    backbone = backbones.load_flagged(args, device, clip_vendor.DTYPES[contract["compute"]["dtype"]])
+    check_backbone(backbone, contract, "--backbone" if args.backbone else "--clip", report)
     check_annotation_hashes(args, contract, report)
     check_file_digests(args.cache, meta, report)
     check_video_fingerprints(args, meta, video_files, report)

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from backbones.openai import OpenAIBackbone
+from infra.cli import StageError
 from infra.records import first_difference
 
 KINDS = {
@@ -85,6 +86,26 @@ def load(spec: BackboneSpec, device: str = "cpu", dtype: torch.dtype = torch.flo
     from backbones.openclip import OpenClipBackbone  # imports open_clip and torchvision: only when asked for
 
     return OpenClipBackbone(spec.path, device, dtype)
+
+
+def load_flagged(args, device: str = "cpu", dtype: torch.dtype = torch.float32, cache: tuple | None = None):
+    """The backbone a stage's `--clip` or `--backbone` names (`args.clip`, `args.backbone`); with
+    `cache` = (its folder, its contract), refused unless it is the one the cache was extracted with.
+    Any problem is a StageError naming the flag."""
+    flag = "--backbone" if args.backbone else "--clip"
+    try:
+        backbone = load(from_flags(args.clip, args.backbone), device, dtype)
+        if cache is not None:
+            check_matches(backbone, cache[1], cache[0], flag)
+    except (ValueError, OSError) as err:
+        raise StageError(f"{flag}: {err}") from None
+    return backbone
+
+
+def library_error(where: str, err: Exception) -> BackboneError:
+    """A library's refusal to read a model folder, as one line naming the folder."""
+    first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return BackboneError(f"{where}: {first_line}")
 
 
 def check_matches(backbone, contract: dict, cache_dir: Path, flag: str) -> None:

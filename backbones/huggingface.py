@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from backbones import BackboneError  # noqa: E402
+from backbones import BackboneError, library_error  # noqa: E402
 from clip_vendor.preprocess import PixelRule, describe_pixels, normalize  # noqa: E402
 from infra.file_io import file_sha256  # noqa: E402
 
@@ -110,8 +110,7 @@ class HuggingFaceBackbone:
                 self.folder, local_files_only=True, backend="pil"
             )
         except (OSError, ValueError) as err:
-            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise BackboneError(f"hf:{self.folder}: {first_line}") from None
+            raise library_error(f"hf:{self.folder}", err) from None
         self.model = self.model.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.device, self.dtype = device, dtype
         config = self.model.config
@@ -119,13 +118,12 @@ class HuggingFaceBackbone:
         self.pixels = pixel_rule(processor, self.size, self.folder)
         self.mean, self.std = tuple(processor.image_mean), tuple(processor.image_std)
         self.source = self.folder.name
-        self.positions = config.text_config.max_position_embeddings
         self.contract = {
             "kind": "hf",
             "library": f"transformers {transformers.__version__}",
             "weights_sha256": {path.name: file_sha256(path) for path in weight_files(self.folder)},
             "embed_dim": self.family.embed_dim(config),
-            "context_length": self.positions,
+            "context_length": config.text_config.max_position_embeddings,
             "token_features": self.family.token_projection is not None,
             "parameters": sum(parameter.numel() for parameter in self.model.parameters()),
             "config": {

@@ -20,8 +20,8 @@ import numpy as np  # noqa: E402
 import open_clip  # noqa: E402
 import torch  # noqa: E402
 
-from backbones import BackboneError  # noqa: E402
-from clip_vendor.preprocess import PixelRule, describe_pixels, normalize  # noqa: E402
+from backbones import BackboneError, library_error  # noqa: E402
+from clip_vendor.preprocess import INTERPOLATIONS, PixelRule, describe_pixels, normalize  # noqa: E402
 from infra.file_io import file_sha256  # noqa: E402
 
 CONFIG = "open_clip_config.json"
@@ -47,7 +47,7 @@ def pixel_rule(config: dict, folder: Path) -> tuple[int, PixelRule]:
     size = config.get("size")
     side = size if isinstance(size, int) else size[0] if len(set(size)) == 1 else None
     mode, interpolation = config.get("resize_mode", "shortest"), config.get("interpolation", "bicubic")
-    if side is None or mode not in RESIZES or interpolation not in ("bicubic", "bilinear"):
+    if side is None or mode not in RESIZES or interpolation not in INTERPOLATIONS:
         raise BackboneError(
             f"openclip:{folder}: preprocessing {config} is not one we run (a square input, resize_mode shortest "
             "or squash, bicubic or bilinear)"
@@ -66,8 +66,7 @@ class OpenClipBackbone:
             model = open_clip.create_model(name, device=device)
             self.tokenizer = open_clip.get_tokenizer(name)
         except (OSError, ValueError, RuntimeError, KeyError) as err:
-            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise BackboneError(f"openclip:{self.folder}: {first_line}") from None
+            raise library_error(f"openclip:{self.folder}", err) from None
         self.model = model.to(dtype=dtype).eval().requires_grad_(False)
         self.device, self.dtype = device, dtype
         preprocess = open_clip.get_model_preprocess_cfg(self.model)

@@ -27,7 +27,7 @@ class PixelRule:
 
 
 OPENAI_PIXELS = PixelRule()  # OpenAI's torchvision pipeline
-RESIZES, INTERPOLATIONS, CROP_ROUNDINGS = ("short side", "squash"), ("bicubic", "bilinear"), ("round", "floor")
+INTERPOLATIONS = ("bicubic", "bilinear")  # the filters resize_crop runs as Pillow runs them
 
 
 def resized_shape(height: int, width: int, short_side: int) -> tuple[int, int]:

@@ -347,7 +347,7 @@ def head_transformer(width: int) -> Transformer:
     if width < HEAD_WIDTH or width % HEAD_WIDTH:
         raise ValueError(
             f"the features are {width} wide, which does not split into attention heads of {HEAD_WIDTH}; "
-            "this head needs a backbone whose embedding width is a multiple of 64"
+            f"this head needs a backbone whose embedding width is a multiple of {HEAD_WIDTH}"
         )
     return Transformer(width, N_HEAD_LAYERS, width // HEAD_WIDTH, LAYER_NORM_EPS)
 

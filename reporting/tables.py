@@ -136,34 +136,16 @@ def metric_table(title: str, rows: dict, footnote: str = "") -> list[str]:
     return [f"### {title}", "", *table(header, body)] + ([footnote, ""] if footnote else [])
 
 
-def backbone_table(title: str, columns: dict, cells: dict, metric: str) -> list[str]:
+def backbone_table(title: str, columns: dict, cells: dict, cell_text) -> list[str]:
     """Heads (rows) by backbones (columns: {dataset label: backbone name}); cells {method: {label:
-    value}} as the dataset tables give them, "—" where a head was not evaluated on a backbone."""
+    row}} as the dataset tables give them, each shown by cell_text(row), "—" where a head was not
+    evaluated on a backbone."""
     header = ["Method", *(md(name) for name in columns.values())]
     body = [
-        [
-            md(method),
-            *(
-                cell(by_label[label][metric], metric, by_label[label]["n_seeds"]) if label in by_label else "—"
-                for label in columns
-            ),
-        ]
+        [md(method), *(cell_text(by_label[label]) if label in by_label else "—" for label in columns)]
         for method, by_label in cells.items()
     ]
     return [f"### {title}", "", *table(header, body)]
-
-
-def binary_backbone_table(columns: dict, cells: dict) -> list[str]:
-    """Binary text→video accuracy, heads by backbones (as `backbone_table`)."""
-    header = ["Method", *(md(name) for name in columns.values())]
-    body = [
-        [
-            md(method),
-            *(mean_std_text(row[label]["t2v"], row[label]["n_seeds"]) if label in row else "—" for label in columns),
-        ]
-        for method, row in cells.items()
-    ]
-    return ["### Binary: original vs its reversal, text→video accuracy", "", *table(header, body)]
 
 
 def binary_table(rows: dict, directions=("t2v", "v2t")) -> list[str]:
